@@ -1,0 +1,129 @@
+"""The storage protocol: everything the HTTP handlers may ask of a backend.
+
+Documents cross this seam as plain JSON-shaped dicts (camelCase keys, exactly as
+the API shows them), so a backend is free to store them as it likes and the
+handlers never learn how. Errors cross it as the exceptions below; the service's
+error middleware turns each into its HTTP status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Job = dict[str, Any]
+Target = dict[str, Any]
+MaintenanceStatus = dict[str, Any]
+
+#: A job in one of these is done: it leaves the in-progress set for the
+#: completed set, which is how the storage layout follows the status.
+FINAL_STATUSES = frozenset({"completed", "failed"})
+
+
+class StoreError(Exception):
+    """Base of every error a backend reports on purpose."""
+
+
+class StoreUnavailable(StoreError):
+    """The backend cannot be reached right now; the request may be retried."""
+
+
+class StoreLocked(StoreError):
+    """Another process owns the store, and sharing it would corrupt it."""
+
+
+class TargetBusy(StoreError):
+    """A job for this target is already in progress."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(f"Job with target {target} already in progress")
+        self.target = target
+
+
+class JobNotFound(StoreError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"No job found for jobId: {job_id}")
+
+
+class JobFinal(StoreError):
+    """The job is completed or failed, and a final job never changes again."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"Job {job_id} is already {status}")
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """Filters of `GET /jobs`; `None` means "any"."""
+
+    status: str | None = None
+    operations: frozenset[str] | None = None
+    ignore_completed: bool = False
+
+
+@dataclass(frozen=True)
+class JobChange:
+    """What `PUT /jobs/{jobId}` does to a job, already turned into log entries."""
+
+    status: str | None = None
+    description: str | None = None
+    log: list[dict[str, str]] = field(default_factory=list)
+
+
+def job_order(job: Job) -> tuple[str, str]:
+    """Oldest first, so the executor works through queued jobs in order.
+
+    `createdAt` is always written with microseconds and a +00:00 offset, so the
+    strings sort as the instants do.
+    """
+    return job["createdAt"], job["jobId"]
+
+
+def manifesto_datasets(job: Job) -> list[str]:
+    """Names of the datasets a BUMP job's manifesto releases or removes."""
+    parameters = job["parameters"]
+    if parameters["operation"] != "BUMP" or "bumpManifesto" not in parameters:
+        return []
+    return [update["name"] for update in parameters["bumpManifesto"]["dataStructureUpdates"]]
+
+
+class Store(Protocol):
+    """The async interface every backend implements, and all the handlers use."""
+
+    async def ping(self) -> None:
+        """Return when the backend answers; raise StoreUnavailable otherwise."""
+
+    async def close(self) -> None: ...
+
+    async def insert_job(self, job: Job) -> None:
+        """Store a new in-progress job; raise TargetBusy if its target has one."""
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def find_jobs(self, query: JobQuery) -> list[Job]:
+        """Jobs matching `query`, in `job_order`."""
+
+    async def jobs_for_target(self, name: str) -> list[Job]:
+        """Jobs whose target is `name` or whose BUMP manifesto lists it, in `job_order`."""
+
+    async def update_job(self, job_id: str, change: JobChange) -> Job:
+        """Apply `change` and return the job; move it to the completed set when
+        its new status is final. Raise JobNotFound or JobFinal."""
+
+    async def target_in_progress(self, name: str) -> bool: ...
+
+    async def save_target(self, target: Target) -> None:
+        """Insert or replace the target with the same name."""
+
+    async def get_target(self, name: str) -> Target | None: ...
+
+    async def list_targets(self) -> list[Target]:
+        """All targets, ordered by name."""
+
+    async def add_maintenance(self, status: MaintenanceStatus) -> None: ...
+
+    async def latest_maintenance(self, initial: MaintenanceStatus) -> MaintenanceStatus:
+        """The newest status; store and return `initial` when there is none."""
+
+    async def maintenance_history(self) -> list[MaintenanceStatus]:
+        """Every status, newest first (by insertion, so equal timestamps keep order)."""

@@ -1,0 +1,835 @@
+"""job-service: the job tracker of the microdata platform's import pipeline.
+
+An admin UI posts jobs, a job executor polls for them and pushes them through
+their statuses; this service keeps the jobs, allows one job in progress per
+target dataset, remembers the last action on every target, lists the dataset
+archives waiting in the input directory, and keeps the maintenance flag.
+
+The HTTP contract is `SPEC.md`; storage lives behind `backends.Store`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import stat
+import sys
+import tarfile
+import tomllib
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from aiohttp import web
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+from backends import (
+    JobChange,
+    JobFinal,
+    JobNotFound,
+    JobQuery,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    TargetBusy,
+    open_store,
+)
+
+log = logging.getLogger("job_service")
+
+# --- vocabulary ------------------------------------------------------------
+
+STATUSES = (
+    "queued",
+    "initiated",
+    "validating",
+    "decrypting",
+    "transforming",
+    "pseudonymizing",
+    "enriching",
+    "converting",
+    "partitioning",
+    "built",
+    "importing",
+    "completed",
+    "failed",
+)
+OPERATIONS = (
+    "BUMP",
+    "ADD",
+    "CHANGE",
+    "PATCH_METADATA",
+    "SET_STATUS",
+    "DELETE_DRAFT",
+    "REMOVE",
+    "ROLLBACK_REMOVE",
+    "DELETE_ARCHIVE",
+)
+RELEASE_STATUSES = ("DRAFT", "PENDING_RELEASE", "PENDING_DELETE")
+DATASTORE = "DATASTORE"
+#: Fields a new job must have for its operation, beyond operation and target.
+REQUIRED_BY_OPERATION = {
+    "SET_STATUS": ("releaseStatus",),
+    "REMOVE": ("description",),
+    "BUMP": ("description", "bumpManifesto", "bumpFromVersion", "bumpToVersion"),
+}
+DATASET_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,127}")
+MAX_JOBS_PER_POST = 1000
+INITIAL_MAINTENANCE_MSG = "Initial status inserted by job service at startup."
+
+
+def now_iso() -> str:
+    """The current instant, always with microseconds so the strings sort in time order."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def is_dataset_name(name: object) -> bool:
+    return isinstance(name, str) and DATASET_NAME.fullmatch(name) is not None
+
+
+def invalid_name_message(name: str) -> str:
+    return f'"{name}" contains invalid characters. Please use only uppercase A-Z, numbers 0-9 or "_"'
+
+
+# --- configuration ---------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """A bad configuration; its text is the one line printed at start-up."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str
+    tinydb: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    user_id: str
+    first_name: str
+    last_name: str
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    storage: StorageConfig
+    input_dir: Path
+    bump_enabled: bool
+    local_user: LocalUser
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """The chosen backend's own section, as `backends.open_store` takes it."""
+        return getattr(self.storage, self.storage.backend)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON/TOML boolean and nothing else: marshmallow's Boolean also takes "yes" and 1."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+def section(schema: type[Schema]) -> fields.Nested:
+    """A config section that may be left out entirely, taking all its defaults."""
+    return fields.Nested(schema, load_default=lambda: schema().load({}))
+
+
+class ConfigSection(Schema):
+    """A TOML table loaded into its dataclass; unknown keys are errors (marshmallow's default)."""
+
+    model: ClassVar[type]
+
+    @post_load
+    def make_model(self, data: dict[str, Any], **kwargs: Any) -> Any:
+        return self.model(**data)
+
+
+class ServerSection(ConfigSection):
+    model = ServerConfig
+    host = fields.String(load_default="127.0.0.1")
+    port = fields.Integer(strict=True, validate=validate.Range(1, 65535), load_default=8000)
+    max_body_bytes = fields.Integer(strict=True, validate=validate.Range(min=1), load_default=1 << 20)
+
+
+class TinyDBSection(Schema):
+    path = fields.String(load_default="data")
+
+
+class StorageSection(ConfigSection):
+    model = StorageConfig
+    backend = fields.String(validate=validate.OneOf(["tinydb"]), load_default="tinydb")
+    tinydb = section(TinyDBSection)
+
+
+class InputSection(Schema):
+    dir = fields.String(load_default="input")
+
+
+class JobsSection(Schema):
+    bump_enabled = StrictBoolean(load_default=False)
+
+
+class LocalUserSection(ConfigSection):
+    model = LocalUser
+    user_id = fields.String(load_default="local-user")
+    first_name = fields.String(load_default="Local")
+    last_name = fields.String(load_default="User")
+
+
+class ConfigSchema(Schema):
+    server = section(ServerSection)
+    storage = section(StorageSection)
+    input = section(InputSection)
+    jobs = section(JobsSection)
+    local_user = section(LocalUserSection)
+
+    @post_load
+    def make_config(self, data: dict[str, Any], **kwargs: Any) -> Config:
+        return Config(
+            server=data["server"],
+            storage=data["storage"],
+            input_dir=Path(data["input"]["dir"]),
+            bump_enabled=data["jobs"]["bump_enabled"],
+            local_user=data["local_user"],
+        )
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (all defaults without one); `INPUT_DIR` overrides it as in the original."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    environ = os.environ if environ is None else environ
+    if environ.get("INPUT_DIR"):
+        raw.setdefault("input", {})["dir"] = environ["INPUT_DIR"]
+    try:
+        return ConfigSchema().load(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"bad config: {describe(exc.messages)}") from None
+
+
+def prepare_directories(config: Config) -> None:
+    """Create the directories the service writes to, or say which key is wrong."""
+    directories = {"input.dir": config.input_dir}
+    if config.storage.backend == "tinydb":
+        directories["storage.tinydb.path"] = Path(config.storage.tinydb["path"])
+    for key, directory in directories.items():
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"bad config: {key}: cannot create directory {directory}: {exc.strerror}") from None
+
+
+# --- request and response schemas ------------------------------------------
+
+
+def validate_dataset_name(name: str) -> None:
+    if not is_dataset_name(name):
+        raise ValidationError(invalid_name_message(name))
+
+
+class DataStructureUpdateSchema(Schema):
+    name = fields.String(required=True, validate=validate_dataset_name)
+    description = fields.String(required=True)
+    operation = fields.String(required=True)
+    releaseStatus = fields.String(required=True)
+
+
+class BumpManifestoSchema(Schema):
+    version = fields.String(required=True)
+    description = fields.String(required=True)
+    releaseTime = fields.Integer(required=True, strict=True)
+    languageCode = fields.String(required=True)
+    # The executor's model needs the key even when it has no value.
+    updateType = fields.String(required=True, allow_none=True)
+    dataStructureUpdates = fields.List(fields.Nested(DataStructureUpdateSchema), required=True)
+
+
+class JobParametersSchema(Schema):
+    """A new job as posted, and the `parameters` of a stored job."""
+
+    operation = fields.String(required=True, validate=validate.OneOf(OPERATIONS))
+    target = fields.String(required=True, validate=validate_dataset_name)
+    releaseStatus = fields.String(validate=validate.OneOf(RELEASE_STATUSES))
+    description = fields.String()
+    bumpManifesto = fields.Nested(BumpManifestoSchema)
+    bumpFromVersion = fields.String()
+    bumpToVersion = fields.String()
+
+    @validates_schema(skip_on_field_errors=True)
+    def check_operation_fields(self, data: dict[str, Any], **kwargs: Any) -> None:
+        operation = data["operation"]
+        missing = [name for name in REQUIRED_BY_OPERATION.get(operation, ()) if name not in data]
+        if missing:
+            needed = f"Missing data for required field (a {operation} needs it)."
+            raise ValidationError({name: [needed] for name in missing})
+        if operation == "BUMP" and data["target"] != DATASTORE:
+            raise ValidationError(f"The target of a BUMP must be {DATASTORE}.", "target")
+        if operation != "BUMP" and data["target"] == DATASTORE:
+            raise ValidationError(f"Only a BUMP can target {DATASTORE}.", "target")
+
+
+class NewJobsSchema(Schema):
+    # Entries stay raw here: each one is judged on its own, with its own result.
+    jobs = fields.List(fields.Raw(allow_none=True), required=True, validate=validate.Length(max=MAX_JOBS_PER_POST))
+
+
+class UserSchema(Schema):
+    userId = fields.String()
+    firstName = fields.String()
+    lastName = fields.String()
+
+
+class LogEntrySchema(Schema):
+    at = fields.String()
+    message = fields.String()
+
+
+class JobSchema(Schema):
+    jobId = fields.String()
+    status = fields.String()
+    parameters = fields.Nested(JobParametersSchema)
+    log = fields.List(fields.Nested(LogEntrySchema))
+    createdAt = fields.String()
+    createdBy = fields.Nested(UserSchema)
+
+
+class PostJobResultSchema(Schema):
+    status = fields.String()
+    msg = fields.String()
+    job_id = fields.String()
+
+
+class JobUpdateSchema(Schema):
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    description = fields.String()
+    log = fields.String()
+
+    @validates_schema
+    def check_something_changes(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "status" not in data and "description" not in data:
+            raise ValidationError("An update needs a status or a description (or both).")
+
+
+class QueryFlag(fields.Field):
+    """`true`/`false` in any letter case: the executor sends `true`, the old README `True`."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        word = str(value).lower()
+        if word not in ("true", "false"):
+            raise ValidationError("Must be true or false.")
+        return word == "true"
+
+
+class CommaSeparatedOperations(fields.Field):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> frozenset[str]:
+        operations = frozenset(item for item in str(value).split(",") if item)
+        unknown = sorted(operations.difference(OPERATIONS))
+        if unknown:
+            raise ValidationError(f"Unknown operation {', '.join(unknown)}; must be among {', '.join(OPERATIONS)}.")
+        return operations
+
+
+class JobsQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    operation = CommaSeparatedOperations()
+    ignoreCompleted = QueryFlag()
+
+    @post_load
+    def make_query(self, data: dict[str, Any], **kwargs: Any) -> JobQuery:
+        return JobQuery(
+            status=data.get("status"),
+            operations=data.get("operation") or None,
+            ignore_completed=data.get("ignoreCompleted", False),
+        )
+
+
+class TargetSchema(Schema):
+    name = fields.String()
+    lastUpdatedAt = fields.String()
+    status = fields.String()
+    lastUpdatedBy = fields.Nested(UserSchema)
+    action = fields.List(fields.String())
+
+
+class ImportableDatasetSchema(Schema):
+    datasetName = fields.String()
+    hasMetadata = fields.Boolean()
+    hasData = fields.Boolean()
+    isArchived = fields.Boolean()
+
+
+class PauseFlag(fields.Field):
+    """The original README's `pause`: 0, 1, false or true."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
+            return bool(value)
+        raise ValidationError("Must be 0, 1, false or true.")
+
+
+class MaintenanceRequestSchema(Schema):
+    msg = fields.String(required=True)
+    paused = StrictBoolean()
+    pause = PauseFlag()
+
+    @validates_schema
+    def check_one_flag(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("paused" in data) == ("pause" in data):
+            raise ValidationError("Give exactly one of paused (a boolean) or pause (0 or 1).")
+
+    @post_load
+    def make_status(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return {"msg": data["msg"], "paused": data.get("paused", data.get("pause"))}
+
+
+class MaintenanceStatusSchema(Schema):
+    msg = fields.String()
+    paused = fields.Boolean()
+    timestamp = fields.String()
+
+
+class MessageSchema(Schema):
+    message = fields.String()
+
+
+# --- errors and (de)serialisation -------------------------------------------
+
+
+class ApiError(Exception):
+    """An error the client caused or must know of; the middleware answers it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+#: Backend errors that reach a client, and what they mean in HTTP.
+STORE_ERROR_STATUS: dict[type[StoreError], int] = {
+    JobNotFound: 404,
+    JobFinal: 409,
+    StoreUnavailable: 503,
+}
+
+
+def describe(messages: Any, path: str = "") -> str:
+    """Marshmallow's nested error messages as one line that names each field."""
+    if isinstance(messages, dict):
+        return "; ".join(describe(value, field_path(path, key)) for key, value in messages.items())
+    if isinstance(messages, list):
+        if all(isinstance(message, str) for message in messages):
+            text = " ".join(messages)
+            return f"{path}: {text}" if path else text
+        return "; ".join(describe(message, path) for message in messages)
+    return f"{path}: {messages}" if path else str(messages)
+
+
+def field_path(path: str, key: Any) -> str:
+    if key == "_schema":
+        return path
+    return f"{path}.{key}" if path else str(key)
+
+
+def reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CONFIG].server.max_body_bytes
+        raise ApiError(413, f"Request body is larger than the limit of {limit} bytes") from None
+    try:
+        body = json.loads(raw, parse_constant=reject_constant)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "Request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return body
+
+
+def respond(schema: Schema, data: Any, *, many: bool = False) -> web.Response:
+    return web.json_response(schema.dump(data, many=many))
+
+
+def message(text: str, status: int = 200) -> web.Response:
+    return web.json_response(MessageSchema().dump({"message": text}), status=status)
+
+
+# --- targets ----------------------------------------------------------------
+
+
+def job_action(parameters: Mapping[str, Any]) -> list[str]:
+    operation = parameters["operation"]
+    if operation == "SET_STATUS":
+        return [operation, parameters["releaseStatus"]]
+    if operation == "BUMP":
+        return [operation, parameters["bumpFromVersion"], parameters["bumpToVersion"]]
+    return [operation]
+
+
+def target_of(job: Mapping[str, Any], at: str) -> dict[str, Any]:
+    """The target as the last job that touched it leaves it."""
+    return {
+        "name": job["parameters"]["target"],
+        "lastUpdatedAt": at,
+        "status": job["status"],
+        "lastUpdatedBy": job["createdBy"],
+        "action": job_action(job["parameters"]),
+    }
+
+
+def targets_released_by(bump: Mapping[str, Any], at: str) -> Iterator[dict[str, Any]]:
+    """The datasets a completed BUMP released or removed; its drafts stay untouched."""
+    parameters = bump["parameters"]
+    for update in parameters["bumpManifesto"]["dataStructureUpdates"]:
+        if update["releaseStatus"] == "DRAFT":
+            continue
+        outcome = "RELEASED" if update["releaseStatus"] == "PENDING_RELEASE" else "REMOVED"
+        yield {
+            "name": update["name"],
+            "lastUpdatedAt": at,
+            "status": "completed",
+            "lastUpdatedBy": bump["createdBy"],
+            "action": [outcome, parameters["bumpToVersion"]],
+        }
+
+
+# --- the input directory ------------------------------------------------------
+
+
+def inspect_archive(path: str, name: str) -> tuple[bool, bool]:
+    """Whether the archive holds `<name>.json` at its top and any data chunks."""
+    has_metadata = has_data = False
+    with tarfile.open(path) as archive:
+        for member in archive:
+            member_name = member.name.removeprefix("./").rstrip("/")
+            has_metadata = has_metadata or member_name == f"{name}.json"
+            has_data = has_data or member_name == "chunks" or member_name.startswith("chunks/")
+            if has_metadata and has_data:
+                break
+    return has_metadata, has_data
+
+
+def scan_input_dir(input_dir: Path) -> list[dict[str, Any]]:
+    """Every readable `<NAME>.tar` in the input directory and its `archive/` folder.
+
+    Blocking file I/O: run it in a thread. Anything unreadable is skipped and
+    logged; one broken upload must not hide the others from the admin UI.
+    """
+    datasets = []
+    for folder, is_archived in ((input_dir, False), (input_dir / "archive", True)):
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            name, dot_tar, rest = entry.name.rpartition(".tar")
+            if not dot_tar or rest:
+                continue
+            if not is_dataset_name(name):
+                log.info("Skipping %s: not a valid dataset name", entry.path)
+                continue
+            # Not following links keeps every read inside the input directory.
+            if not entry.is_file(follow_symlinks=False):
+                log.info("Skipping %s: not a regular file", entry.path)
+                continue
+            try:
+                has_metadata, has_data = inspect_archive(entry.path, name)
+            except Exception as exc:  # tarfile and its codecs raise many kinds
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning("Skipping %s: cannot read it as a tar archive: %s", entry.path, reason)
+                continue
+            datasets.append(
+                {"datasetName": name, "hasMetadata": has_metadata, "hasData": has_data, "isArchived": is_archived}
+            )
+    return sorted(datasets, key=lambda dataset: (dataset["datasetName"], dataset["isArchived"]))
+
+
+def delete_archive(input_dir: Path, name: str) -> None:
+    """Remove `<name>.tar` from the input directory (never from `archive/`)."""
+    path = input_dir / f"{name}.tar"
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise ApiError(404, f"No importable dataset named {name}")
+        path.unlink()
+    except FileNotFoundError:
+        raise ApiError(404, f"No importable dataset named {name}") from None
+
+
+# --- handlers -----------------------------------------------------------------
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+routes = web.RouteTableDef()
+
+
+def store_of(request: web.Request) -> Store:
+    return request.app[STORE]
+
+
+def request_user(request: web.Request) -> dict[str, str]:
+    """Who is asking: `createdBy` of the jobs they post."""
+    user = request.app[CONFIG].local_user
+    return {"userId": user.user_id, "firstName": user.first_name, "lastName": user.last_name}
+
+
+def query_arguments(request: web.Request) -> dict[str, str]:
+    """The query string as one value per name: empty values count as absent, and
+    repeated operations add up, while any other repeated name is ambiguous."""
+    arguments: dict[str, str] = {}
+    for name in request.query:
+        values = [value for value in request.query.getall(name) if value]
+        if not values or name in arguments:
+            continue
+        if len(values) > 1 and name != "operation":
+            raise ApiError(400, f"Query parameter {name} is given more than once")
+        arguments[name] = ",".join(values)
+    return arguments
+
+
+@routes.get("/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    query = JobsQuerySchema().load(query_arguments(request))
+    return respond(JobSchema(), await store_of(request).find_jobs(query), many=True)
+
+
+@routes.get("/jobs/{jobId}")
+async def get_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["jobId"]
+    job = await store_of(request).get_job(job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return respond(JobSchema(), job)
+
+
+async def create_job(request: web.Request, entry: Any, user: dict[str, str]) -> dict[str, str]:
+    """Judge one posted entry on its own and store it; the result says which."""
+    try:
+        parameters = JobParametersSchema().load(entry)
+    except ValidationError as exc:
+        return {"status": "FAILED", "msg": f"FAILED: {describe(exc.messages)}"}
+    if parameters["operation"] == "BUMP" and not request.app[CONFIG].bump_enabled:
+        return {"status": "FAILED", "msg": "FAILED: Bumping the datastore is disabled"}
+    created_at = now_iso()
+    job = {
+        "jobId": str(uuid.uuid4()),
+        "status": "queued",
+        "parameters": parameters,
+        "log": [],
+        "createdAt": created_at,
+        "createdBy": user,
+    }
+    try:
+        await store_of(request).insert_job(job)
+    except TargetBusy as exc:
+        return {"status": "FAILED", "msg": f"FAILED: {exc}"}
+    await store_of(request).save_target(target_of(job, created_at))
+    return {"status": "queued", "msg": "CREATED", "job_id": job["jobId"]}
+
+
+@routes.post("/jobs")
+async def post_jobs(request: web.Request) -> web.Response:
+    user = request_user(request)
+    entries = NewJobsSchema().load(await read_json_object(request))["jobs"]
+    results = [await create_job(request, entry, user) for entry in entries]
+    return respond(PostJobResultSchema(), results, many=True)
+
+
+@routes.put("/jobs/{jobId}")
+async def update_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["jobId"]
+    update = JobUpdateSchema().load(await read_json_object(request))
+    at = now_iso()
+    log_entries = []
+    if "status" in update:
+        log_entries.append({"at": at, "message": f"Set status: {update['status']}"})
+    if "description" in update:
+        log_entries.append({"at": at, "message": "Added update description"})
+    if "log" in update:
+        log_entries.append({"at": at, "message": update["log"]})
+    change = JobChange(status=update.get("status"), description=update.get("description"), log=log_entries)
+    store = store_of(request)
+    job = await store.update_job(job_id, change)
+    await store.save_target(target_of(job, at))
+    if job["parameters"]["operation"] == "BUMP" and job["status"] == "completed":
+        for target in targets_released_by(job, at):
+            await store.save_target(target)
+    return message(f"Updated job with jobId {job_id}")
+
+
+@routes.get("/targets")
+async def list_targets(request: web.Request) -> web.Response:
+    return respond(TargetSchema(), await store_of(request).list_targets(), many=True)
+
+
+def target_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not is_dataset_name(name):
+        raise ApiError(400, invalid_name_message(name))
+    return name
+
+
+@routes.get("/targets/{name}")
+async def get_target(request: web.Request) -> web.Response:
+    name = target_name(request)
+    target = await store_of(request).get_target(name)
+    if target is None:
+        raise ApiError(404, f"No target named {name}")
+    return respond(TargetSchema(), target)
+
+
+@routes.get("/targets/{name}/jobs")
+async def list_target_jobs(request: web.Request) -> web.Response:
+    jobs = await store_of(request).jobs_for_target(target_name(request))
+    return respond(JobSchema(), jobs, many=True)
+
+
+@routes.get("/importable-datasets")
+async def list_importable_datasets(request: web.Request) -> web.Response:
+    datasets = await asyncio.to_thread(scan_input_dir, request.app[CONFIG].input_dir)
+    return respond(ImportableDatasetSchema(), datasets, many=True)
+
+
+@routes.delete("/importable-datasets/{name}")
+async def delete_importable_dataset(request: web.Request) -> web.Response:
+    name = target_name(request)
+    if await store_of(request).target_in_progress(name):
+        raise ApiError(409, f"Cannot delete {name}: a job for it is in progress")
+    await asyncio.to_thread(delete_archive, request.app[CONFIG].input_dir, name)
+    return message(f"OK, {name} deleted")
+
+
+@routes.post("/maintenance-status")
+async def set_maintenance_status(request: web.Request) -> web.Response:
+    status = MaintenanceRequestSchema().load(await read_json_object(request))
+    status["timestamp"] = now_iso()
+    await store_of(request).add_maintenance(status)
+    return respond(MaintenanceStatusSchema(), status)
+
+
+@routes.get("/maintenance-status")
+async def get_maintenance_status(request: web.Request) -> web.Response:
+    initial = {"msg": INITIAL_MAINTENANCE_MSG, "paused": False, "timestamp": now_iso()}
+    return respond(MaintenanceStatusSchema(), await store_of(request).latest_maintenance(initial))
+
+
+@routes.get("/maintenance-history")
+async def get_maintenance_history(request: web.Request) -> web.Response:
+    return respond(MaintenanceStatusSchema(), await store_of(request).maintenance_history(), many=True)
+
+
+@routes.get("/health/alive")
+async def health_alive(request: web.Request) -> web.Response:
+    return message("I'm alive!")
+
+
+@routes.get("/health/ready")
+async def health_ready(request: web.Request) -> web.Response:
+    await store_of(request).ping()
+    return message("I'm ready!")
+
+
+# --- the application ------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one error path: every failure becomes SPEC's `{"message"}` with its status."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return message(exc.message, exc.status)
+    except ValidationError as exc:
+        return message(describe(exc.messages), 400)
+    except StoreError as exc:
+        status = STORE_ERROR_STATUS.get(type(exc))
+        if status is None:
+            raise
+        return message(str(exc), status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = message(exc.reason, exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("Unhandled error in %s %s", request.method, request.path)
+        return message("Internal Server Error", 500)
+
+
+async def storage_context(app: web.Application) -> Any:
+    """Open the backend inside the app's lifetime: some drivers bind to the running loop."""
+    config = app[CONFIG]
+    app[STORE] = await open_store(config.storage.backend, config.storage_options)
+    yield
+    await app[STORE].close()
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app.cleanup_ctx.append(storage_context)
+    app.add_routes(routes)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `job-service` command."""
+    parser = argparse.ArgumentParser(prog="job-service", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("JOB_SERVICE_CONFIG") or None,
+        help="TOML configuration file (default: $JOB_SERVICE_CONFIG, else built-in defaults)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+        prepare_directories(config)
+        web.run_app(create_app(config), host=config.server.host, port=config.server.port)
+    except (ConfigError, StoreError) as exc:
+        sys.exit(f"job-service: {exc}")
+
+
+if __name__ == "__main__":
+    main()

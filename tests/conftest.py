@@ -1,0 +1,103 @@
+"""Fixtures: a real service on a real backend in a temp dir, driven over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from job_service import Config, ConfigSchema, create_app
+
+BACKENDS = ["tinydb"]
+
+
+def bump_job(**overrides: Any) -> dict[str, Any]:
+    """A valid BUMP as the admin UI posts it."""
+    job = {
+        "operation": "BUMP",
+        "target": "DATASTORE",
+        "description": "Release two datasets",
+        "bumpFromVersion": "1.0.0",
+        "bumpToVersion": "1.1.0",
+        "bumpManifesto": {
+            "version": "1.1.0.0",
+            "description": "Release two datasets",
+            "releaseTime": 1700000000,
+            "languageCode": "no",
+            "updateType": "MINOR",
+            "dataStructureUpdates": [
+                {"name": "NEW_DATASET", "description": "first", "operation": "ADD", "releaseStatus": "PENDING_RELEASE"},
+                {
+                    "name": "OLD_DATASET",
+                    "description": "gone",
+                    "operation": "REMOVE",
+                    "releaseStatus": "PENDING_DELETE",
+                },
+                {"name": "DRAFT_DATASET", "description": "wip", "operation": "ADD", "releaseStatus": "DRAFT"},
+            ],
+        },
+    }
+    job.update(overrides)
+    return job
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def input_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "input"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, backend: str, input_dir: Path) -> Callable[..., Config]:
+    """A Config for `backend` in the temp dir; keyword arguments are extra TOML sections."""
+
+    def make(**sections: dict[str, Any]) -> Config:
+        raw: dict[str, Any] = {
+            "storage": {"backend": backend, "tinydb": {"path": str(tmp_path / "data")}},
+            "input": {"dir": str(input_dir)},
+        }
+        for name, values in sections.items():
+            raw.setdefault(name, {}).update(values)
+        return ConfigSchema().load(raw)
+
+    return make
+
+
+@pytest.fixture
+async def make_client(aiohttp_client: Any, make_config: Callable[..., Config]) -> Callable[..., Any]:
+    async def make(**sections: dict[str, Any]) -> TestClient:
+        return await aiohttp_client(create_app(make_config(**sections)))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Any]) -> TestClient:
+    return await make_client()
+
+
+async def post_jobs(client: TestClient, *jobs: dict[str, Any]) -> list[dict[str, Any]]:
+    response = await client.post("/jobs", json={"jobs": list(jobs)})
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def create_job(client: TestClient, **job: Any) -> str:
+    """Post one job that must be created; its jobId."""
+    [result] = await post_jobs(client, job)
+    assert result["msg"] == "CREATED", result
+    return result["job_id"]
+
+
+async def put_job(client: TestClient, job_id: str, **body: Any) -> None:
+    response = await client.put(f"/jobs/{job_id}", json=body)
+    assert response.status == 200, await response.text()

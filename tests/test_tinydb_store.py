@@ -1,0 +1,161 @@
+"""The TinyDB store on real files: durable, atomic, crash-safe, one owner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backends import JobChange, JobQuery, StoreLocked, TargetBusy
+from backends.tinydb import AtomicJSONStorage, TinyDBStore
+
+
+def new_job(job_id: str, target: str = "MY_DATASET") -> dict:
+    return {
+        "jobId": job_id,
+        "status": "queued",
+        "parameters": {"operation": "ADD", "target": target},
+        "log": [],
+        "createdAt": f"2026-11-29T10:00:00.{job_id[-6:]:0>6}+00:00",
+        "createdBy": {"userId": "u", "firstName": "F", "lastName": "L"},
+    }
+
+
+async def test_everything_written_is_there_after_reopening(tmp_path):
+    store = await TinyDBStore.open(tmp_path)
+    await store.insert_job(new_job("1"))
+    await store.insert_job(new_job("2", target="OTHER"))
+    await store.update_job("2", JobChange(status="completed"))
+    await store.save_target({"name": "MY_DATASET", "status": "queued"})
+    await store.add_maintenance({"msg": "m", "paused": True, "timestamp": "t"})
+    await store.close()
+
+    store = await TinyDBStore.open(tmp_path)
+    assert [job["jobId"] for job in await store.find_jobs(JobQuery())] == ["1", "2"]
+    assert (await store.get_job("2"))["status"] == "completed"
+    assert await store.list_targets() == [{"name": "MY_DATASET", "status": "queued"}]
+    assert await store.maintenance_history() == [{"msg": "m", "paused": True, "timestamp": "t"}]
+    await store.close()
+
+
+async def test_a_second_owner_of_the_data_directory_is_refused(tmp_path):
+    store = await TinyDBStore.open(tmp_path)
+    with pytest.raises(StoreLocked, match=str(tmp_path)):
+        await TinyDBStore.open(tmp_path)
+    await store.close()
+    await (await TinyDBStore.open(tmp_path)).close()
+
+
+def test_a_second_service_process_refuses_to_start_with_one_clear_line(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage.tinydb]\npath = "{tmp_path / "data"}"\n[input]\ndir = "{tmp_path / "in"}"\n')
+    (tmp_path / "data").mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys; from backends.tinydb import TinyDBStore;"
+            "store = asyncio.run(TinyDBStore.open(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
+            str(tmp_path / "data"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = subprocess.run(
+            [sys.executable, "-m", "job_service", "--config", str(config)], capture_output=True, text=True, timeout=30
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("job-service: The data directory") and f"pid {holder.pid}" in last_line
+    assert "Traceback" not in result.stderr
+
+
+def test_a_write_interrupted_before_the_rename_leaves_the_previous_state(tmp_path, monkeypatch):
+    path = tmp_path / "db.json"
+    storage = AtomicJSONStorage(path)
+    storage.write({"_default": {"1": {"v": "old"}}})
+
+    def crash(*args):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(os, "replace", crash)
+    data = storage.read()
+    data["_default"]["1"]["v"] = "new"
+    with pytest.raises(KeyboardInterrupt):
+        storage.write(data)
+    monkeypatch.undo()
+
+    assert storage.read() == {"_default": {"1": {"v": "old"}}}, "memory must not run ahead of the file"
+    assert AtomicJSONStorage(path).read() == {"_default": {"1": {"v": "old"}}}
+    assert json.loads(path.read_bytes()) == {"_default": {"1": {"v": "old"}}}
+
+
+async def test_a_leftover_temporary_file_is_ignored_and_removed(tmp_path):
+    store = await TinyDBStore.open(tmp_path)
+    await store.insert_job(new_job("1"))
+    await store.close()
+    (tmp_path / "inprogress.json.tmp").write_text('{"_default": {"1": {"jobId": "tor')
+
+    store = await TinyDBStore.open(tmp_path)
+    assert [job["jobId"] for job in await store.find_jobs(JobQuery())] == ["1"]
+    assert not (tmp_path / "inprogress.json.tmp").exists()
+    await store.close()
+
+
+async def test_a_crash_between_the_two_writes_of_a_completion_loses_nothing(tmp_path):
+    """Completion writes the completed file, then the in-progress file: stop after the first."""
+    store = await TinyDBStore.open(tmp_path)
+    await store.insert_job(new_job("1"))
+    await store.close()
+    inprogress_before = (tmp_path / "inprogress.json").read_bytes()
+    store = await TinyDBStore.open(tmp_path)
+    await store.update_job("1", JobChange(status="completed"))
+    await store.close()
+    (tmp_path / "inprogress.json").write_bytes(inprogress_before)  # the second write never happened
+
+    store = await TinyDBStore.open(tmp_path)
+    jobs = await store.find_jobs(JobQuery())
+    assert [(job["jobId"], job["status"]) for job in jobs] == [("1", "completed")]
+    assert await store.find_jobs(JobQuery(ignore_completed=True)) == []
+    assert not await store.target_in_progress("MY_DATASET")
+    await store.close()
+
+
+async def test_concurrent_inserts_on_one_target_store_exactly_one(tmp_path):
+    store = await TinyDBStore.open(tmp_path)
+    results = await asyncio.gather(*(store.insert_job(new_job(str(n))) for n in range(20)), return_exceptions=True)
+    assert sum(result is None for result in results) == 1
+    assert sum(isinstance(result, TargetBusy) for result in results) == 19
+    assert len(await store.find_jobs(JobQuery())) == 1
+    await store.close()
+
+
+async def test_returned_jobs_are_copies_the_store_does_not_share(tmp_path):
+    store = await TinyDBStore.open(tmp_path)
+    await store.insert_job(new_job("1"))
+    job = await store.get_job("1")
+    await store.update_job("1", JobChange(status="built", log=[{"at": "t", "message": "Set status: built"}]))
+    assert job["status"] == "queued" and job["log"] == []
+    await store.close()
+
+
+def test_files_are_plain_json_per_collection(tmp_path):
+    async def write():
+        store = await TinyDBStore.open(Path(tmp_path))
+        await store.insert_job(new_job("1"))
+        await store.close()
+
+    asyncio.run(write())
+    stored = json.loads((tmp_path / "inprogress.json").read_text())
+    assert [job["jobId"] for job in stored["_default"].values()] == ["1"]

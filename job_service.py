@@ -596,6 +596,7 @@ def delete_archive(input_dir: Path, name: str) -> None:
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
+REQUEST_ID = web.RequestKey("request_id", str)
 routes = web.RouteTableDef()
 
 
@@ -770,6 +771,21 @@ async def health_ready(request: web.Request) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+REQUEST_ID_HEADER = "X-Request-ID"
+#: What a caller's request id may look like; anything else is replaced, never echoed or logged.
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tie a request's log lines and its response together, with the caller's id when it is sane."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    request[REQUEST_ID] = given if SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    response = await handler(request)
+    response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one error path: every failure becomes SPEC's `{"message"}` with its status."""
@@ -792,7 +808,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
-        log.exception("Unhandled error in %s %s", request.method, request.path)
+        log.exception("Unhandled error in %s %s [request %s]", request.method, request.path, request[REQUEST_ID])
         return message("Internal Server Error", 500)
 
 
@@ -805,7 +821,9 @@ async def storage_context(app: web.Application) -> Any:
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.server.max_body_bytes)
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware], client_max_size=config.server.max_body_bytes
+    )
     app[CONFIG] = config
     app.cleanup_ctx.append(storage_context)
     app.add_routes(routes)

@@ -50,3 +50,12 @@ async def test_deeply_nested_json_is_a_400(client):
 async def test_a_number_with_ten_thousand_digits_is_a_400(client):
     response = await client.post("/maintenance-status", data=b'{"msg": "x", "pause": ' + b"1" * 10_000 + b"}")
     assert response.status == 400
+
+
+async def test_a_request_id_is_echoed_or_made_up(client):
+    response = await client.get("/health/alive", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    response = await client.get("/health/alive", headers={"X-Request-ID": "bad id\twith tab" + "x" * 200})
+    assert response.headers["X-Request-ID"].isalnum() and len(response.headers["X-Request-ID"]) == 32
+    response = await client.get("/no/such/route")
+    assert len(response.headers["X-Request-ID"]) == 32

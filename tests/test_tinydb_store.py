@@ -15,6 +15,12 @@ from backends import JobChange, JobQuery, StoreLocked, TargetBusy
 from backends.tinydb import AtomicJSONStorage, TinyDBStore
 
 
+@pytest.fixture
+def backend() -> str:
+    """The HTTP tests in this module are about TinyDB's files."""
+    return "tinydb"
+
+
 def new_job(job_id: str, target: str = "MY_DATASET") -> dict:
     return {
         "jobId": job_id,
@@ -159,3 +165,22 @@ def test_files_are_plain_json_per_collection(tmp_path):
     asyncio.run(write())
     stored = json.loads((tmp_path / "inprogress.json").read_text())
     assert [job["jobId"] for job in stored["_default"].values()] == ["1"]
+
+
+async def test_a_failing_disk_is_a_500_that_leaks_nothing_and_loses_nothing(make_client, tmp_path, caplog):
+    """A directory where the store writes its temporary file makes every write fail for real."""
+    client = await make_client()
+    [kept] = await (await client.post("/jobs", json={"jobs": [{"operation": "ADD", "target": "KEPT"}]})).json()
+    blocker = tmp_path / "data" / "inprogress.json.tmp"
+    blocker.mkdir()
+
+    response = await client.post(
+        "/jobs", json={"jobs": [{"operation": "ADD", "target": "LOST"}]}, headers={"X-Request-ID": "req-500"}
+    )
+    assert response.status == 500
+    assert await response.json() == {"message": "Internal Server Error"}
+    assert "req-500" in caplog.text and "IsADirectoryError" in caplog.text
+
+    blocker.rmdir()
+    jobs = await (await client.get("/jobs")).json()
+    assert [job["jobId"] for job in jobs] == [kept["job_id"]]

@@ -39,6 +39,7 @@ from marshmallow import (
 )
 
 from backends import (
+    COLLECTIONS,
     JobChange,
     JobFinal,
     JobNotFound,
@@ -124,6 +125,7 @@ class ServerConfig:
 class StorageConfig:
     backend: str
     tinydb: dict[str, Any]
+    mongodb: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -182,10 +184,18 @@ class TinyDBSection(Schema):
     path = fields.String(load_default="data")
 
 
+class MongoDBSection(Schema):
+    url = fields.String(load_default="mongodb://localhost:27017")
+    database = fields.String(load_default="jobdb")
+    #: How long a request waits for an unreachable server before its 503.
+    timeout_seconds = fields.Float(validate=validate.Range(min=0, min_inclusive=False), load_default=5.0)
+
+
 class StorageSection(ConfigSection):
     model = StorageConfig
-    backend = fields.String(validate=validate.OneOf(["tinydb"]), load_default="tinydb")
+    backend = fields.String(validate=validate.OneOf(["tinydb", "mongodb"]), load_default="tinydb")
     tinydb = section(TinyDBSection)
+    mongodb = section(MongoDBSection)
 
 
 class InputSection(Schema):
@@ -221,8 +231,29 @@ class ConfigSchema(Schema):
         )
 
 
+def mongodb_credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    """MongoDB user and password as the original deploys them: a JSON secrets
+    file named by `SECRETS_FILE`, else `MONGODB_USER` and `MONGODB_PASSWORD`.
+    Kept out of the TOML file, and never echoed."""
+    secrets: Mapping[str, Any] = environ
+    if environ.get("SECRETS_FILE"):
+        try:
+            secrets = json.loads(Path(environ["SECRETS_FILE"]).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"SECRETS_FILE: cannot read {environ['SECRETS_FILE']}: {type(exc).__name__}") from None
+        if not isinstance(secrets, dict):
+            raise ConfigError("SECRETS_FILE: must hold a JSON object")
+    user, password = secrets.get("MONGODB_USER"), secrets.get("MONGODB_PASSWORD")
+    if not user:
+        return {}
+    if not isinstance(user, str) or not isinstance(password, str):
+        raise ConfigError("MONGODB_USER and MONGODB_PASSWORD must both be given as strings")
+    return {"username": user, "password": password}
+
+
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read the TOML file (all defaults without one); `INPUT_DIR` overrides it as in the original."""
+    """Read the TOML file (all defaults without one); as in the original, the
+    environment's `INPUT_DIR` and `MONGODB_URL` override it."""
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -232,10 +263,15 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     environ = os.environ if environ is None else environ
     if environ.get("INPUT_DIR"):
         raw.setdefault("input", {})["dir"] = environ["INPUT_DIR"]
+    if environ.get("MONGODB_URL"):
+        raw.setdefault("storage", {}).setdefault("mongodb", {})["url"] = environ["MONGODB_URL"]
     try:
-        return ConfigSchema().load(raw)
+        config: Config = ConfigSchema().load(raw)
     except ValidationError as exc:
         raise ConfigError(f"bad config: {describe(exc.messages)}") from None
+    if config.storage.backend == "mongodb":
+        config.storage.mongodb.update(mongodb_credentials(environ))
+    return config
 
 
 def prepare_directories(config: Config) -> None:
@@ -830,8 +866,67 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
+class CommandError(Exception):
+    """A command that cannot do what it was asked; its text is the one line printed."""
+
+
+async def export_documents(config: Config, path: Path) -> int:
+    """Write every document of the configured store to `path` as JSON Lines."""
+    store = await open_store(config.storage.backend, config.storage_options)
+    count = 0
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            for collection in COLLECTIONS:
+                for document in await store.dump_collection(collection):
+                    line = {"collection": collection, "document": document}
+                    out.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+                    count += 1
+    finally:
+        await store.close()
+    return count
+
+
+def read_export(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """An export file, checked line by line before anything is written."""
+    documents: dict[str, list[dict[str, Any]]] = {collection: [] for collection in COLLECTIONS}
+    try:
+        with open(path, encoding="utf-8") as lines:
+            for number, text in enumerate(lines, start=1):
+                try:
+                    line = json.loads(text, parse_constant=reject_constant)
+                except ValueError:
+                    raise CommandError(f"{path}:{number}: not a JSON line") from None
+                if (
+                    not isinstance(line, dict)
+                    or line.keys() != {"collection", "document"}
+                    or line["collection"] not in COLLECTIONS
+                    or not isinstance(line["document"], dict)
+                ):
+                    raise CommandError(f"{path}:{number}: not a job-service export line")
+                documents[line["collection"]].append(line["document"])
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {path}: {exc}") from None
+    return documents
+
+
+async def import_documents(config: Config, path: Path, replace: bool) -> int:
+    """Load an export into the configured store, which must be empty unless `replace`."""
+    documents = read_export(path)
+    store = await open_store(config.storage.backend, config.storage_options)
+    try:
+        if replace:
+            await store.clear()
+        elif not await store.is_empty():
+            raise CommandError("the destination store is not empty; add --replace to empty it first")
+        for collection, collection_documents in documents.items():
+            await store.load_collection(collection, collection_documents)
+    finally:
+        await store.close()
+    return sum(len(collection_documents) for collection_documents in documents.values())
+
+
 def main(argv: list[str] | None = None) -> None:
-    """The `job-service` command."""
+    """The `job-service` command: serve (the default), export or import."""
     parser = argparse.ArgumentParser(prog="job-service", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--config",
@@ -839,13 +934,25 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("JOB_SERVICE_CONFIG") or None,
         help="TOML configuration file (default: $JOB_SERVICE_CONFIG, else built-in defaults)",
     )
+    commands = parser.add_subparsers(dest="command", title="commands (default: serve)")
+    export = commands.add_parser("export", help="write every job, target and maintenance status as JSON Lines")
+    export.add_argument("--to", type=Path, required=True, metavar="FILE")
+    load = commands.add_parser("import", help="load an export into the configured store")
+    load.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE")
+    load.add_argument("--replace", action="store_true", help="empty a store that is not empty first")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
         prepare_directories(config)
-        web.run_app(create_app(config), host=config.server.host, port=config.server.port)
-    except (ConfigError, StoreError) as exc:
+        if args.command == "export":
+            print(f"exported {asyncio.run(export_documents(config, args.to))} documents to {args.to}")
+        elif args.command == "import":
+            imported = asyncio.run(import_documents(config, args.source, args.replace))
+            print(f"imported {imported} documents from {args.source}")
+        else:
+            web.run_app(create_app(config), host=config.server.host, port=config.server.port)
+    except (ConfigError, CommandError, StoreError) as exc:
         sys.exit(f"job-service: {exc}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import (
+    COLLECTIONS,
     FINAL_STATUSES,
     JobChange,
     JobFinal,
@@ -18,6 +19,7 @@ from .base import (
 )
 
 __all__ = [
+    "COLLECTIONS",
     "FINAL_STATUSES",
     "JobChange",
     "JobFinal",
@@ -38,4 +40,8 @@ async def open_store(backend: str, options: dict[str, Any]) -> Store:
         from .tinydb import TinyDBStore
 
         return await TinyDBStore.open(**options)
+    if backend == "mongodb":
+        from .mongo import MongoStore
+
+        return await MongoStore.open(**options)
     raise ValueError(f"unknown storage backend {backend!r}")

@@ -15,6 +15,9 @@ Job = dict[str, Any]
 Target = dict[str, Any]
 MaintenanceStatus = dict[str, Any]
 
+#: The collections every backend keeps, by these names: what export writes and import reads.
+COLLECTIONS = ("inprogress", "completed", "targets", "maintenance")
+
 #: A job in one of these is done: it leaves the in-progress set for the
 #: completed set, which is how the storage layout follows the status.
 FINAL_STATUSES = frozenset({"completed", "failed"})
@@ -127,3 +130,15 @@ class Store(Protocol):
 
     async def maintenance_history(self) -> list[MaintenanceStatus]:
         """Every status, newest first (by insertion, so equal timestamps keep order)."""
+
+    async def dump_collection(self, name: str) -> list[dict[str, Any]]:
+        """Every document of one of COLLECTIONS, in a stable order that `load_collection`
+        keeps: jobs in job order, targets by name, maintenance oldest first."""
+
+    async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
+        """Add exported documents to one of COLLECTIONS as they are."""
+
+    async def is_empty(self) -> bool: ...
+
+    async def clear(self) -> None:
+        """Remove every document of every collection."""

@@ -24,6 +24,7 @@ from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
 from .base import (
+    COLLECTIONS,
     FINAL_STATUSES,
     Job,
     JobChange,
@@ -39,7 +40,6 @@ from .base import (
 )
 
 T = TypeVar("T")
-COLLECTIONS = ("inprogress", "completed", "targets", "maintenance")
 LOCK_FILE = "job-service.lock"
 TMP_SUFFIX = ".tmp"
 
@@ -269,8 +269,8 @@ class TinyDBStore:
         await self._run(self._maintenance.insert, status)
 
     def _history(self) -> list[MaintenanceStatus]:
-        # Document ids only grow and nothing is ever deleted, so they give the
-        # order of insertion even between statuses set in the same microsecond.
+        # Document ids only grow, so they give the order of insertion even
+        # between statuses set in the same microsecond.
         return [dict(status) for status in sorted(self._maintenance.all(), key=lambda s: -s.doc_id)]
 
     async def latest_maintenance(self, initial: MaintenanceStatus) -> MaintenanceStatus:
@@ -285,3 +285,26 @@ class TinyDBStore:
 
     async def maintenance_history(self) -> list[MaintenanceStatus]:
         return await self._run(self._history)
+
+    async def dump_collection(self, name: str) -> list[dict[str, Any]]:
+        def dump() -> list[dict[str, Any]]:
+            documents = self._dbs[name].all()
+            if name == "maintenance":
+                return [dict(document) for document in sorted(documents, key=lambda d: d.doc_id)]
+            order = job_order if name in ("inprogress", "completed") else (lambda target: target["name"])
+            return sorted((dict(document) for document in documents), key=order)
+
+        return await self._run(dump)
+
+    async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
+        await self._run(self._dbs[name].insert_multiple, documents)
+
+    async def is_empty(self) -> bool:
+        return await self._run(lambda: not any(len(db) for db in self._dbs.values()))
+
+    async def clear(self) -> None:
+        def truncate_all() -> None:
+            for db in self._dbs.values():
+                db.truncate()
+
+        await self._run(truncate_all)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from mongo_server import MongoServer, secantusd
+from pymongo import MongoClient
 
 from job_service import Config, ConfigSchema, create_app
 
-BACKENDS = ["tinydb"]
+BACKENDS = ["tinydb", "mongodb"]
 
 
 def bump_job(**overrides: Any) -> dict[str, Any]:
@@ -49,6 +53,40 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(scope="session")
+def mongodb_url() -> Iterator[str]:
+    """A MongoDB server for the whole run: MONGODB_URL's, or a SecantusDB started here.
+
+    Without either the MongoDB tests are skipped, except in CI (CI=true), where a
+    skipped backend would be a contract left unchecked.
+    """
+    if os.environ.get("MONGODB_URL"):
+        yield os.environ["MONGODB_URL"]
+        return
+    command = secantusd()
+    if command is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must test the MongoDB backend: set SECANTUSD or MONGODB_URL")
+        pytest.skip("no MongoDB server: set SECANTUSD (a secantusd-py) or MONGODB_URL")
+    server = MongoServer(command)
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def storage(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The `[storage]` section of a fresh, empty store of `backend`."""
+    if backend == "tinydb":
+        yield {"backend": "tinydb", "tinydb": {"path": str(tmp_path / "data")}}
+        return
+    url = request.getfixturevalue("mongodb_url")
+    database = f"test_{uuid.uuid4().hex[:16]}"
+    yield {"backend": "mongodb", "mongodb": {"url": url, "database": database, "timeout_seconds": 5}}
+    with MongoClient(url) as client:
+        client.drop_database(database)
+
+
 @pytest.fixture
 def input_dir(tmp_path: Path) -> Path:
     path = tmp_path / "input"
@@ -57,14 +95,11 @@ def input_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, backend: str, input_dir: Path) -> Callable[..., Config]:
-    """A Config for `backend` in the temp dir; keyword arguments are extra TOML sections."""
+def make_config(storage: dict[str, Any], input_dir: Path) -> Callable[..., Config]:
+    """A Config on the fresh store; keyword arguments are extra TOML sections."""
 
     def make(**sections: dict[str, Any]) -> Config:
-        raw: dict[str, Any] = {
-            "storage": {"backend": backend, "tinydb": {"path": str(tmp_path / "data")}},
-            "input": {"dir": str(input_dir)},
-        }
+        raw: dict[str, Any] = {"storage": dict(storage), "input": {"dir": str(input_dir)}}
         for name, values in sections.items():
             raw.setdefault(name, {}).update(values)
         return ConfigSchema().load(raw)

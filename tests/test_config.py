@@ -70,3 +70,37 @@ def test_the_command_prints_one_line_and_exits_1_on_a_bad_config(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr == "job-service: bad config: server.port: Not a valid integer.\n"
+
+
+MONGODB = '[storage]\nbackend = "mongodb"\n'
+
+
+def test_mongodb_url_comes_from_the_environment_and_credentials_never_from_the_file(tmp_path):
+    path = write_config(tmp_path, MONGODB + '[storage.mongodb]\nurl = "mongodb://file:27017"\n')
+    config = load_config(
+        path, environ={"MONGODB_URL": "mongodb://env:27017", "MONGODB_USER": "job", "MONGODB_PASSWORD": "s3cret"}
+    )
+    assert config.storage_options == {
+        "url": "mongodb://env:27017",
+        "database": "jobdb",
+        "timeout_seconds": 5.0,
+        "username": "job",
+        "password": "s3cret",
+    }
+    with pytest.raises(ConfigError, match=r"storage\.mongodb\.password: Unknown field"):
+        load_config(write_config(tmp_path, MONGODB + '[storage.mongodb]\npassword = "x"\n'), environ={})
+
+
+def test_a_secrets_file_gives_the_credentials(tmp_path):
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text('{"MONGODB_USER": "job", "MONGODB_PASSWORD": "from-file"}')
+    config = load_config(write_config(tmp_path, MONGODB), environ={"SECRETS_FILE": str(secrets), "MONGODB_USER": "env"})
+    assert (config.storage_options["username"], config.storage_options["password"]) == ("job", "from-file")
+
+
+def test_a_broken_secrets_file_is_one_line_without_its_content(tmp_path):
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text('{"MONGODB_PASSWORD": "hunter2",')
+    with pytest.raises(ConfigError) as error:
+        load_config(write_config(tmp_path, MONGODB), environ={"SECRETS_FILE": str(secrets)})
+    assert str(error.value).startswith("SECRETS_FILE: cannot read") and "hunter2" not in str(error.value)

@@ -1,0 +1,298 @@
+"""The production backend: MongoDB through PyMongo's native async client.
+
+Several service processes may share one database, so nothing here relies on
+in-process locking: the unique index on the in-progress target is what keeps
+one job in progress per target, and finishing a job is a sequence of single-
+document writes ordered so that a crash between any two of them loses nothing.
+No step needs a multi-document transaction, which a standalone mongod lacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import heapq
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from .base import (
+    COLLECTIONS,
+    FINAL_STATUSES,
+    Job,
+    JobChange,
+    JobFinal,
+    JobNotFound,
+    JobQuery,
+    MaintenanceStatus,
+    StoreUnavailable,
+    Target,
+    TargetBusy,
+    job_order,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+NOT_FINAL = {"$nin": sorted(FINAL_STATUSES)}
+NO_ID = {"_id": False}
+JOB_SORT = [("createdAt", ASCENDING), ("jobId", ASCENDING)]
+MANIFESTO_NAME = "parameters.bumpManifesto.dataStructureUpdates.name"
+#: Newest first; `_id` breaks ties in insertion order within one process.
+HISTORY_SORT = [("timestamp", DESCENDING), ("_id", DESCENDING)]
+
+INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
+    "inprogress": [
+        # The rule itself: one document per target in this collection, across processes.
+        ([("parameters.target", ASCENDING)], {"unique": True, "name": "one_job_per_target"}),
+        ([("jobId", ASCENDING)], {"unique": True}),
+        ([("status", ASCENDING)], {}),
+        (JOB_SORT, {}),
+        ([(MANIFESTO_NAME, ASCENDING)], {}),
+    ],
+    "completed": [
+        ([("jobId", ASCENDING)], {"unique": True}),
+        ([("status", ASCENDING)], {}),
+        (JOB_SORT, {}),
+        ([("parameters.target", ASCENDING)], {}),
+        ([(MANIFESTO_NAME, ASCENDING)], {}),
+    ],
+    "targets": [([("name", ASCENDING)], {"unique": True})],
+    "maintenance": [(HISTORY_SORT, {})],
+}
+
+
+def store_operation(method: Callable[Concatenate[MongoStore, P], Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Run an operation on a prepared database, turning "cannot reach MongoDB in
+    time" into StoreUnavailable, the 503 of the API."""
+
+    @functools.wraps(method)
+    async def wrapper(self: MongoStore, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            if not self.prepared:
+                await self.prepare()
+            return await method(self, *args, **kwargs)
+        except PyMongoError as exc:
+            if isinstance(exc, ConnectionFailure) or exc.timeout:
+                raise StoreUnavailable("The database cannot be reached") from exc
+            raise
+
+    return wrapper
+
+
+def job_filter(query: JobQuery) -> dict[str, Any]:
+    conditions: dict[str, Any] = {}
+    if query.status is not None:
+        conditions["status"] = query.status
+    if query.operations is not None:
+        conditions["parameters.operation"] = {"$in": sorted(query.operations)}
+    return conditions
+
+
+def job_updates(change: JobChange) -> dict[str, Any]:
+    updates: dict[str, Any] = {"$push": {"log": {"$each": change.log}}}
+    fields = {}
+    if change.status is not None:
+        fields["status"] = change.status
+    if change.description is not None:
+        fields["parameters.description"] = change.description
+    if fields:
+        updates["$set"] = fields
+    return updates
+
+
+class MongoStore:
+    """The Store protocol on one MongoDB database."""
+
+    def __init__(self, client: AsyncMongoClient, database: str) -> None:
+        self._client = client
+        self.prepared = False
+        db = client[database]
+        self._collections: dict[str, AsyncCollection] = {name: db[name] for name in COLLECTIONS}
+        self._inprogress = db["inprogress"]
+        self._completed = db["completed"]
+        self._targets = db["targets"]
+        self._maintenance = db["maintenance"]
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        database: str,
+        timeout_seconds: float,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> MongoStore:
+        """Connect and prepare the database.
+
+        The client binds to the running event loop, so this runs inside the
+        app's lifetime, never at import time. A server that is down at start is
+        not fatal: the service starts and answers 503, and the first operation
+        after the server is back prepares the database before anything else.
+        """
+        credentials = {"username": username, "password": password, "authSource": "admin"} if username else {}
+        client: AsyncMongoClient = AsyncMongoClient(
+            url,
+            timeoutMS=int(timeout_seconds * 1000),
+            serverSelectionTimeoutMS=int(timeout_seconds * 1000),
+            **credentials,
+        )
+        store = cls(client, database)
+        with contextlib.suppress(StoreUnavailable):
+            await store.ping()
+        return store
+
+    async def prepare(self) -> None:
+        """Idempotent start-up work, before any other operation: the indexes the
+        rules and queries rely on, then any job move a crash cut short."""
+        for name, indexes in INDEXES.items():
+            for keys, options in indexes:
+                await self._collections[name].create_index(keys, **options)
+        async for job in self._inprogress.find({"status": {"$in": sorted(FINAL_STATUSES)}}, NO_ID):
+            await self._finish(job)
+        self.prepared = True
+
+    @store_operation
+    async def ping(self) -> None:
+        await self._client.admin.command("ping")
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _finish(self, job: Job) -> None:
+        """Move a final job to the completed set.
+
+        Each step is idempotent and readers look in `inprogress` before
+        `completed`, so whatever step a crash stops at, the job is found, and
+        found once: upsert into completed first, delete from in-progress second.
+        """
+        await self._completed.replace_one({"jobId": job["jobId"]}, job, upsert=True)
+        await self._inprogress.delete_one({"jobId": job["jobId"]})
+
+    @store_operation
+    async def insert_job(self, job: Job) -> None:
+        for _ in range(2):
+            try:
+                await self._inprogress.insert_one(dict(job))  # insert_one adds _id to what it is given
+                return
+            except DuplicateKeyError:
+                holder = await self._inprogress.find_one({"parameters.target": job["parameters"]["target"]}, NO_ID)
+                if holder is None or holder["status"] not in FINAL_STATUSES:
+                    break
+                # The target is held by a finished job whose move a crash cut short.
+                await self._finish(holder)
+        raise TargetBusy(job["parameters"]["target"])
+
+    @store_operation
+    async def get_job(self, job_id: str) -> Job | None:
+        job = await self._inprogress.find_one({"jobId": job_id}, NO_ID)
+        if job is None:
+            job = await self._completed.find_one({"jobId": job_id}, NO_ID)
+        return job
+
+    async def _find_both(self, conditions: dict[str, Any]) -> list[Job]:
+        """Jobs from both sets, each once, in job order.
+
+        In-progress is read first: a job that moves in between is then either
+        in the first answer or already in the second, never in neither.
+        """
+        in_progress = await self._inprogress.find(conditions, NO_ID).sort(JOB_SORT).to_list()
+        completed = await self._completed.find(conditions, NO_ID).sort(JOB_SORT).to_list()
+        moved = {job["jobId"] for job in completed}
+        return list(heapq.merge([job for job in in_progress if job["jobId"] not in moved], completed, key=job_order))
+
+    @store_operation
+    async def find_jobs(self, query: JobQuery) -> list[Job]:
+        conditions = job_filter(query)
+        if query.ignore_completed:
+            conditions["status"] = {"$eq": query.status, **NOT_FINAL} if query.status else NOT_FINAL
+            return await self._inprogress.find(conditions, NO_ID).sort(JOB_SORT).to_list()
+        return await self._find_both(conditions)
+
+    @store_operation
+    async def jobs_for_target(self, name: str) -> list[Job]:
+        return await self._find_both(
+            {"$or": [{"parameters.target": name}, {"parameters.operation": "BUMP", MANIFESTO_NAME: name}]}
+        )
+
+    @store_operation
+    async def update_job(self, job_id: str, change: JobChange) -> Job:
+        job = await self._inprogress.find_one_and_update(
+            {"jobId": job_id, "status": NOT_FINAL},
+            job_updates(change),
+            projection=NO_ID,
+            return_document=ReturnDocument.AFTER,
+        )
+        if job is None:
+            return await self._refuse_update(job_id)
+        if job["status"] in FINAL_STATUSES:
+            await self._finish(job)
+        return job
+
+    async def _refuse_update(self, job_id: str) -> Job:
+        """Why an update found no job to change: it is final, or it does not exist."""
+        job = await self._inprogress.find_one({"jobId": job_id}, NO_ID)
+        if job is not None:
+            await self._finish(job)  # final but not yet moved: this touch completes the move
+        else:
+            job = await self._completed.find_one({"jobId": job_id}, NO_ID)
+        if job is None:
+            raise JobNotFound(job_id)
+        raise JobFinal(job_id, job["status"])
+
+    @store_operation
+    async def target_in_progress(self, name: str) -> bool:
+        return await self._inprogress.find_one({"parameters.target": name, "status": NOT_FINAL}) is not None
+
+    @store_operation
+    async def save_target(self, target: Target) -> None:
+        await self._targets.replace_one({"name": target["name"]}, target, upsert=True)
+
+    @store_operation
+    async def get_target(self, name: str) -> Target | None:
+        return await self._targets.find_one({"name": name}, NO_ID)
+
+    @store_operation
+    async def list_targets(self) -> list[Target]:
+        return await self._targets.find({}, NO_ID).sort("name", ASCENDING).to_list()
+
+    @store_operation
+    async def add_maintenance(self, status: MaintenanceStatus) -> None:
+        await self._maintenance.insert_one(dict(status))
+
+    @store_operation
+    async def latest_maintenance(self, initial: MaintenanceStatus) -> MaintenanceStatus:
+        latest = await self._maintenance.find_one({}, NO_ID, sort=HISTORY_SORT)
+        if latest is None:
+            await self._maintenance.insert_one(dict(initial))
+            latest = initial
+        return latest
+
+    @store_operation
+    async def maintenance_history(self) -> list[MaintenanceStatus]:
+        return await self._maintenance.find({}, NO_ID).sort(HISTORY_SORT).to_list()
+
+    @store_operation
+    async def dump_collection(self, name: str) -> list[dict[str, Any]]:
+        order = {"targets": [("name", ASCENDING)], "maintenance": [(key, ASCENDING) for key, _ in HISTORY_SORT]}
+        return await self._collections[name].find({}, NO_ID).sort(order.get(name, JOB_SORT)).to_list()
+
+    @store_operation
+    async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
+        if documents:
+            # insert_many adds an _id to each document it is given: give it copies.
+            await self._collections[name].insert_many([dict(document) for document in documents])
+
+    @store_operation
+    async def is_empty(self) -> bool:
+        for collection in self._collections.values():
+            if await collection.find_one({}) is not None:
+                return False
+        return True
+
+    @store_operation
+    async def clear(self) -> None:
+        for collection in self._collections.values():
+            await collection.delete_many({})

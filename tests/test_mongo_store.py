@@ -1,0 +1,241 @@
+"""What only the MongoDB backend must show: shared by processes, crash-safe moves, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import create_job, put_job
+from mongo_server import MongoServer, free_port, secantusd
+from pymongo import AsyncMongoClient
+
+from backends import JobChange, JobFinal, JobQuery, StoreUnavailable
+from backends.mongo import MongoStore
+from job_service import create_app
+
+
+@pytest.fixture
+def backend() -> str:
+    return "mongodb"
+
+
+@pytest.fixture
+async def database(storage):
+    """The fresh database, through a plain driver client: the tests' view behind the service's back."""
+    client = AsyncMongoClient(storage["mongodb"]["url"])
+    yield client[storage["mongodb"]["database"]]
+    await client.close()
+
+
+@pytest.fixture
+async def open_store(storage):
+    stores = []
+
+    async def open_one() -> MongoStore:
+        options = storage["mongodb"]
+        store = await MongoStore.open(options["url"], options["database"], options["timeout_seconds"])
+        stores.append(store)
+        return store
+
+    yield open_one
+    for store in stores:
+        await store.close()
+
+
+async def test_the_indexes_are_created_at_start_and_again_without_harm(open_store, database):
+    await (await open_store()).ping()
+    await (await open_store()).list_targets()  # the first operation prepares the database
+    await (await open_store()).list_targets()
+    indexes = await database["inprogress"].index_information()
+    assert indexes["one_job_per_target"]["unique"] is True
+    assert indexes["one_job_per_target"]["key"] == [("parameters.target", 1)]
+    assert any(index.get("unique") and index["key"] == [("jobId", 1)] for index in indexes.values())
+    completed_keys = [index["key"] for index in (await database["completed"].index_information()).values()]
+    assert [("parameters.bumpManifesto.dataStructureUpdates.name", 1)] in completed_keys
+
+
+def job(job_id: str, status: str = "queued") -> dict:
+    return {
+        "jobId": job_id,
+        "status": status,
+        "parameters": {"operation": "ADD", "target": "MY_DATASET"},
+        "log": [],
+        "createdAt": "2026-11-29T10:00:00.000000+00:00",
+        "createdBy": {"userId": "u", "firstName": "F", "lastName": "L"},
+    }
+
+
+async def test_a_crash_after_the_final_status_before_the_move(open_store, database):
+    """The service set `completed` in inprogress and died before copying the job."""
+    await (await open_store()).list_targets()
+    await database["inprogress"].insert_one(job("1", status="completed"))
+
+    store = await open_store()  # the other process, still running, reads it once and as completed
+    assert [(j["jobId"], j["status"]) for j in await store.find_jobs(JobQuery())] == [("1", "completed")]
+    assert await store.find_jobs(JobQuery(ignore_completed=True)) == []
+    assert not await store.target_in_progress("MY_DATASET")
+
+    restarted = await open_store()
+    await restarted.list_targets()
+    assert await database["inprogress"].count_documents({}) == 0
+    assert await database["completed"].count_documents({"jobId": "1", "status": "completed"}) == 1
+
+
+async def test_a_crash_after_the_copy_before_the_delete(open_store, database):
+    """The job is in both collections: reads show it once, and the next touch finishes the move."""
+    store = await open_store()
+    await store.list_targets()
+    await database["inprogress"].insert_one(job("1", status="failed"))
+    await database["completed"].insert_one(job("1", status="failed"))
+
+    assert [j["jobId"] for j in await store.find_jobs(JobQuery())] == ["1"]
+    assert [j["jobId"] for j in await store.find_jobs(JobQuery(status="failed"))] == ["1"]
+    assert [j["jobId"] for j in await store.jobs_for_target("MY_DATASET")] == ["1"]
+    with pytest.raises(JobFinal):
+        await store.update_job("1", JobChange(status="queued"))
+    assert await database["inprogress"].count_documents({}) == 0
+    assert await database["completed"].count_documents({}) == 1
+
+
+async def test_a_target_held_by_an_unfinished_move_is_freed_by_the_next_job(open_store, database):
+    store = await open_store()
+    await store.list_targets()
+    await database["inprogress"].insert_one(job("1", status="completed"))
+    await store.insert_job(job("2"))
+    assert [(j["jobId"], j["status"]) for j in await store.find_jobs(JobQuery())] == [
+        ("1", "completed"),
+        ("2", "queued"),
+    ]
+
+
+async def test_concurrent_updates_never_change_a_job_after_it_is_final(open_store):
+    store = await open_store()
+    await store.insert_job(job("1"))
+    changes = [JobChange(status="completed")] + [JobChange(status="built") for _ in range(20)]
+    results = await asyncio.gather(*(store.update_job("1", change) for change in changes), return_exceptions=True)
+    assert all(not isinstance(r, Exception) or isinstance(r, JobFinal) for r in results)
+    final = await store.get_job("1")
+    assert final["status"] == "completed"
+    assert final["log"] == []
+    assert [j["jobId"] for j in await store.find_jobs(JobQuery())] == ["1"]
+
+
+def start_service(config: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "job_service", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, process: subprocess.Popen) -> None:
+    for _ in range(300):
+        assert process.poll() is None, process.stderr.read().decode()
+        try:
+            async with session.get(f"{base}/health/ready") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("the service did not become ready")
+
+
+async def test_two_service_processes_on_one_database_create_one_job_per_target(storage, tmp_path):
+    mongodb = storage["mongodb"]
+    ports = [free_port(), free_port()]
+    processes = []
+    for port in ports:
+        config = tmp_path / f"service-{port}.toml"
+        config.write_text(
+            f'[server]\nport = {port}\n[storage]\nbackend = "mongodb"\n'
+            f'[storage.mongodb]\nurl = "{mongodb["url"]}"\ndatabase = "{mongodb["database"]}"\n'
+            f'[input]\ndir = "{tmp_path / "input"}"\n'
+        )
+        processes.append(start_service(config))
+    try:
+        async with aiohttp.ClientSession() as session:
+            bases = [f"http://127.0.0.1:{port}" for port in ports]
+            for base, process in zip(bases, processes, strict=True):
+                await wait_ready(session, base, process)
+
+            async def post(base: str) -> dict:
+                body = {"jobs": [{"operation": "ADD", "target": "SHARED_DATASET"}]}
+                async with session.post(f"{base}/jobs", json=body) as response:
+                    assert response.status == 200
+                    [result] = await response.json()
+                    return result
+
+            results = await asyncio.gather(*(post(bases[n % 2]) for n in range(50)))
+            async with session.get(f"{bases[0]}/jobs") as response:
+                jobs = await response.json()
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait()
+    assert sum(r["msg"] == "CREATED" for r in results) == 1
+    busy = "FAILED: Job with target SHARED_DATASET already in progress"
+    assert sum(r["msg"] == busy for r in results) == 49
+    assert len(jobs) == 1
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A SecantusDB of this test's own, on disk, so that it can be stopped and started again."""
+    command = secantusd()
+    if command is None:
+        pytest.skip("needs SECANTUSD to start a server of its own")
+    server = MongoServer(command, storage=tmp_path / "mongo")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_an_outage_is_a_503_and_the_service_recovers_without_restart(aiohttp_client, make_config, own_server):
+    config = make_config(storage={"mongodb": {"url": own_server.url, "timeout_seconds": 1}})
+    client = await aiohttp_client(create_app(config))
+    job_id = await create_job(client, operation="ADD", target="BEFORE_OUTAGE")
+
+    own_server.stop()
+    ready = await client.get("/health/ready")
+    assert ready.status == 503
+    assert "message" in await ready.json()
+    for method, path, body in [
+        ("GET", "/jobs", None),
+        ("GET", f"/jobs/{job_id}", None),
+        ("POST", "/jobs", {"jobs": [{"operation": "ADD", "target": "DURING_OUTAGE"}]}),
+        ("PUT", f"/jobs/{job_id}", {"status": "built"}),
+        ("GET", "/targets", None),
+        ("GET", "/maintenance-status", None),
+    ]:
+        response = await client.request(method, path, json=body)
+        assert response.status == 503, (method, path, await response.text())
+        assert await response.json() == {"message": "The database cannot be reached"}
+
+    own_server.start()
+    for _ in range(100):
+        if (await client.get("/health/ready")).status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert (await client.get("/health/ready")).status == 200
+    await put_job(client, job_id, status="built")
+    jobs = await (await client.get("/jobs")).json()
+    assert [(j["parameters"]["target"], j["status"]) for j in jobs] == [("BEFORE_OUTAGE", "built")]
+
+
+async def test_a_server_down_at_start_is_a_503_until_it_comes_up(own_server):
+    own_server.stop()
+    store = await MongoStore.open(own_server.url, f"test_{uuid.uuid4().hex[:8]}", 0.5)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.list_targets()
+        own_server.start()
+        assert await store.list_targets() == []
+        assert store.prepared
+    finally:
+        await store.close()

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
 import logging
+import math
 import os
 import re
 import stat
 import sys
 import tarfile
+import time
 import tomllib
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -27,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp
+import jwt
 from aiohttp import web
 from marshmallow import (
     EXCLUDE,
@@ -136,12 +141,25 @@ class LocalUser:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    enabled: bool
+    jwks_url: str | None
+    jwks_file: str | None
+    audience: str
+    role: str
+    algorithms: list[str]
+    service_token: str | None
+    jwks_refetch_seconds: float
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     storage: StorageConfig
     input_dir: Path
     bump_enabled: bool
     local_user: LocalUser
+    auth: AuthConfig
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -213,12 +231,41 @@ class LocalUserSection(ConfigSection):
     last_name = fields.String(load_default="User")
 
 
+#: Public-key algorithms only: a symmetric one would let anyone holding the
+#: public JWKS sign tokens, and "none" signs nothing.
+SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+
+
+class AuthSection(ConfigSection):
+    model = AuthConfig
+    enabled = StrictBoolean(load_default=False)
+    jwks_url = fields.String(load_default=None)
+    jwks_file = fields.String(load_default=None)
+    audience = fields.String(load_default="datastore")
+    role = fields.String(load_default="role/dataadministrator")
+    algorithms = fields.List(
+        fields.String(validate=validate.OneOf(SIGNING_ALGORITHMS)),
+        validate=validate.Length(min=1),
+        load_default=lambda: ["RS256", "RS512"],
+    )
+    service_token = fields.String(validate=validate.Length(min=16), load_default=None)
+    #: A token naming an unknown key id refetches the JWKS at most this often,
+    #: so that made-up key ids cannot make the service hammer the key server.
+    jwks_refetch_seconds = fields.Float(validate=validate.Range(min=0), load_default=30.0)
+
+    @validates_schema
+    def check_key_source(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("enabled") and (data.get("jwks_url") is None) == (data.get("jwks_file") is None):
+            raise ValidationError("With auth enabled, give exactly one of jwks_url and jwks_file.", "jwks_url")
+
+
 class ConfigSchema(Schema):
     server = section(ServerSection)
     storage = section(StorageSection)
     input = section(InputSection)
     jobs = section(JobsSection)
     local_user = section(LocalUserSection)
+    auth = section(AuthSection)
 
     @post_load
     def make_config(self, data: dict[str, Any], **kwargs: Any) -> Config:
@@ -228,6 +275,7 @@ class ConfigSchema(Schema):
             input_dir=Path(data["input"]["dir"]),
             bump_enabled=data["jobs"]["bump_enabled"],
             local_user=data["local_user"],
+            auth=data["auth"],
         )
 
 
@@ -628,22 +676,136 @@ def delete_archive(input_dir: Path, name: str) -> None:
         raise ApiError(404, f"No importable dataset named {name}") from None
 
 
+# --- authentication -------------------------------------------------------------
+
+
+class SigningKeys:
+    """The JWKS's public keys by key id.
+
+    Fetched without blocking the loop (aiohttp for a URL, a thread for a file),
+    kept, and fetched again when a token names a key id not yet seen, which is
+    how a key rotation reaches a running service; at most once per
+    `jwks_refetch_seconds`, whatever key ids tokens make up.
+    """
+
+    def __init__(self, auth: AuthConfig, session: aiohttp.ClientSession | None) -> None:
+        self._auth = auth
+        self._session = session
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = -math.inf
+        self._fetching = asyncio.Lock()
+
+    async def key(self, key_id: str) -> jwt.PyJWK:
+        if key_id not in self._keys:
+            await self._refetch()
+        if key_id in self._keys:
+            return self._keys[key_id]
+        if not self._keys:
+            raise ApiError(503, "The key server cannot be reached to verify the token")
+        raise ApiError(401, "The token is signed with an unknown key")
+
+    async def _refetch(self) -> None:
+        async with self._fetching:
+            if time.monotonic() - self._fetched_at < self._auth.jwks_refetch_seconds:
+                return
+            self._fetched_at = time.monotonic()
+            try:
+                key_set = jwt.PyJWKSet.from_dict(await self._fetch())
+            except (OSError, ValueError, aiohttp.ClientError, TimeoutError, jwt.PyJWTError) as exc:
+                log.warning("Cannot fetch the JWKS: %s", exc)
+                return
+            self._keys = {key.key_id: key for key in key_set.keys if key.key_id}
+
+    async def _fetch(self) -> Any:
+        if self._session is None:
+            return json.loads(await asyncio.to_thread(Path(self._auth.jwks_file).read_bytes))
+        async with self._session.get(self._auth.jwks_url) as response:
+            response.raise_for_status()
+            return await response.json(content_type=None)
+
+
+async def verified_claims(request: web.Request, name: str, token: str | None, required: tuple[str, ...]) -> dict:
+    """The claims of a token that is signed by a JWKS key with an allowed algorithm,
+    in date, for our audience (the authorization token), and carries `required`."""
+    auth = request.app[CONFIG].auth
+    if not token:
+        raise ApiError(401, f"The {name} token is missing")
+    try:
+        key_id = jwt.get_unverified_header(token).get("kid")
+        if not isinstance(key_id, str):
+            raise ApiError(401, f"The {name} token names no signing key")
+        key = await request.app[SIGNING_KEYS].key(key_id)
+        claims = jwt.decode(
+            token,
+            key.key,
+            algorithms=auth.algorithms,
+            audience=auth.audience if name == "authorization" else None,
+            options={"require": list(required), "verify_aud": name == "authorization"},
+        )
+    except jwt.PyJWTError as exc:
+        raise ApiError(401, f"Invalid {name} token: {exc}") from None
+    for claim in required:
+        if claim != "exp" and not isinstance(claims[claim], str):
+            raise ApiError(401, f"Invalid {name} token: claim {claim} is not a string")
+    return claims
+
+
+def bearer_token(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+async def administrator(request: web.Request) -> dict[str, str]:
+    """The data administrator making this request, as `createdBy` records them.
+
+    With auth off, the configured local user. Called before the body is read,
+    so that a caller who may not write learns nothing about the schema.
+    """
+    config = request.app[CONFIG]
+    if not config.auth.enabled:
+        user = config.local_user
+        return {"userId": user.user_id, "firstName": user.first_name, "lastName": user.last_name}
+    access = await verified_claims(
+        request,
+        "authorization",
+        bearer_token(request) or request.cookies.get("authorization"),
+        ("exp", "sub", "accreditation/role", "user/uuid"),
+    )
+    info = await verified_claims(
+        request, "user-info", request.cookies.get("user-info"), ("user/uuid", "user/firstName", "user/lastName")
+    )
+    if access["user/uuid"] != info["user/uuid"]:
+        raise ApiError(401, "The authorization and user-info tokens are for different users")
+    if access["accreditation/role"] != config.auth.role:
+        raise ApiError(403, "Only a data administrator may do this")
+    return {
+        "userId": str(info["user/uuid"]),
+        "firstName": str(info["user/firstName"]),
+        "lastName": str(info["user/lastName"]),
+    }
+
+
+def check_service_token(request: web.Request) -> None:
+    """With `[auth] service_token` set, only the executor may update jobs."""
+    token = request.app[CONFIG].auth.service_token
+    if token is None:
+        return
+    given = request.headers.get("Authorization", "").encode()
+    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+        raise ApiError(401, "Updating a job needs the job executor's service token")
+
+
 # --- handlers -----------------------------------------------------------------
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
+SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
 REQUEST_ID = web.RequestKey("request_id", str)
 routes = web.RouteTableDef()
 
 
 def store_of(request: web.Request) -> Store:
     return request.app[STORE]
-
-
-def request_user(request: web.Request) -> dict[str, str]:
-    """Who is asking: `createdBy` of the jobs they post."""
-    user = request.app[CONFIG].local_user
-    return {"userId": user.user_id, "firstName": user.first_name, "lastName": user.last_name}
 
 
 def query_arguments(request: web.Request) -> dict[str, str]:
@@ -702,7 +864,7 @@ async def create_job(request: web.Request, entry: Any, user: dict[str, str]) -> 
 
 @routes.post("/jobs")
 async def post_jobs(request: web.Request) -> web.Response:
-    user = request_user(request)
+    user = await administrator(request)
     entries = NewJobsSchema().load(await read_json_object(request))["jobs"]
     results = [await create_job(request, entry, user) for entry in entries]
     return respond(PostJobResultSchema(), results, many=True)
@@ -710,6 +872,7 @@ async def post_jobs(request: web.Request) -> web.Response:
 
 @routes.put("/jobs/{jobId}")
 async def update_job(request: web.Request) -> web.Response:
+    check_service_token(request)
     job_id = request.match_info["jobId"]
     update = JobUpdateSchema().load(await read_json_object(request))
     at = now_iso()
@@ -765,6 +928,7 @@ async def list_importable_datasets(request: web.Request) -> web.Response:
 
 @routes.delete("/importable-datasets/{name}")
 async def delete_importable_dataset(request: web.Request) -> web.Response:
+    await administrator(request)
     name = target_name(request)
     if await store_of(request).target_in_progress(name):
         raise ApiError(409, f"Cannot delete {name}: a job for it is in progress")
@@ -774,6 +938,7 @@ async def delete_importable_dataset(request: web.Request) -> web.Response:
 
 @routes.post("/maintenance-status")
 async def set_maintenance_status(request: web.Request) -> web.Response:
+    await administrator(request)
     status = MaintenanceRequestSchema().load(await read_json_object(request))
     status["timestamp"] = now_iso()
     await store_of(request).add_maintenance(status)
@@ -807,6 +972,7 @@ async def health_ready(request: web.Request) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+MAX_HEADER_BYTES = 32 * 1024
 REQUEST_ID_HEADER = "X-Request-ID"
 #: What a caller's request id may look like; anything else is replaced, never echoed or logged.
 SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -856,12 +1022,27 @@ async def storage_context(app: web.Application) -> Any:
     await app[STORE].close()
 
 
+async def signing_keys_context(app: web.Application) -> Any:
+    """The JWKS cache, with an HTTP session for a key server when there is one."""
+    auth = app[CONFIG].auth
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) if auth.jwks_url else None
+    app[SIGNING_KEYS] = SigningKeys(auth, session)
+    yield
+    if session is not None:
+        await session.close()
+
+
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware], client_max_size=config.server.max_body_bytes
+        middlewares=[request_id_middleware, error_middleware],
+        client_max_size=config.server.max_body_bytes,
+        # The admin UI sends two JWTs in one Cookie header, which can outgrow
+        # aiohttp's 8 KiB default for a header line.
+        handler_args={"max_field_size": MAX_HEADER_BYTES},
     )
     app[CONFIG] = config
     app.cleanup_ctx.append(storage_context)
+    app.cleanup_ctx.append(signing_keys_context)
     app.add_routes(routes)
     return app
 

@@ -1,0 +1,302 @@
+"""Auth as the platform deploys it: RS256/RS512 JWTs from a JWKS, two cookies, one role."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+USER = "6f1a0e6c-0000-4000-8000-000000000001"
+ADMIN_ROLE = "role/dataadministrator"
+
+
+class KeyServer:
+    """A JWKS endpoint the tests can rotate keys on, counting its fetches."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, rsa.RSAPrivateKey] = {"key-1": new_key()}
+        self.fetches = 0
+
+    async def serve(self, request: web.Request) -> web.Response:
+        self.fetches += 1
+        return web.json_response({"keys": [public_jwk(kid, key) for kid, key in self.keys.items()]})
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def public_jwk(kid: str, key: rsa.RSAPrivateKey) -> dict[str, Any]:
+    jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    return {**jwk, "kid": kid, "use": "sig"}
+
+
+def token(key: rsa.RSAPrivateKey, kid: str = "key-1", algorithm: str = "RS256", **claims: Any) -> str:
+    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
+
+
+def access_claims(**overrides: Any) -> dict[str, Any]:
+    claims = {
+        "sub": USER,
+        "aud": "datastore",
+        "exp": int(time.time()) + 300,
+        "accreditation/role": ADMIN_ROLE,
+        "user/uuid": USER,
+    }
+    claims.update(overrides)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def info_claims(**overrides: Any) -> dict[str, Any]:
+    claims = {"user/uuid": USER, "user/firstName": "Ola", "user/lastName": "Nordmann"}
+    claims.update(overrides)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+@pytest.fixture
+def backend() -> str:
+    return "tinydb"
+
+
+@pytest.fixture
+async def key_server(aiohttp_server) -> tuple[KeyServer, str]:
+    keys = KeyServer()
+    app = web.Application()
+    app.router.add_get("/jwks", keys.serve)
+    server = await aiohttp_server(app)
+    return keys, str(server.make_url("/jwks"))
+
+
+@pytest.fixture
+async def auth_client(make_client, key_server):
+    _, url = key_server
+
+    async def make(**auth: Any):
+        return await make_client(auth={"enabled": True, "jwks_url": url, **auth})
+
+    return make
+
+
+def cookies_for(keys: KeyServer, access: dict | None = None, info: dict | None = None) -> dict[str, str]:
+    key = keys.keys["key-1"]
+    return {
+        "authorization": token(key, **(access_claims() if access is None else access)),
+        "user-info": token(key, **(info_claims() if info is None else info)),
+    }
+
+
+NEW_JOB = {"jobs": [{"operation": "ADD", "target": "MY_DATASET"}]}
+
+
+async def test_an_administrator_creates_jobs_as_themselves(auth_client, key_server):
+    keys, _ = key_server
+    client = await auth_client()
+    response = await client.post("/jobs", json=NEW_JOB, cookies=cookies_for(keys))
+    assert response.status == 200
+    [result] = await response.json()
+    job = await (await client.get(f"/jobs/{result['job_id']}")).json()
+    assert job["createdBy"] == {"userId": USER, "firstName": "Ola", "lastName": "Nordmann"}
+
+
+async def test_the_authorization_token_may_come_as_a_bearer_header(auth_client, key_server):
+    keys, _ = key_server
+    client = await auth_client()
+    cookies = cookies_for(keys)
+    response = await client.post(
+        "/jobs",
+        json=NEW_JOB,
+        headers={"Authorization": f"Bearer {cookies['authorization']}"},
+        cookies={"user-info": cookies["user-info"]},
+    )
+    assert response.status == 200
+
+
+def hs256_with_public_key(keys: KeyServer, claims: dict) -> str:
+    """The classic confusion attack: HMAC "signed" with the public key as the secret."""
+    public_pem = (
+        keys.keys["key-1"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = b64(json.dumps({"alg": "HS256", "kid": "key-1"}).encode()) + b"." + b64(json.dumps(claims).encode())
+    return (signing_input + b"." + b64(hmac.new(public_pem, signing_input, hashlib.sha256).digest())).decode()
+
+
+def unsigned(claims: dict) -> str:
+    return jwt.encode(claims, None, algorithm="none", headers={"kid": "key-1"})
+
+
+BAD_AUTHORIZATION = {
+    "malformed": lambda keys: "not.a.token",
+    "expired": lambda keys: token(keys.keys["key-1"], **access_claims(exp=int(time.time()) - 60)),
+    "not yet valid": lambda keys: token(keys.keys["key-1"], **access_claims(nbf=int(time.time()) + 600)),
+    "wrongly signed": lambda keys: token(new_key(), **access_claims()),
+    "wrong audience": lambda keys: token(keys.keys["key-1"], **access_claims(aud="another-service")),
+    "algorithm not allowed": lambda keys: token(keys.keys["key-1"], algorithm="RS384", **access_claims()),
+    "alg none": lambda keys: unsigned(access_claims()),
+    "HS256 with the public key": lambda keys: hs256_with_public_key(keys, access_claims()),
+    "no sub": lambda keys: token(keys.keys["key-1"], **access_claims(sub=None)),
+    "no role": lambda keys: token(keys.keys["key-1"], **access_claims(**{"accreditation/role": None})),
+    "no user uuid": lambda keys: token(keys.keys["key-1"], **access_claims(**{"user/uuid": None})),
+    "no expiry": lambda keys: token(keys.keys["key-1"], **access_claims(exp=None)),
+    "another user": lambda keys: token(keys.keys["key-1"], **access_claims(**{"user/uuid": "someone-else"})),
+    "no key id": lambda keys: jwt.encode(access_claims(), keys.keys["key-1"], algorithm="RS256"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_AUTHORIZATION))
+async def test_a_bad_authorization_token_is_a_401_and_creates_nothing(auth_client, key_server, case):
+    keys, _ = key_server
+    client = await auth_client()
+    cookies = cookies_for(keys)
+    cookies["authorization"] = BAD_AUTHORIZATION[case](keys)
+    response = await client.post("/jobs", json=NEW_JOB, cookies=cookies)
+    assert response.status == 401, await response.text()
+    assert "message" in await response.json()
+    assert await (await client.get("/jobs")).json() == []
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        info_claims(**{"user/firstName": None}),
+        info_claims(**{"user/lastName": None}),
+        info_claims(**{"user/uuid": None}),
+        info_claims(**{"user/uuid": "someone-else"}),
+        info_claims(**{"user/firstName": 42}),
+        info_claims(exp=int(time.time()) - 60),
+    ],
+)
+async def test_a_bad_user_info_token_is_a_401(auth_client, key_server, info):
+    keys, _ = key_server
+    client = await auth_client()
+    response = await client.post("/jobs", json=NEW_JOB, cookies=cookies_for(keys, info=info))
+    assert response.status == 401
+
+
+@pytest.mark.parametrize("missing", ["authorization", "user-info"])
+async def test_a_missing_token_is_a_401(auth_client, key_server, missing):
+    keys, _ = key_server
+    client = await auth_client()
+    cookies = cookies_for(keys)
+    del cookies[missing]
+    response = await client.post("/jobs", json=NEW_JOB, cookies=cookies)
+    assert response.status == 401
+    assert await response.json() == {"message": f"The {missing} token is missing"}
+
+
+async def test_another_role_is_a_403(auth_client, key_server):
+    keys, _ = key_server
+    client = await auth_client()
+    access = access_claims(**{"accreditation/role": "role/reader"})
+    response = await client.post("/jobs", json=NEW_JOB, cookies=cookies_for(keys, access=access))
+    assert response.status == 403
+    assert await response.json() == {"message": "Only a data administrator may do this"}
+
+
+async def test_an_anonymous_caller_learns_nothing_about_the_body_schema(auth_client):
+    client = await auth_client()
+    for path, body in [("/jobs", {"nonsense": True}), ("/maintenance-status", {"nonsense": True})]:
+        response = await client.post(path, json=body)
+        assert response.status == 401
+        assert "nonsense" not in (await response.json())["message"]
+
+
+async def test_every_writing_route_of_the_admin_ui_needs_an_administrator(auth_client, key_server, input_dir):
+    keys, _ = key_server
+    client = await auth_client()
+    (input_dir / "MY_DATASET.tar").write_bytes(b"")
+    assert (await client.delete("/importable-datasets/MY_DATASET")).status == 401
+    assert (await client.post("/maintenance-status", json={"msg": "x", "paused": True})).status == 401
+    assert (input_dir / "MY_DATASET.tar").exists()
+    assert await (await client.get("/maintenance-history")).json() == []
+
+    cookies = cookies_for(keys)
+    assert (await client.delete("/importable-datasets/MY_DATASET", cookies=cookies)).status == 200
+    assert (await client.post("/maintenance-status", json={"msg": "x", "paused": True}, cookies=cookies)).status == 200
+
+
+async def test_reading_needs_no_token(auth_client):
+    client = await auth_client()
+    for path in ("/jobs", "/targets", "/importable-datasets", "/maintenance-status", "/maintenance-history"):
+        assert (await client.get(path)).status == 200, path
+
+
+async def test_a_rotated_key_is_picked_up_while_the_service_runs(auth_client, key_server):
+    keys, _ = key_server
+    client = await auth_client(jwks_refetch_seconds=0.1)
+    assert (await client.post("/jobs", json=NEW_JOB, cookies=cookies_for(keys))).status == 200
+
+    keys.keys["key-2"] = new_key()
+    await asyncio.sleep(0.15)
+    cookies = {
+        "authorization": token(keys.keys["key-2"], kid="key-2", **access_claims()),
+        "user-info": token(keys.keys["key-2"], kid="key-2", **info_claims()),
+    }
+    body = {"jobs": [{"operation": "ADD", "target": "OTHER_DATASET"}]}
+    response = await client.post("/jobs", json=body, cookies=cookies)
+    assert response.status == 200
+    assert (await response.json())[0]["msg"] == "CREATED"
+
+
+async def test_made_up_key_ids_do_not_hammer_the_key_server(auth_client, key_server):
+    keys, _ = key_server
+    client = await auth_client(jwks_refetch_seconds=60)
+    assert (await client.post("/jobs", json=NEW_JOB, cookies=cookies_for(keys))).status == 200
+    for n in range(20):
+        cookies = cookies_for(keys)
+        cookies["authorization"] = token(keys.keys["key-1"], kid=f"made-up-{n}", **access_claims())
+        assert (await client.post("/jobs", json=NEW_JOB, cookies=cookies)).status == 401
+    assert keys.fetches == 1
+
+
+async def test_an_unreachable_key_server_with_no_key_cached_is_a_503(make_client, key_server, unused_tcp_port):
+    keys, _ = key_server
+    client = await make_client(auth={"enabled": True, "jwks_url": f"http://127.0.0.1:{unused_tcp_port}/jwks"})
+    response = await client.post("/jobs", json=NEW_JOB, cookies=cookies_for(keys))
+    assert response.status == 503
+    assert await response.json() == {"message": "The key server cannot be reached to verify the token"}
+
+
+async def test_the_keys_may_come_from_a_file(make_client, key_server, tmp_path):
+    keys, _ = key_server
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [public_jwk("key-1", keys.keys["key-1"])]}))
+    client = await make_client(auth={"enabled": True, "jwks_file": str(jwks)})
+    assert (await client.post("/jobs", json=NEW_JOB, cookies=cookies_for(keys))).status == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong-token-of-the-executor"}, 401),
+        ({"Authorization": "Bearer the-executors-own-token"}, 200),
+    ],
+)
+async def test_a_service_token_guards_job_updates(make_client, headers, status):
+    client = await make_client(auth={"service_token": "the-executors-own-token"})
+    [result] = await (await client.post("/jobs", json=NEW_JOB)).json()
+    response = await client.put(f"/jobs/{result['job_id']}", json={"status": "built"}, headers=headers)
+    assert response.status == status
+    job = await (await client.get(f"/jobs/{result['job_id']}")).json()
+    assert job["status"] == ("built" if status == 200 else "queued")
+
+
+async def test_without_a_service_token_updates_stay_open(client):
+    [result] = await (await client.post("/jobs", json=NEW_JOB)).json()
+    assert (await client.put(f"/jobs/{result['job_id']}", json={"status": "built"})).status == 200

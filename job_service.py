@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
+import functools
 import hmac
+import importlib.metadata
+import inspect
 import json
 import logging
 import math
 import os
 import re
+import socket
 import stat
 import sys
 import tarfile
@@ -28,10 +33,12 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import aiohttp
 import jwt
+import prometheus_client
 from aiohttp import web
 from marshmallow import (
     EXCLUDE,
@@ -45,12 +52,14 @@ from marshmallow import (
 
 from backends import (
     COLLECTIONS,
+    FINAL_STATUSES,
     JobChange,
     JobFinal,
     JobNotFound,
     JobQuery,
     Store,
     StoreError,
+    StoreStats,
     StoreUnavailable,
     TargetBusy,
     open_store,
@@ -124,6 +133,13 @@ class ServerConfig:
     host: str
     port: int
     max_body_bytes: int
+    shutdown_timeout: float
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str
+    level: str
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,7 @@ class Config:
     bump_enabled: bool
     local_user: LocalUser
     auth: AuthConfig
+    logging: LoggingConfig
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -196,6 +213,14 @@ class ServerSection(ConfigSection):
     host = fields.String(load_default="127.0.0.1")
     port = fields.Integer(strict=True, validate=validate.Range(1, 65535), load_default=8000)
     max_body_bytes = fields.Integer(strict=True, validate=validate.Range(min=1), load_default=1 << 20)
+    #: On SIGTERM, how long requests in flight may take to finish before the process exits.
+    shutdown_timeout = fields.Float(validate=validate.Range(min=0), load_default=30.0)
+
+
+class LoggingSection(ConfigSection):
+    model = LoggingConfig
+    format = fields.String(validate=validate.OneOf(["text", "json"]), load_default="text")
+    level = fields.String(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]), load_default="INFO")
 
 
 class TinyDBSection(Schema):
@@ -266,6 +291,7 @@ class ConfigSchema(Schema):
     jobs = section(JobsSection)
     local_user = section(LocalUserSection)
     auth = section(AuthSection)
+    logging = section(LoggingSection)
 
     @post_load
     def make_config(self, data: dict[str, Any], **kwargs: Any) -> Config:
@@ -276,6 +302,7 @@ class ConfigSchema(Schema):
             bump_enabled=data["jobs"]["bump_enabled"],
             local_user=data["local_user"],
             auth=data["auth"],
+            logging=data["logging"],
         )
 
 
@@ -676,6 +703,138 @@ def delete_archive(input_dir: Path, name: str) -> None:
         raise ApiError(404, f"No importable dataset named {name}") from None
 
 
+# --- logs and metrics -----------------------------------------------------------
+
+SERVICE_NAME = "job-service"
+#: Fields of the request being handled, which every log line written meanwhile
+#: carries, whichever logger or thread (the backends' included) writes it.
+log_context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "log_context", default=MappingProxyType({})
+)
+access_log = logging.getLogger("job_service.access")
+
+
+def service_version() -> str:
+    try:
+        return importlib.metadata.version(SERVICE_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class RequestContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.update(log_context.get())
+        if not hasattr(record, "xRequestId"):
+            record.xRequestId = "-"
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, in the platform's field set."""
+
+    OPTIONAL_FIELDS = ("method", "url", "statusCode", "responseTime")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._service = {"serviceName": SERVICE_NAME, "serviceVersion": service_version(), "host": socket.gethostname()}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "@timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelno,
+            "levelName": record.levelname,
+            "loggerName": record.name,
+            "message": record.getMessage(),
+            "xRequestId": record.xRequestId,
+            **self._service,
+        }
+        entry.update((name, record.__dict__[name]) for name in self.OPTIONAL_FIELDS if name in record.__dict__)
+        if record.exc_info:
+            entry["error.stack"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure_logging(config: LoggingConfig) -> None:
+    """All logs to stdout, as JSON for a log pipeline or as text for a person."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(RequestContextFilter())
+    if config.format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(xRequestId)s] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.level)
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of the app's own."""
+
+    def __init__(self) -> None:
+        self.registry = prometheus_client.CollectorRegistry()
+        registry = {"registry": self.registry}
+        self.requests = prometheus_client.Counter(
+            "http_requests", "HTTP requests answered", ["route", "method", "status"], **registry
+        )
+        self.request_seconds = prometheus_client.Histogram(
+            "http_request_duration_seconds", "Time to answer an HTTP request", ["route", "method"], **registry
+        )
+        self.store_seconds = prometheus_client.Histogram(
+            "store_operation_duration_seconds", "Time of one storage backend operation", ["operation"], **registry
+        )
+        self.store_errors = prometheus_client.Counter(
+            "store_operation_errors", "Storage backend operations that failed", ["operation"], **registry
+        )
+        self.jobs_in_progress = prometheus_client.Gauge(
+            "jobs_in_progress", "Jobs in progress, by status", ["status"], **registry
+        )
+        self.jobs_completed = prometheus_client.Gauge(
+            "jobs_completed", "Jobs in the completed set (completed or failed)", **registry
+        )
+        self.maintenance_paused = prometheus_client.Gauge(
+            "maintenance_paused", "1 while the maintenance flag pauses the executor", **registry
+        )
+
+    def record_store(self, stats: StoreStats) -> None:
+        for status in STATUSES:
+            if status not in FINAL_STATUSES:
+                self.jobs_in_progress.labels(status).set(stats.in_progress.get(status, 0))
+        self.jobs_completed.set(stats.completed)
+        self.maintenance_paused.set(int(stats.paused))
+
+
+#: Outcomes a client is told about, not failures of the backend.
+EXPECTED_STORE_ERRORS = (TargetBusy, JobNotFound, JobFinal)
+
+
+class InstrumentedStore:
+    """A Store that times each operation and counts its failures for /metrics."""
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self._store = store
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        operation = getattr(self._store, name)
+        if not inspect.iscoroutinefunction(operation):
+            return operation
+
+        @functools.wraps(operation)
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await operation(*args, **kwargs)
+            except EXPECTED_STORE_ERRORS:
+                raise
+            except Exception:
+                self._metrics.store_errors.labels(name).inc()
+                raise
+            finally:
+                self._metrics.store_seconds.labels(name).observe(time.perf_counter() - start)
+
+        return timed
+
+
 # --- authentication -------------------------------------------------------------
 
 
@@ -800,6 +959,7 @@ def check_service_token(request: web.Request) -> None:
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
+METRICS = web.AppKey("metrics", Metrics)
 REQUEST_ID = web.RequestKey("request_id", str)
 routes = web.RouteTableDef()
 
@@ -956,6 +1116,14 @@ async def get_maintenance_history(request: web.Request) -> web.Response:
     return respond(MaintenanceStatusSchema(), await store_of(request).maintenance_history(), many=True)
 
 
+@routes.get("/metrics")
+async def get_metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    metrics.record_store(await store_of(request).stats())
+    body = prometheus_client.generate_latest(metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
 @routes.get("/health/alive")
 async def health_alive(request: web.Request) -> web.Response:
     return message("I'm alive!")
@@ -978,14 +1146,43 @@ REQUEST_ID_HEADER = "X-Request-ID"
 SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
 @web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tie a request's log lines and its response together, with the caller's id when it is sane."""
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give a request its id (the caller's, when it is sane) for its response and
+    every log line written while it is handled; log one access line; count it."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request[REQUEST_ID] = given if SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-    response = await handler(request)
-    response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
-    return response
+    context = log_context.set(
+        {"xRequestId": request[REQUEST_ID], "method": request.method, "url": str(request.rel_url)}
+    )
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+        return response
+    except web.HTTPException as exc:  # only redirects get past the error middleware
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - start
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        method = request.method if request.method in KNOWN_METHODS else "OTHER"
+        request.app[METRICS].requests.labels(route, method, str(status)).inc()
+        request.app[METRICS].request_seconds.labels(route, method).observe(elapsed)
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            request.rel_url,
+            status,
+            extra={"statusCode": status, "responseTime": round(elapsed * 1000, 3)},
+        )
+        log_context.reset(context)
 
 
 @web.middleware
@@ -1010,14 +1207,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
-        log.exception("Unhandled error in %s %s [request %s]", request.method, request.path, request[REQUEST_ID])
+        log.exception("Unhandled error in %s %s", request.method, request.rel_url)
         return message("Internal Server Error", 500)
 
 
 async def storage_context(app: web.Application) -> Any:
     """Open the backend inside the app's lifetime: some drivers bind to the running loop."""
     config = app[CONFIG]
-    app[STORE] = await open_store(config.storage.backend, config.storage_options)
+    app[STORE] = InstrumentedStore(await open_store(config.storage.backend, config.storage_options), app[METRICS])
     yield
     await app[STORE].close()
 
@@ -1034,17 +1231,28 @@ async def signing_keys_context(app: web.Application) -> Any:
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware],
+        middlewares=[observe_middleware, error_middleware],
         client_max_size=config.server.max_body_bytes,
         # The admin UI sends two JWTs in one Cookie header, which can outgrow
         # aiohttp's 8 KiB default for a header line.
         handler_args={"max_field_size": MAX_HEADER_BYTES},
     )
     app[CONFIG] = config
+    app[METRICS] = Metrics()
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(signing_keys_context)
     app.add_routes(routes)
     return app
+
+
+async def gunicorn_app() -> web.Application:
+    """The app for `gunicorn job_service:gunicorn_app --worker-class aiohttp.GunicornWebWorker`,
+    configured from $JOB_SERVICE_CONFIG (gunicorn passes no arguments)."""
+    path = os.environ.get("JOB_SERVICE_CONFIG")
+    config = load_config(Path(path) if path else None)
+    configure_logging(config.logging)
+    prepare_directories(config)
+    return create_app(config)
 
 
 class CommandError(Exception):
@@ -1122,9 +1330,9 @@ def main(argv: list[str] | None = None) -> None:
     load.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE")
     load.add_argument("--replace", action="store_true", help="empty a store that is not empty first")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
+        configure_logging(config.logging)
         prepare_directories(config)
         if args.command == "export":
             print(f"exported {asyncio.run(export_documents(config, args.to))} documents to {args.to}")
@@ -1132,7 +1340,14 @@ def main(argv: list[str] | None = None) -> None:
             imported = asyncio.run(import_documents(config, args.source, args.replace))
             print(f"imported {imported} documents from {args.source}")
         else:
-            web.run_app(create_app(config), host=config.server.host, port=config.server.port)
+            web.run_app(
+                create_app(config),
+                host=config.server.host,
+                port=config.server.port,
+                shutdown_timeout=config.server.shutdown_timeout,
+                access_log=None,  # the observe middleware writes the access lines
+                print=lambda text: log.info("%s", text.strip("= \n")),
+            )
     except (ConfigError, CommandError, StoreError) as exc:
         sys.exit(f"job-service: {exc}")
 

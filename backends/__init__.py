@@ -14,6 +14,7 @@ from .base import (
     Store,
     StoreError,
     StoreLocked,
+    StoreStats,
     StoreUnavailable,
     TargetBusy,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreLocked",
+    "StoreStats",
     "StoreUnavailable",
     "TargetBusy",
     "open_store",

@@ -73,6 +73,15 @@ class JobChange:
     log: list[dict[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StoreStats:
+    """What /metrics reports of the store; cheap to get at any history size."""
+
+    in_progress: dict[str, int]
+    completed: int
+    paused: bool
+
+
 def job_order(job: Job) -> tuple[str, str]:
     """Oldest first, so the executor works through queued jobs in order.
 
@@ -130,6 +139,10 @@ class Store(Protocol):
 
     async def maintenance_history(self) -> list[MaintenanceStatus]:
         """Every status, newest first (by insertion, so equal timestamps keep order)."""
+
+    async def stats(self) -> StoreStats:
+        """In-progress jobs by status, the completed count and the maintenance flag,
+        without reading the completed history."""
 
     async def dump_collection(self, name: str) -> list[dict[str, Any]]:
         """Every document of one of COLLECTIONS, in a stable order that `load_collection`

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -28,12 +29,14 @@ from .base import (
     JobNotFound,
     JobQuery,
     MaintenanceStatus,
+    StoreStats,
     StoreUnavailable,
     Target,
     TargetBusy,
     job_order,
 )
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 NOT_FINAL = {"$nin": sorted(FINAL_STATUSES)}
@@ -76,6 +79,7 @@ def store_operation(method: Callable[Concatenate[MongoStore, P], Awaitable[T]]) 
             return await method(self, *args, **kwargs)
         except PyMongoError as exc:
             if isinstance(exc, ConnectionFailure) or exc.timeout:
+                log.warning("MongoDB cannot be reached: %s", exc)
                 raise StoreUnavailable("The database cannot be reached") from exc
             raise
 
@@ -273,6 +277,15 @@ class MongoStore:
     @store_operation
     async def maintenance_history(self) -> list[MaintenanceStatus]:
         return await self._maintenance.find({}, NO_ID).sort(HISTORY_SORT).to_list()
+
+    @store_operation
+    async def stats(self) -> StoreStats:
+        by_status = [{"$match": {"status": NOT_FINAL}}, {"$group": {"_id": "$status", "count": {"$sum": 1}}}]
+        rows = await (await self._inprogress.aggregate(by_status)).to_list()
+        in_progress = {row["_id"]: row["count"] for row in rows}
+        latest = await self._maintenance.find_one({}, NO_ID, sort=HISTORY_SORT)
+        completed = await self._completed.estimated_document_count()
+        return StoreStats(in_progress, completed, bool(latest and latest["paused"]))
 
     @store_operation
     async def dump_collection(self, name: str) -> list[dict[str, Any]]:

@@ -11,10 +11,14 @@ runs between the two steps.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import fcntl
+import functools
 import json
+import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,12 +37,14 @@ from .base import (
     JobQuery,
     MaintenanceStatus,
     StoreLocked,
+    StoreStats,
     Target,
     TargetBusy,
     job_order,
     manifesto_datasets,
 )
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_FILE = "job-service.lock"
 TMP_SUFFIX = ".tmp"
@@ -88,6 +94,7 @@ class AtomicJSONStorage(Storage):
             # TinyDB has already changed `data` in place; forget it so the next
             # read comes from disk and memory never runs ahead of the file.
             self._data = None
+            log.error("Writing %s failed; nothing was changed and it will be read again from disk", self._path)
             raise
         self._data = data
 
@@ -171,7 +178,9 @@ class TinyDBStore:
             self._inprogress.remove(doc_ids=moved)
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        # In the caller's context, so that the worker's log lines carry the request's id.
+        call = functools.partial(contextvars.copy_context().run, function, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def ping(self) -> None:
         return None
@@ -285,6 +294,15 @@ class TinyDBStore:
 
     async def maintenance_history(self) -> list[MaintenanceStatus]:
         return await self._run(self._history)
+
+    async def stats(self) -> StoreStats:
+        def count() -> StoreStats:
+            in_progress = Counter(job["status"] for job in self._inprogress.all())
+            history = self._maintenance.all()
+            latest = max(history, key=lambda status: status.doc_id) if history else None
+            return StoreStats(dict(in_progress), len(self._completed), bool(latest and latest["paused"]))
+
+        return await self._run(count)
 
     async def dump_collection(self, name: str) -> list[dict[str, Any]]:
         def dump() -> list[dict[str, Any]]:

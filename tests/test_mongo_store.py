@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import aiohttp
 import pytest
 from conftest import create_job, put_job
-from mongo_server import MongoServer, free_port, secantusd
+from mongo_server import MongoServer, secantusd
 from pymongo import AsyncMongoClient
+from service_process import ServiceProcess
 
 from backends import JobChange, JobFinal, JobQuery, StoreUnavailable
 from backends.mongo import MongoStore
@@ -125,59 +123,31 @@ async def test_concurrent_updates_never_change_a_job_after_it_is_final(open_stor
     assert [j["jobId"] for j in await store.find_jobs(JobQuery())] == ["1"]
 
 
-def start_service(config: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "job_service", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-async def wait_ready(session: aiohttp.ClientSession, base: str, process: subprocess.Popen) -> None:
-    for _ in range(300):
-        assert process.poll() is None, process.stderr.read().decode()
-        try:
-            async with session.get(f"{base}/health/ready") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("the service did not become ready")
-
-
 async def test_two_service_processes_on_one_database_create_one_job_per_target(storage, tmp_path):
     mongodb = storage["mongodb"]
-    ports = [free_port(), free_port()]
-    processes = []
-    for port in ports:
-        config = tmp_path / f"service-{port}.toml"
-        config.write_text(
-            f'[server]\nport = {port}\n[storage]\nbackend = "mongodb"\n'
-            f'[storage.mongodb]\nurl = "{mongodb["url"]}"\ndatabase = "{mongodb["database"]}"\n'
-            f'[input]\ndir = "{tmp_path / "input"}"\n'
-        )
-        processes.append(start_service(config))
+    config = (
+        f'[storage]\nbackend = "mongodb"\n[storage.mongodb]\nurl = "{mongodb["url"]}"\n'
+        f'database = "{mongodb["database"]}"\n[input]\ndir = "{tmp_path / "input"}"\n'
+    )
+    services = [ServiceProcess(tmp_path, config), ServiceProcess(tmp_path, config)]
     try:
+        for service in services:
+            await service.start()
         async with aiohttp.ClientSession() as session:
-            bases = [f"http://127.0.0.1:{port}" for port in ports]
-            for base, process in zip(bases, processes, strict=True):
-                await wait_ready(session, base, process)
 
-            async def post(base: str) -> dict:
+            async def post(service: ServiceProcess) -> dict:
                 body = {"jobs": [{"operation": "ADD", "target": "SHARED_DATASET"}]}
-                async with session.post(f"{base}/jobs", json=body) as response:
+                async with session.post(f"{service.url}/jobs", json=body) as response:
                     assert response.status == 200
                     [result] = await response.json()
                     return result
 
-            results = await asyncio.gather(*(post(bases[n % 2]) for n in range(50)))
-            async with session.get(f"{bases[0]}/jobs") as response:
+            results = await asyncio.gather(*(post(services[n % 2]) for n in range(50)))
+            async with session.get(f"{services[0].url}/jobs") as response:
                 jobs = await response.json()
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait()
+        for service in services:
+            service.stop()
     assert sum(r["msg"] == "CREATED" for r in results) == 1
     busy = "FAILED: Job with target SHARED_DATASET already in progress"
     assert sum(r["msg"] == busy for r in results) == 49

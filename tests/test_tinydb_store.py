@@ -179,7 +179,8 @@ async def test_a_failing_disk_is_a_500_that_leaks_nothing_and_loses_nothing(make
     )
     assert response.status == 500
     assert await response.json() == {"message": "Internal Server Error"}
-    assert "req-500" in caplog.text and "IsADirectoryError" in caplog.text
+    assert response.headers["X-Request-ID"] == "req-500"
+    assert "IsADirectoryError" in caplog.text and "inprogress.json failed" in caplog.text
 
     blocker.rmdir()
     jobs = await (await client.get("/jobs")).json()

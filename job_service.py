@@ -39,7 +39,10 @@ from typing import Any, ClassVar
 import aiohttp
 import jwt
 import prometheus_client
+import swagger_ui_bundle
 from aiohttp import web
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import (
     EXCLUDE,
     Schema,
@@ -104,6 +107,8 @@ REQUIRED_BY_OPERATION = {
     "BUMP": ("description", "bumpManifesto", "bumpFromVersion", "bumpToVersion"),
 }
 DATASET_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,127}")
+#: The same rule for the OpenAPI document (a JavaScript regular expression).
+DATASET_NAME_PATTERN = "^[A-Z][A-Z0-9_]{0,127}$"
 MAX_JOBS_PER_POST = 1000
 INITIAL_MAINTENANCE_MSG = "Initial status inserted by job service at startup."
 
@@ -364,13 +369,17 @@ def prepare_directories(config: Config) -> None:
 # --- request and response schemas ------------------------------------------
 
 
+def dataset_name_field() -> fields.String:
+    return fields.String(required=True, validate=validate_dataset_name, metadata={"pattern": DATASET_NAME_PATTERN})
+
+
 def validate_dataset_name(name: str) -> None:
     if not is_dataset_name(name):
         raise ValidationError(invalid_name_message(name))
 
 
 class DataStructureUpdateSchema(Schema):
-    name = fields.String(required=True, validate=validate_dataset_name)
+    name = dataset_name_field()
     description = fields.String(required=True)
     operation = fields.String(required=True)
     releaseStatus = fields.String(required=True)
@@ -390,7 +399,7 @@ class JobParametersSchema(Schema):
     """A new job as posted, and the `parameters` of a stored job."""
 
     operation = fields.String(required=True, validate=validate.OneOf(OPERATIONS))
-    target = fields.String(required=True, validate=validate_dataset_name)
+    target = dataset_name_field()
     releaseStatus = fields.String(validate=validate.OneOf(RELEASE_STATUSES))
     description = fields.String()
     bumpManifesto = fields.Nested(BumpManifestoSchema)
@@ -416,28 +425,28 @@ class NewJobsSchema(Schema):
 
 
 class UserSchema(Schema):
-    userId = fields.String()
-    firstName = fields.String()
-    lastName = fields.String()
+    userId = fields.String(required=True)
+    firstName = fields.String(required=True)
+    lastName = fields.String(required=True)
 
 
 class LogEntrySchema(Schema):
-    at = fields.String()
-    message = fields.String()
+    at = fields.String(required=True)
+    message = fields.String(required=True)
 
 
 class JobSchema(Schema):
-    jobId = fields.String()
-    status = fields.String()
-    parameters = fields.Nested(JobParametersSchema)
-    log = fields.List(fields.Nested(LogEntrySchema))
-    createdAt = fields.String()
-    createdBy = fields.Nested(UserSchema)
+    jobId = fields.String(required=True)
+    status = fields.String(required=True)
+    parameters = fields.Nested(JobParametersSchema, required=True)
+    log = fields.List(fields.Nested(LogEntrySchema), required=True)
+    createdAt = fields.String(required=True)
+    createdBy = fields.Nested(UserSchema, required=True)
 
 
 class PostJobResultSchema(Schema):
-    status = fields.String()
-    msg = fields.String()
+    status = fields.String(required=True)
+    msg = fields.String(required=True)
     job_id = fields.String()
 
 
@@ -476,8 +485,10 @@ class JobsQuerySchema(Schema):
         unknown = EXCLUDE
 
     status = fields.String(validate=validate.OneOf(STATUSES))
-    operation = CommaSeparatedOperations()
-    ignoreCompleted = QueryFlag()
+    operation = CommaSeparatedOperations(
+        metadata={"pattern": "^(({0})?,)*({0})?$".format("|".join(OPERATIONS)), "example": "ADD,REMOVE"}
+    )
+    ignoreCompleted = QueryFlag(metadata={"pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"})
 
     @post_load
     def make_query(self, data: dict[str, Any], **kwargs: Any) -> JobQuery:
@@ -489,18 +500,18 @@ class JobsQuerySchema(Schema):
 
 
 class TargetSchema(Schema):
-    name = fields.String()
-    lastUpdatedAt = fields.String()
-    status = fields.String()
-    lastUpdatedBy = fields.Nested(UserSchema)
-    action = fields.List(fields.String())
+    name = fields.String(required=True)
+    lastUpdatedAt = fields.String(required=True)
+    status = fields.String(required=True)
+    lastUpdatedBy = fields.Nested(UserSchema, required=True)
+    action = fields.List(fields.String(), required=True)
 
 
 class ImportableDatasetSchema(Schema):
-    datasetName = fields.String()
-    hasMetadata = fields.Boolean()
-    hasData = fields.Boolean()
-    isArchived = fields.Boolean()
+    datasetName = fields.String(required=True)
+    hasMetadata = fields.Boolean(required=True)
+    hasData = fields.Boolean(required=True)
+    isArchived = fields.Boolean(required=True)
 
 
 class PauseFlag(fields.Field):
@@ -515,7 +526,7 @@ class PauseFlag(fields.Field):
 class MaintenanceRequestSchema(Schema):
     msg = fields.String(required=True)
     paused = StrictBoolean()
-    pause = PauseFlag()
+    pause = PauseFlag(metadata={"enum": [0, 1, False, True]})
 
     @validates_schema
     def check_one_flag(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -528,13 +539,13 @@ class MaintenanceRequestSchema(Schema):
 
 
 class MaintenanceStatusSchema(Schema):
-    msg = fields.String()
-    paused = fields.Boolean()
-    timestamp = fields.String()
+    msg = fields.String(required=True)
+    paused = fields.Boolean(required=True)
+    timestamp = fields.String(required=True)
 
 
 class MessageSchema(Schema):
-    message = fields.String()
+    message = fields.String(required=True)
 
 
 # --- errors and (de)serialisation -------------------------------------------
@@ -954,12 +965,137 @@ def check_service_token(request: web.Request) -> None:
         raise ApiError(401, "Updating a job needs the job executor's service token")
 
 
+# --- the API's own documentation ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What the OpenAPI document says of one handler: its answer and its errors."""
+
+    summary: str
+    response: Any
+    errors: tuple[int, ...] = ()
+    body: Any = None
+    query: type[Schema] | None = None
+    media_type: str = "application/json"
+
+
+def documented(summary: str, response: Any, **details: Any) -> Callable[[Handler], Handler]:
+    """Attach the OpenAPI description to a handler; routes without one fail `openapi_document`."""
+
+    def attach(handler: Handler) -> Handler:
+        handler.openapi = Operation(summary, response, **details)  # type: ignore[attr-defined]
+        return handler
+
+    return attach
+
+
+SWAGGER_UI_FILES = ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "favicon-32x32.png")
+PATH_PARAMETERS = {
+    "jobId": {"type": "string"},
+    "name": {"type": "string", "pattern": DATASET_NAME_PATTERN},
+    "filename": {"type": "string", "enum": list(SWAGGER_UI_FILES)},
+}
+ERROR_MEANINGS = {
+    400: "Bad input: the message names what is wrong",
+    401: "Auth is on and a token is missing or invalid",
+    403: "The token is valid but its role may not do this",
+    404: "No such resource",
+    409: "The request conflicts with the current state",
+    413: "The body is larger than the configured limit",
+    500: "An unexpected error; the log has the details under the request id",
+    503: "The storage backend (or the key server) cannot be reached",
+}
+#: A new-jobs body: `NewJobsSchema` keeps its entries raw so that each is judged on
+#: its own by `JobParametersSchema`, which is what an entry should be.
+NEW_JOBS_BODY = {
+    "type": "object",
+    "required": ["jobs"],
+    "additionalProperties": False,
+    "properties": {"jobs": {"type": "array", "maxItems": MAX_JOBS_PER_POST, "items": JobParametersSchema}},
+}
+
+
+def many(schema: type[Schema]) -> dict[str, Any]:
+    return {"type": "array", "items": schema}
+
+
+def openapi_document(app: web.Application) -> dict[str, Any]:
+    """OpenAPI 3 for every route of `app`, from the marshmallow schemas the handlers use."""
+    marshmallow = MarshmallowPlugin()
+    spec = APISpec(title="job-service", version=service_version(), openapi_version="3.0.3", plugins=[marshmallow])
+    marshmallow.map_to_openapi_type(CommaSeparatedOperations, "string", None)
+    marshmallow.map_to_openapi_type(QueryFlag, "string", None)
+    for route in app.router.routes():
+        if route.method == "HEAD":  # aiohttp adds one to every GET
+            continue
+        path = route.resource.canonical
+        operation: Operation | None = getattr(route.handler, "openapi", None)
+        if operation is None:
+            raise RuntimeError(f"{route.method} {path} has no OpenAPI description")
+        spec.path(path=path, operations={route.method.lower(): openapi_operation(path, operation)})
+    return spec.to_dict()
+
+
+def openapi_operation(path: str, operation: Operation) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = [
+        {"in": "path", "name": name, "required": True, "schema": PATH_PARAMETERS[name]}
+        for name in re.findall(r"{(\w+)}", path)
+    ]
+    if operation.query is not None:
+        parameters.append({"in": "query", "schema": operation.query})
+    answer = {"schema": operation.response} if operation.response is not None else {}
+    responses = {"200": {"description": "OK", "content": {operation.media_type: answer}}}
+    for status in (*operation.errors, 500):
+        responses[str(status)] = {
+            "description": ERROR_MEANINGS[status],
+            "content": {"application/json": {"schema": MessageSchema}},
+        }
+    documented_operation: dict[str, Any] = {"summary": operation.summary, "responses": responses}
+    if parameters:
+        documented_operation["parameters"] = parameters
+    if operation.body is not None:
+        documented_operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": operation.body}},
+        }
+    return documented_operation
+
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>job-service API</title>
+  <link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+  <link rel="icon" type="image/png" href="/docs/assets/favicon-32x32.png">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs/assets/swagger-ui-bundle.js"></script>
+  <script src="/docs/assets/swagger-ui-standalone-preset.js"></script>
+  <script>
+    // validatorUrl: null keeps Swagger UI from sending the document to an online validator.
+    window.ui = SwaggerUIBundle({
+      url: "/openapi.json",
+      dom_id: "#swagger-ui",
+      validatorUrl: null,
+      presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+      layout: "StandaloneLayout"
+    });
+  </script>
+</body>
+</html>
+"""
+
+
 # --- handlers -----------------------------------------------------------------
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
 METRICS = web.AppKey("metrics", Metrics)
+OPENAPI = web.AppKey("openapi", dict)
 REQUEST_ID = web.RequestKey("request_id", str)
 routes = web.RouteTableDef()
 
@@ -983,12 +1119,14 @@ def query_arguments(request: web.Request) -> dict[str, str]:
 
 
 @routes.get("/jobs")
+@documented("Jobs, oldest first, filtered", many(JobSchema), errors=(400, 503), query=JobsQuerySchema)
 async def list_jobs(request: web.Request) -> web.Response:
     query = JobsQuerySchema().load(query_arguments(request))
     return respond(JobSchema(), await store_of(request).find_jobs(query), many=True)
 
 
 @routes.get("/jobs/{jobId}")
+@documented("One job", JobSchema, errors=(404, 503))
 async def get_job(request: web.Request) -> web.Response:
     job_id = request.match_info["jobId"]
     job = await store_of(request).get_job(job_id)
@@ -1023,6 +1161,12 @@ async def create_job(request: web.Request, entry: Any, user: dict[str, str]) -> 
 
 
 @routes.post("/jobs")
+@documented(
+    "Post new jobs; each entry gets its own result, in order",
+    many(PostJobResultSchema),
+    errors=(400, 401, 403, 413, 503),
+    body=NEW_JOBS_BODY,
+)
 async def post_jobs(request: web.Request) -> web.Response:
     user = await administrator(request)
     entries = NewJobsSchema().load(await read_json_object(request))["jobs"]
@@ -1031,6 +1175,12 @@ async def post_jobs(request: web.Request) -> web.Response:
 
 
 @routes.put("/jobs/{jobId}")
+@documented(
+    "Move a job on: a new status and/or description, and a log line",
+    MessageSchema,
+    errors=(400, 401, 404, 409, 413, 503),
+    body=JobUpdateSchema,
+)
 async def update_job(request: web.Request) -> web.Response:
     check_service_token(request)
     job_id = request.match_info["jobId"]
@@ -1054,6 +1204,7 @@ async def update_job(request: web.Request) -> web.Response:
 
 
 @routes.get("/targets")
+@documented("Every target, by name", many(TargetSchema), errors=(503,))
 async def list_targets(request: web.Request) -> web.Response:
     return respond(TargetSchema(), await store_of(request).list_targets(), many=True)
 
@@ -1066,6 +1217,7 @@ def target_name(request: web.Request) -> str:
 
 
 @routes.get("/targets/{name}")
+@documented("One target: the last action on a dataset", TargetSchema, errors=(400, 404, 503))
 async def get_target(request: web.Request) -> web.Response:
     name = target_name(request)
     target = await store_of(request).get_target(name)
@@ -1075,18 +1227,21 @@ async def get_target(request: web.Request) -> web.Response:
 
 
 @routes.get("/targets/{name}/jobs")
+@documented("Every job on a target, BUMPs listing it included", many(JobSchema), errors=(400, 404, 503))
 async def list_target_jobs(request: web.Request) -> web.Response:
     jobs = await store_of(request).jobs_for_target(target_name(request))
     return respond(JobSchema(), jobs, many=True)
 
 
 @routes.get("/importable-datasets")
+@documented("Dataset archives waiting in the input directory", many(ImportableDatasetSchema))
 async def list_importable_datasets(request: web.Request) -> web.Response:
     datasets = await asyncio.to_thread(scan_input_dir, request.app[CONFIG].input_dir)
     return respond(ImportableDatasetSchema(), datasets, many=True)
 
 
 @routes.delete("/importable-datasets/{name}")
+@documented("Delete an archive from the input directory", MessageSchema, errors=(400, 401, 403, 404, 409, 503))
 async def delete_importable_dataset(request: web.Request) -> web.Response:
     await administrator(request)
     name = target_name(request)
@@ -1097,6 +1252,12 @@ async def delete_importable_dataset(request: web.Request) -> web.Response:
 
 
 @routes.post("/maintenance-status")
+@documented(
+    "Set the maintenance flag",
+    MaintenanceStatusSchema,
+    errors=(400, 401, 403, 413, 503),
+    body=MaintenanceRequestSchema,
+)
 async def set_maintenance_status(request: web.Request) -> web.Response:
     await administrator(request)
     status = MaintenanceRequestSchema().load(await read_json_object(request))
@@ -1106,17 +1267,20 @@ async def set_maintenance_status(request: web.Request) -> web.Response:
 
 
 @routes.get("/maintenance-status")
+@documented("The maintenance flag", MaintenanceStatusSchema, errors=(503,))
 async def get_maintenance_status(request: web.Request) -> web.Response:
     initial = {"msg": INITIAL_MAINTENANCE_MSG, "paused": False, "timestamp": now_iso()}
     return respond(MaintenanceStatusSchema(), await store_of(request).latest_maintenance(initial))
 
 
 @routes.get("/maintenance-history")
+@documented("Every maintenance status, newest first", many(MaintenanceStatusSchema), errors=(503,))
 async def get_maintenance_history(request: web.Request) -> web.Response:
     return respond(MaintenanceStatusSchema(), await store_of(request).maintenance_history(), many=True)
 
 
 @routes.get("/metrics")
+@documented("Prometheus metrics", {"type": "string"}, errors=(503,), media_type="text/plain")
 async def get_metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     metrics.record_store(await store_of(request).stats())
@@ -1125,14 +1289,37 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 @routes.get("/health/alive")
+@documented("200 while the process serves", MessageSchema)
 async def health_alive(request: web.Request) -> web.Response:
     return message("I'm alive!")
 
 
 @routes.get("/health/ready")
+@documented("200 while the storage backend answers", MessageSchema, errors=(503,))
 async def health_ready(request: web.Request) -> web.Response:
     await store_of(request).ping()
     return message("I'm ready!")
+
+
+@routes.get("/openapi.json")
+@documented("This API's OpenAPI 3 document", {"type": "object"})
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
+@routes.get("/docs")
+@documented("Interactive documentation of this API (Swagger UI)", {"type": "string"}, media_type="text/html")
+async def get_docs(request: web.Request) -> web.Response:
+    return web.Response(text=DOCS_PAGE, content_type="text/html")
+
+
+@routes.get("/docs/assets/{filename}")
+@documented("The files of the documentation page, served from the package", None, errors=(404,), media_type="*/*")
+async def get_docs_asset(request: web.Request) -> web.FileResponse:
+    filename = request.match_info["filename"]
+    if filename not in SWAGGER_UI_FILES:
+        raise ApiError(404, f"No documentation asset named {filename}")
+    return web.FileResponse(Path(swagger_ui_bundle.swagger_ui_path) / filename)
 
 
 # --- the application ------------------------------------------------------------
@@ -1242,6 +1429,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(signing_keys_context)
     app.add_routes(routes)
+    app[OPENAPI] = openapi_document(app)
     return app
 
 

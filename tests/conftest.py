@@ -16,6 +16,17 @@ from pymongo import MongoClient
 from job_service import Config, ConfigSchema, create_app
 
 BACKENDS = ["tinydb", "mongodb"]
+REPORT: list[str] = []
+
+
+def report(line: str) -> None:
+    """Print `line` at the end of the run: figures and artifact paths CI's log should show."""
+    REPORT.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in REPORT:
+        terminalreporter.write_line(line)
 
 
 def bump_job(**overrides: Any) -> dict[str, Any]:

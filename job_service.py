@@ -388,7 +388,8 @@ class DataStructureUpdateSchema(Schema):
 class BumpManifestoSchema(Schema):
     version = fields.String(required=True)
     description = fields.String(required=True)
-    releaseTime = fields.Integer(required=True, strict=True)
+    # Stored as a 64-bit integer by MongoDB, so it must fit in one.
+    releaseTime = fields.Integer(required=True, strict=True, validate=validate.Range(-(2**63), 2**63 - 1))
     languageCode = fields.String(required=True)
     # The executor's model needs the key even when it has no value.
     updateType = fields.String(required=True, allow_none=True)
@@ -602,6 +603,12 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "Request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object")
+    try:
+        # JSON may escape half of a UTF-16 surrogate pair ("\ud800"), which no
+        # store can write as UTF-8: refuse it here rather than fail there.
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ApiError(400, "Request body holds text that is not valid Unicode (a lone surrogate)") from None
     return body
 
 

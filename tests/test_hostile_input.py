@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import pytest
+from conftest import bump_job
 from yarl import URL
 
 JSON_ENTRY_POINTS = [("POST", "/jobs"), ("PUT", "/jobs/{job_id}"), ("POST", "/maintenance-status")]
@@ -194,3 +195,39 @@ async def test_cookies_with_two_large_tokens_fit_in_the_header_limit(client):
     cookie = "authorization=" + "a" * 9000 + "; user-info=" + "b" * 9000
     response = await client.get("/health/alive", headers={"Cookie": cookie})
     assert response.status == 200
+
+
+@pytest.mark.parametrize(("method", "path"), JSON_ENTRY_POINTS)
+@pytest.mark.parametrize("text", ['"\\ud800"', '"a\\udfffb"', '"\\udbff\\u0041"'])
+async def test_a_lone_surrogate_is_a_400(client, job_id, method, path, text):
+    """JSON can escape half a surrogate pair; no store can write it, so it never gets that far."""
+    body = f'{{"msg": {text}, "paused": true, "status": "built", "jobs": [{{"operation": "ADD", "target": "A", '
+    body += f'"description": {text}}}]}}'
+    response = await client.request(method, path.format(job_id=job_id), data=body.encode())
+    assert response.status == 400
+    assert "lone surrogate" in (await response.json())["message"]
+    await unchanged(client, job_id)
+
+
+async def test_a_surrogate_pair_is_one_character_and_welcome(client):
+    body = b'{"jobs": [{"operation": "ADD", "target": "EMOJI", "description": "\\ud83d\\ude00"}]}'
+    [result] = await (await client.post("/jobs", data=body)).json()
+    job = await (await client.get(f"/jobs/{result['job_id']}")).json()
+    assert job["parameters"]["description"] == "\U0001f600"
+
+
+@pytest.mark.parametrize("release_time", [2**63, -(2**63) - 1, 10**30])
+async def test_a_release_time_beyond_64_bits_fails_the_entry(make_client, release_time):
+    client = await make_client(jobs={"bump_enabled": True})
+    manifesto = {**bump_job()["bumpManifesto"], "releaseTime": release_time}
+    [result] = await (await client.post("/jobs", json={"jobs": [bump_job(bumpManifesto=manifesto)]})).json()
+    assert result["status"] == "FAILED" and "releaseTime" in result["msg"]
+    assert await (await client.get("/jobs")).json() == []
+
+
+@pytest.mark.parametrize("segment", ["%ED%A0%80", "%FF%FE", "%C0%AF", "%80"])
+async def test_a_job_id_that_is_not_utf_8_is_simply_not_found(client, segment):
+    for method, body in [("GET", None), ("PUT", b'{"status": "built"}')]:
+        url = URL(f"http://{client.host}:{client.port}/jobs/{segment}", encoded=True)
+        response = await client.session.request(method, url, data=body)
+        assert response.status in (400, 404), (method, segment, await response.text())

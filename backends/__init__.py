@@ -7,6 +7,7 @@ from typing import Any
 from .base import (
     COLLECTIONS,
     FINAL_STATUSES,
+    Job,
     JobChange,
     JobFinal,
     JobNotFound,
@@ -22,6 +23,7 @@ from .base import (
 __all__ = [
     "COLLECTIONS",
     "FINAL_STATUSES",
+    "Job",
     "JobChange",
     "JobFinal",
     "JobNotFound",

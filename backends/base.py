@@ -8,6 +8,7 @@ error middleware turns each into its HTTP status.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -112,11 +113,12 @@ class Store(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
-    async def find_jobs(self, query: JobQuery) -> list[Job]:
-        """Jobs matching `query`, in `job_order`."""
+    def find_jobs(self, query: JobQuery) -> AsyncIterator[Job]:
+        """Jobs matching `query`, in `job_order`, each once; an iterator, so that
+        years of history are never in memory whole."""
 
-    async def jobs_for_target(self, name: str) -> list[Job]:
-        """Jobs whose target is `name` or whose BUMP manifesto lists it, in `job_order`."""
+    def jobs_for_target(self, name: str) -> AsyncIterator[Job]:
+        """Jobs whose target is `name` or whose BUMP manifesto lists it, as `find_jobs`."""
 
     async def update_job(self, job_id: str, change: JobChange) -> Job:
         """Apply `change` and return the job; move it to the completed set when

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import heapq
 import logging
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from .base import (
@@ -67,23 +68,43 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
 }
 
 
+@contextlib.asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Turn "cannot reach MongoDB in time" into StoreUnavailable, the 503 of the API."""
+    try:
+        yield
+    except PyMongoError as exc:
+        if isinstance(exc, ConnectionFailure) or exc.timeout:
+            log.warning("MongoDB cannot be reached: %s", exc)
+            raise StoreUnavailable("The database cannot be reached") from exc
+        raise
+
+
 def store_operation(method: Callable[Concatenate[MongoStore, P], Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Run an operation on a prepared database, turning "cannot reach MongoDB in
-    time" into StoreUnavailable, the 503 of the API."""
+    """Run an operation on a prepared database, with its errors translated."""
 
     @functools.wraps(method)
     async def wrapper(self: MongoStore, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            if not self.prepared:
-                await self.prepare()
+        async with translate_errors():
+            await self.ensure_prepared()
             return await method(self, *args, **kwargs)
-        except PyMongoError as exc:
-            if isinstance(exc, ConnectionFailure) or exc.timeout:
-                log.warning("MongoDB cannot be reached: %s", exc)
-                raise StoreUnavailable("The database cannot be reached") from exc
-            raise
 
     return wrapper
+
+
+async def merge_in_order(stream: AsyncIterator[Job], jobs: list[Job]) -> AsyncIterator[Job]:
+    """`stream` and `jobs`, both in job order, as one sequence in job order; on a
+    tie the job from `stream` comes first."""
+    pending = iter(jobs)
+    waiting = next(pending, None)
+    async for job in stream:
+        while waiting is not None and job_order(waiting) < job_order(job):
+            yield waiting
+            waiting = next(pending, None)
+        yield job
+    while waiting is not None:
+        yield waiting
+        waiting = next(pending, None)
 
 
 def job_filter(query: JobQuery) -> dict[str, Any]:
@@ -148,6 +169,10 @@ class MongoStore:
             await store.ping()
         return store
 
+    async def ensure_prepared(self) -> None:
+        if not self.prepared:
+            await self.prepare()
+
     async def prepare(self) -> None:
         """Idempotent start-up work, before any other operation: the indexes the
         rules and queries rely on, then any job move a crash cut short."""
@@ -196,28 +221,44 @@ class MongoStore:
             job = await self._completed.find_one({"jobId": job_id}, NO_ID)
         return job
 
-    async def _find_both(self, conditions: dict[str, Any]) -> list[Job]:
-        """Jobs from both sets, each once, in job order.
+    async def _stream(self, cursor: AsyncCursor) -> AsyncIterator[Job]:
+        async with translate_errors():
+            async for job in cursor:
+                yield job
 
-        In-progress is read first: a job that moves in between is then either
-        in the first answer or already in the second, never in neither.
+    async def _find_both(self, conditions: dict[str, Any]) -> AsyncIterator[Job]:
+        """Jobs from both sets, in job order, each once.
+
+        In-progress (a few) is read first and completed streamed after, so a job
+        that moves in between is in one answer or both, never in neither; both
+        copies then sort next to each other, the completed one first, and only
+        that one is kept.
         """
-        in_progress = await self._inprogress.find(conditions, NO_ID).sort(JOB_SORT).to_list()
-        completed = await self._completed.find(conditions, NO_ID).sort(JOB_SORT).to_list()
-        moved = {job["jobId"] for job in completed}
-        return list(heapq.merge([job for job in in_progress if job["jobId"] not in moved], completed, key=job_order))
+        async with translate_errors():
+            await self.ensure_prepared()
+            in_progress = await self._inprogress.find(conditions, NO_ID).sort(JOB_SORT).to_list()
+        completed = self._stream(self._completed.find(conditions, NO_ID).sort(JOB_SORT))
+        previous = None
+        async for job in merge_in_order(completed, in_progress):
+            if job["jobId"] != previous:
+                yield job
+            previous = job["jobId"]
 
-    @store_operation
-    async def find_jobs(self, query: JobQuery) -> list[Job]:
+    async def find_jobs(self, query: JobQuery) -> AsyncIterator[Job]:
         conditions = job_filter(query)
-        if query.ignore_completed:
-            conditions["status"] = {"$eq": query.status, **NOT_FINAL} if query.status else NOT_FINAL
-            return await self._inprogress.find(conditions, NO_ID).sort(JOB_SORT).to_list()
-        return await self._find_both(conditions)
+        if not query.ignore_completed:
+            async for job in self._find_both(conditions):
+                yield job
+            return
+        conditions["status"] = {"$eq": query.status, **NOT_FINAL} if query.status else NOT_FINAL
+        async with translate_errors():
+            await self.ensure_prepared()
+            jobs = await self._inprogress.find(conditions, NO_ID).sort(JOB_SORT).to_list()
+        for job in jobs:
+            yield job
 
-    @store_operation
-    async def jobs_for_target(self, name: str) -> list[Job]:
-        return await self._find_both(
+    def jobs_for_target(self, name: str) -> AsyncIterator[Job]:
+        return self._find_both(
             {"$or": [{"parameters.target": name}, {"parameters.operation": "BUMP", MANIFESTO_NAME: name}]}
         )
 
@@ -294,9 +335,20 @@ class MongoStore:
 
     @store_operation
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
+        if name == "inprogress":
+            await self._check_one_per_target(documents)
         if documents:
             # insert_many adds an _id to each document it is given: give it copies.
             await self._collections[name].insert_many([dict(document) for document in documents])
+
+    async def _check_one_per_target(self, jobs: list[Job]) -> None:
+        """Refuse an import that would break the rule before writing any of it
+        (the unique index would refuse it too, but only halfway through)."""
+        targets = Counter(job["parameters"]["target"] for job in jobs)
+        twice = [target for target, count in targets.items() if count > 1]
+        held = await self._inprogress.find_one({"parameters.target": {"$in": list(targets)}}, NO_ID)
+        if twice or held:
+            raise TargetBusy(twice[0] if twice else held["parameters"]["target"])
 
     @store_operation
     async def is_empty(self) -> bool:

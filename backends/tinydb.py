@@ -1,34 +1,36 @@
 """The embedded default: TinyDB on files that survive a crash at any instant.
 
-Each collection is its own TinyDB file, so a status update rewrites the small
-in-progress file and not the years of completed history. TinyDB itself is not
-thread-safe and has no unique index; every operation therefore runs on one
-dedicated worker thread, which serialises them and keeps file I/O off the event
-loop. "Check the target is free, then insert" is atomic because nothing else
-runs between the two steps.
+Each collection is its own TinyDB file, and the completed set, which grows for
+years, is a series of segment files of which only the newest is ever written:
+no write costs more as history grows. TinyDB itself is neither thread-safe nor
+indexed, so every change runs on one dedicated worker thread, which serialises
+them ("check the target is free, then insert" is atomic) and keeps file I/O off
+the event loop. What the hot reads need (a job by id, the in-progress jobs, the
+targets) the worker also publishes as in-memory snapshots that are replaced,
+never changed, so the event loop reads them without waiting for the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import copy
 import fcntl
 import functools
-import json
 import logging
 import os
-from collections import Counter
-from collections.abc import Callable
+import sys
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, NamedTuple, TypeVar
 
-from tinydb import Query, TinyDB
+import orjson
+from tinydb import TinyDB
 from tinydb.storages import Storage
 
 from .base import (
-    COLLECTIONS,
     FINAL_STATUSES,
     Job,
     JobChange,
@@ -48,6 +50,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_FILE = "job-service.lock"
 TMP_SUFFIX = ".tmp"
+#: Jobs per completed segment: a completion rewrites at most this many.
+SEGMENT_SIZE = 500
+#: Jobs decoded per step of a listing, so a listing of years of history never
+#: holds every job as objects at once.
+JOBS_PER_STEP = 500
 
 
 def fsync_directory(path: Path) -> None:
@@ -76,7 +83,7 @@ class AtomicJSONStorage(Storage):
     def read(self) -> dict[str, Any] | None:
         if self._data is None:
             try:
-                self._data = json.loads(self._path.read_bytes())
+                self._data = orjson.loads(self._path.read_bytes())
             except FileNotFoundError:
                 return None
         return self._data
@@ -85,7 +92,7 @@ class AtomicJSONStorage(Storage):
         tmp = self._path.with_name(self._path.name + TMP_SUFFIX)
         try:
             with open(tmp, "wb") as file:
-                file.write(json.dumps(data, ensure_ascii=False).encode())
+                file.write(orjson.dumps(data))
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, self._path)
@@ -129,23 +136,125 @@ class DirectoryLock:
 
 
 def apply_change(job: Job, change: JobChange) -> Job:
-    """The job as `change` leaves it (a new dict; `job` is not touched)."""
-    job = copy.deepcopy(job)
+    """The job as `change` leaves it: a new dict, sharing nothing it changes with `job`."""
+    job = {**job, "log": [*job["log"], *change.log]}
     if change.status is not None:
         job["status"] = change.status
     if change.description is not None:
-        job["parameters"]["description"] = change.description
-    job["log"].extend(change.log)
+        job["parameters"] = {**job["parameters"], "description": change.description}
     return job
 
 
-def matches(job: Job, query: JobQuery) -> bool:
-    if query.status is not None and job["status"] != query.status:
+def wanted(status: str, operation: str, query: JobQuery) -> bool:
+    if query.status is not None and status != query.status:
         return False
-    return query.operations is None or job["parameters"]["operation"] in query.operations
+    return query.operations is None or operation in query.operations
 
 
-job_field = Query()
+class JobFacts(NamedTuple):
+    """What queries filter and sort completed jobs on, kept beside their JSON."""
+
+    created_at: str
+    job_id: str
+    status: str
+    operation: str
+    target: str
+
+
+def facts_of(job: Job) -> JobFacts:
+    parameters = job["parameters"]
+    # Statuses, operations and targets repeat across history: one string object each.
+    status, operation, target = (
+        sys.intern(value) for value in (job["status"], parameters["operation"], parameters["target"])
+    )
+    return JobFacts(job["createdAt"], job["jobId"], status, operation, target)
+
+
+class CompletedJobs:
+    """The completed set: append-only segments of at most SEGMENT_SIZE jobs, each a
+    TinyDB file, and in memory each job's JSON and the facts queries need.
+
+    A finished job never changes, so only the newest segment is ever written and
+    a completion costs the same at any history size; memory holds each job as
+    its JSON bytes, about a third of its size as Python objects. Reads of one
+    job by id are single dict lookups, safe from any thread; everything that
+    iterates runs on the store's worker thread.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(exist_ok=True)
+        self._directory = directory
+        self._load()
+
+    def _load(self) -> None:
+        self._encoded: dict[str, bytes] = {}
+        self._facts: dict[str, JobFacts] = {}
+        self._by_dataset: defaultdict[str, list[str]] = defaultdict(list)
+        directory = self._directory
+        segments = sorted(directory.glob("*.json"))
+        for path in segments[:-1]:
+            self._remember(orjson.loads(path.read_bytes()).get("_default", {}).values())
+        self._active_path = segments[-1] if segments else self._segment_path(1)
+        self._active = TinyDB(self._active_path, storage=AtomicJSONStorage)
+        self._remember(self._active.all())
+
+    def _segment_path(self, number: int) -> Path:
+        return self._directory / f"{number:08d}.json"
+
+    def _remember(self, jobs: Iterable[Job]) -> None:
+        for job in jobs:
+            job_id = job["jobId"]
+            # A copy of exactly its length: orjson's own bytes keep their whole
+            # working buffer, four times the size, for as long as they live.
+            self._encoded[job_id] = bytes(memoryview(orjson.dumps(job)))
+            self._facts[job_id] = facts_of(job)
+            for name in {job["parameters"]["target"], *manifesto_datasets(job)}:
+                self._by_dataset[name].append(job_id)
+
+    def add(self, jobs: list[Job]) -> None:
+        """Append `jobs` durably, starting a new segment whenever the newest is full."""
+        while jobs:
+            if len(self._active) >= SEGMENT_SIZE:
+                self._active.close()
+                self._active_path = self._segment_path(int(self._active_path.stem) + 1)
+                self._active = TinyDB(self._active_path, storage=AtomicJSONStorage)
+            room = SEGMENT_SIZE - len(self._active)
+            batch, jobs = jobs[:room], jobs[room:]
+            self._active.insert_multiple(batch)
+            self._remember(batch)
+
+    def get(self, job_id: str) -> Job | None:
+        encoded = self._encoded.get(job_id)
+        return None if encoded is None else orjson.loads(encoded)
+
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._facts
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    @staticmethod
+    def excluded_by(query: JobQuery) -> bool:
+        """Whether no completed job can match `query`, without looking."""
+        return query.ignore_completed or (query.status is not None and query.status not in FINAL_STATUSES)
+
+    def facts(self, query: JobQuery) -> list[JobFacts]:
+        if self.excluded_by(query):
+            return []
+        return [facts for facts in self._facts.values() if wanted(facts.status, facts.operation, query)]
+
+    def facts_for_dataset(self, name: str) -> list[JobFacts]:
+        return [self._facts[job_id] for job_id in self._by_dataset.get(name, ())]
+
+    def clear(self) -> None:
+        self._active.close()
+        for path in self._directory.glob("*.json"):
+            path.unlink()
+        fsync_directory(self._directory)
+        self._load()
+
+    def close(self) -> None:
+        self._active.close()
 
 
 class TinyDBStore:
@@ -154,28 +263,39 @@ class TinyDBStore:
     def __init__(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._lock = DirectoryLock(path / LOCK_FILE)
-        for leftover in path.glob("*" + TMP_SUFFIX):
+        for leftover in path.rglob("*" + TMP_SUFFIX):
             leftover.unlink()
-        self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tinydb")
-        self._dbs = {name: TinyDB(path / f"{name}.json", storage=AtomicJSONStorage) for name in COLLECTIONS}
-        self._inprogress = self._dbs["inprogress"]
-        self._completed = self._dbs["completed"]
-        self._targets = self._dbs["targets"]
-        self._maintenance = self._dbs["maintenance"]
+        self._inprogress = TinyDB(path / "inprogress.json", storage=AtomicJSONStorage)
+        self._targets = TinyDB(path / "targets.json", storage=AtomicJSONStorage)
+        self._maintenance = TinyDB(path / "maintenance.json", storage=AtomicJSONStorage)
+        self._completed = CompletedJobs(path / "completed")
+        self._tables = {"inprogress": self._inprogress, "targets": self._targets, "maintenance": self._maintenance}
+        # Snapshots for the event loop: replaced by the worker after each change, never changed.
+        self._current: Mapping[str, Job] = MappingProxyType({})
+        self._targets_by_name: Mapping[str, Target] = MappingProxyType({})
+        self._targets_in_order: tuple[Target, ...] = ()
         self._finish_interrupted_moves()
+        self._publish()
 
     @classmethod
     async def open(cls, path: str | Path) -> TinyDBStore:
         return await asyncio.to_thread(cls, Path(path))
 
     def _finish_interrupted_moves(self) -> None:
-        """A crash between "insert into completed" and "remove from in-progress"
-        leaves a finished job in both files; the completed copy is the truth."""
-        completed_ids = {job["jobId"] for job in self._completed.all()}
-        moved = [job.doc_id for job in self._inprogress.all() if job["jobId"] in completed_ids]
+        """A crash between "add to completed" and "remove from in-progress" leaves a
+        finished job in both; the completed copy is the truth."""
+        moved = [job.doc_id for job in self._inprogress.all() if job["jobId"] in self._completed]
         if moved:
             self._inprogress.remove(doc_ids=moved)
+
+    def _publish(self) -> None:
+        self._current = MappingProxyType({job["jobId"]: dict(job) for job in self._inprogress.all()})
+        self._publish_targets({target["name"]: dict(target) for target in self._targets.all()})
+
+    def _publish_targets(self, targets: dict[str, Target]) -> None:
+        self._targets_by_name = MappingProxyType(targets)
+        self._targets_in_order = tuple(targets[name] for name in sorted(targets))
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         # In the caller's context, so that the worker's log lines carry the request's id.
@@ -187,92 +307,109 @@ class TinyDBStore:
 
     async def close(self) -> None:
         def close_files() -> None:
-            for db in self._dbs.values():
-                db.close()
+            for table in (*self._tables.values(), self._completed):
+                table.close()
             self._lock.release()
 
         await self._run(close_files)
         self._executor.shutdown()
 
+    def _doc_id(self, table: TinyDB, key: str, value: str) -> int:
+        """The TinyDB id of the document whose `key` is `value` (the tables it is used on are small)."""
+        [document] = table.search(lambda stored: stored[key] == value)
+        return document.doc_id
+
     async def insert_job(self, job: Job) -> None:
         def insert() -> None:
             target = job["parameters"]["target"]
-            if self._inprogress.contains(job_field.parameters.target == target):
+            if any(current["parameters"]["target"] == target for current in self._current.values()):
                 raise TargetBusy(target)
             self._inprogress.insert(job)
+            self._current = MappingProxyType({**self._current, job["jobId"]: job})
 
         await self._run(insert)
 
     async def get_job(self, job_id: str) -> Job | None:
-        def get() -> Job | None:
-            job = self._inprogress.get(job_field.jobId == job_id)
-            if job is None:
-                job = self._completed.get(job_field.jobId == job_id)
-            return None if job is None else dict(job)
+        # In-progress first: a job that moves meanwhile is in the completed set by then.
+        job = self._current.get(job_id)
+        return dict(job) if job is not None else self._completed.get(job_id)
 
-        return await self._run(get)
+    async def _stream(self, snapshot: Callable[[], list[JobFacts | Job]], on_loop: bool = False) -> AsyncIterator[Job]:
+        """Jobs in order: in-progress ones as taken, completed ones decoded a step at a time.
+        A snapshot of in-progress jobs alone is taken `on_loop`, without the worker."""
+        entries = snapshot() if on_loop else await self._run(snapshot)
+        for start in range(0, len(entries), JOBS_PER_STEP):
+            for entry in entries[start : start + JOBS_PER_STEP]:
+                job = self._completed.get(entry.job_id) if isinstance(entry, JobFacts) else entry
+                if job is not None:  # None: an import --replace emptied the store meanwhile
+                    yield job
+            await asyncio.sleep(0)
 
-    def _all_jobs(self, include_completed: bool = True) -> list[Job]:
-        jobs = self._inprogress.all()
-        if include_completed:
-            jobs += self._completed.all()
-        return jobs
+    def find_jobs(self, query: JobQuery) -> AsyncIterator[Job]:
+        def snapshot() -> list[JobFacts | Job]:
+            current: list[JobFacts | Job] = [
+                dict(job)
+                for job in self._current.values()
+                if wanted(job["status"], job["parameters"]["operation"], query)
+            ]
+            return sorted(current + self._completed.facts(query), key=entry_order)
 
-    async def find_jobs(self, query: JobQuery) -> list[Job]:
-        def find() -> list[Job]:
-            jobs = self._all_jobs(include_completed=not query.ignore_completed)
-            return sorted((dict(job) for job in jobs if matches(job, query)), key=job_order)
+        return self._stream(snapshot, on_loop=self._completed.excluded_by(query))
 
-        return await self._run(find)
+    def jobs_for_target(self, name: str) -> AsyncIterator[Job]:
+        def snapshot() -> list[JobFacts | Job]:
+            current: list[JobFacts | Job] = [
+                dict(job)
+                for job in self._current.values()
+                if job["parameters"]["target"] == name or name in manifesto_datasets(job)
+            ]
+            return sorted(current + self._completed.facts_for_dataset(name), key=entry_order)
 
-    async def jobs_for_target(self, name: str) -> list[Job]:
-        def find() -> list[Job]:
-            return sorted(
-                (
-                    dict(job)
-                    for job in self._all_jobs()
-                    if job["parameters"]["target"] == name or name in manifesto_datasets(job)
-                ),
-                key=job_order,
-            )
-
-        return await self._run(find)
+        return self._stream(snapshot)
 
     async def update_job(self, job_id: str, change: JobChange) -> Job:
         def update() -> Job:
-            current = self._inprogress.get(job_field.jobId == job_id)
+            current = self._current.get(job_id)
             if current is None:
-                finished = self._completed.get(job_field.jobId == job_id)
+                finished = self._completed.get(job_id)
                 if finished is not None:
                     raise JobFinal(job_id, finished["status"])
                 raise JobNotFound(job_id)
-            job = apply_change(dict(current), change)  # a plain dict: no doc_id to carry over
+            job = apply_change(current, change)
+            remaining = {key: value for key, value in self._current.items() if key != job_id}
             if job["status"] in FINAL_STATUSES:
                 # Completed set first: a crash between the two writes leaves the
-                # job in both files, which the next open resolves; never in none.
-                self._completed.insert(job)
-                self._inprogress.remove(doc_ids=[current.doc_id])
+                # job in both, which the next open resolves; never in neither.
+                self._completed.add([job])
+                self._inprogress.remove(doc_ids=[self._doc_id(self._inprogress, "jobId", job_id)])
+                self._current = MappingProxyType(remaining)
             else:
-                self._inprogress.update(job, doc_ids=[current.doc_id])
+                self._inprogress.update(job, doc_ids=[self._doc_id(self._inprogress, "jobId", job_id)])
+                self._current = MappingProxyType({**remaining, job_id: job})
             return job
 
         return await self._run(update)
 
     async def target_in_progress(self, name: str) -> bool:
-        return await self._run(self._inprogress.contains, job_field.parameters.target == name)
+        return any(job["parameters"]["target"] == name for job in self._current.values())
 
     async def save_target(self, target: Target) -> None:
-        await self._run(self._targets.upsert, target, job_field.name == target["name"])
+        def save() -> None:
+            name = target["name"]
+            if name in self._targets_by_name:
+                self._targets.update(target, doc_ids=[self._doc_id(self._targets, "name", name)])
+            else:
+                self._targets.insert(target)
+            self._publish_targets({**self._targets_by_name, name: target})
+
+        await self._run(save)
 
     async def get_target(self, name: str) -> Target | None:
-        target = await self._run(self._targets.get, job_field.name == name)
+        target = self._targets_by_name.get(name)
         return None if target is None else dict(target)
 
     async def list_targets(self) -> list[Target]:
-        def list_all() -> list[Target]:
-            return sorted((dict(target) for target in self._targets.all()), key=lambda t: t["name"])
-
-        return await self._run(list_all)
+        return list(self._targets_in_order)
 
     async def add_maintenance(self, status: MaintenanceStatus) -> None:
         await self._run(self._maintenance.insert, status)
@@ -297,7 +434,7 @@ class TinyDBStore:
 
     async def stats(self) -> StoreStats:
         def count() -> StoreStats:
-            in_progress = Counter(job["status"] for job in self._inprogress.all())
+            in_progress = Counter(job["status"] for job in self._current.values())
             history = self._maintenance.all()
             latest = max(history, key=lambda status: status.doc_id) if history else None
             return StoreStats(dict(in_progress), len(self._completed), bool(latest and latest["paused"]))
@@ -306,23 +443,52 @@ class TinyDBStore:
 
     async def dump_collection(self, name: str) -> list[dict[str, Any]]:
         def dump() -> list[dict[str, Any]]:
-            documents = self._dbs[name].all()
-            if name == "maintenance":
-                return [dict(document) for document in sorted(documents, key=lambda d: d.doc_id)]
-            order = job_order if name in ("inprogress", "completed") else (lambda target: target["name"])
-            return sorted((dict(document) for document in documents), key=order)
+            if name == "completed":
+                return [self._completed.get(facts.job_id) for facts in sorted(self._completed.facts(JobQuery()))]
+            if name == "inprogress":
+                return sorted((dict(job) for job in self._current.values()), key=job_order)
+            if name == "targets":
+                return [dict(self._targets_by_name[target]) for target in sorted(self._targets_by_name)]
+            return [dict(status) for status in sorted(self._maintenance.all(), key=lambda s: s.doc_id)]
 
         return await self._run(dump)
 
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
-        await self._run(self._dbs[name].insert_multiple, documents)
+        def load() -> None:
+            if name == "inprogress":
+                self._check_one_per_target(documents)
+            if name == "completed":
+                self._completed.add(documents)
+            else:
+                self._tables[name].insert_multiple(documents)
+            self._publish()
+
+        await self._run(load)
+
+    def _check_one_per_target(self, jobs: list[Job]) -> None:
+        """The rule holds for imported jobs too: refuse a second in-progress job on a target."""
+        targets = [job["parameters"]["target"] for job in self._current.values()]
+        for job in jobs:
+            target = job["parameters"]["target"]
+            if target in targets:
+                raise TargetBusy(target)
+            targets.append(target)
 
     async def is_empty(self) -> bool:
-        return await self._run(lambda: not any(len(db) for db in self._dbs.values()))
+        def empty() -> bool:
+            return not len(self._completed) and not any(len(table) for table in self._tables.values())
+
+        return await self._run(empty)
 
     async def clear(self) -> None:
         def truncate_all() -> None:
-            for db in self._dbs.values():
-                db.truncate()
+            for table in self._tables.values():
+                table.truncate()
+            self._completed.clear()
+            self._publish()
 
         await self._run(truncate_all)
+
+
+def entry_order(entry: JobFacts | Job) -> tuple[str, str]:
+    return (entry.created_at, entry.job_id) if isinstance(entry, JobFacts) else job_order(entry)

@@ -131,6 +131,23 @@ async def client(make_client: Callable[..., Any]) -> TestClient:
     return await make_client()
 
 
+def stored_job(job_id: str, target: str = "MY_DATASET", status: str = "queued") -> dict[str, Any]:
+    """A job document as a store holds it; ids that sort as numbers keep `createdAt` in their order."""
+    return {
+        "jobId": job_id,
+        "status": status,
+        "parameters": {"operation": "ADD", "target": target},
+        "log": [],
+        "createdAt": f"2026-11-29T10:00:00.{job_id[-6:]:0>6}+00:00",
+        "createdBy": {"userId": "u", "firstName": "F", "lastName": "L"},
+    }
+
+
+async def listed(jobs: Any) -> list[dict[str, Any]]:
+    """Everything a store's job iterator yields."""
+    return [job async for job in jobs]
+
+
 async def post_jobs(client: TestClient, *jobs: dict[str, Any]) -> list[dict[str, Any]]:
     response = await client.post("/jobs", json={"jobs": list(jobs)})
     assert response.status == 200, await response.text()

@@ -152,3 +152,16 @@ async def test_an_invalid_name_is_a_400_and_deletes_nothing(client, input_dir, n
         message = (await response.json())["message"]
         assert message.endswith('contains invalid characters. Please use only uppercase A-Z, numbers 0-9 or "_"')
     assert keep.exists()
+
+
+async def test_a_changed_archive_is_read_again_and_a_broken_one_logged_once(client, input_dir, caplog):
+    archive = make_archive(input_dir / "CHANGING.tar", "CHANGING.json")
+    (input_dir / "BROKEN.tar").write_bytes(b"not a tar")
+    first = await (await client.get("/importable-datasets")).json()
+    assert first == [{"datasetName": "CHANGING", "hasMetadata": True, "hasData": False, "isArchived": False}]
+
+    make_archive(archive, "CHANGING.json", "chunks/1.parquet")
+    os.utime(archive, ns=(1, 1))  # a new file time for certain, however fast the rewrite
+    second = await (await client.get("/importable-datasets")).json()
+    assert second == [{"datasetName": "CHANGING", "hasMetadata": True, "hasData": True, "isArchived": False}]
+    assert caplog.text.count("BROKEN.tar") == 1

@@ -7,7 +7,7 @@ import uuid
 
 import aiohttp
 import pytest
-from conftest import create_job, put_job
+from conftest import create_job, listed, put_job, stored_job
 from mongo_server import MongoServer, secantusd
 from pymongo import AsyncMongoClient
 from service_process import ServiceProcess
@@ -57,25 +57,14 @@ async def test_the_indexes_are_created_at_start_and_again_without_harm(open_stor
     assert [("parameters.bumpManifesto.dataStructureUpdates.name", 1)] in completed_keys
 
 
-def job(job_id: str, status: str = "queued") -> dict:
-    return {
-        "jobId": job_id,
-        "status": status,
-        "parameters": {"operation": "ADD", "target": "MY_DATASET"},
-        "log": [],
-        "createdAt": "2026-11-29T10:00:00.000000+00:00",
-        "createdBy": {"userId": "u", "firstName": "F", "lastName": "L"},
-    }
-
-
 async def test_a_crash_after_the_final_status_before_the_move(open_store, database):
     """The service set `completed` in inprogress and died before copying the job."""
     await (await open_store()).list_targets()
-    await database["inprogress"].insert_one(job("1", status="completed"))
+    await database["inprogress"].insert_one(stored_job("1", status="completed"))
 
     store = await open_store()  # the other process, still running, reads it once and as completed
-    assert [(j["jobId"], j["status"]) for j in await store.find_jobs(JobQuery())] == [("1", "completed")]
-    assert await store.find_jobs(JobQuery(ignore_completed=True)) == []
+    assert [(j["jobId"], j["status"]) for j in await listed(store.find_jobs(JobQuery()))] == [("1", "completed")]
+    assert await listed(store.find_jobs(JobQuery(ignore_completed=True))) == []
     assert not await store.target_in_progress("MY_DATASET")
 
     restarted = await open_store()
@@ -88,12 +77,12 @@ async def test_a_crash_after_the_copy_before_the_delete(open_store, database):
     """The job is in both collections: reads show it once, and the next touch finishes the move."""
     store = await open_store()
     await store.list_targets()
-    await database["inprogress"].insert_one(job("1", status="failed"))
-    await database["completed"].insert_one(job("1", status="failed"))
+    await database["inprogress"].insert_one(stored_job("1", status="failed"))
+    await database["completed"].insert_one(stored_job("1", status="failed"))
 
-    assert [j["jobId"] for j in await store.find_jobs(JobQuery())] == ["1"]
-    assert [j["jobId"] for j in await store.find_jobs(JobQuery(status="failed"))] == ["1"]
-    assert [j["jobId"] for j in await store.jobs_for_target("MY_DATASET")] == ["1"]
+    assert [j["jobId"] for j in await listed(store.find_jobs(JobQuery()))] == ["1"]
+    assert [j["jobId"] for j in await listed(store.find_jobs(JobQuery(status="failed")))] == ["1"]
+    assert [j["jobId"] for j in await listed(store.jobs_for_target("MY_DATASET"))] == ["1"]
     with pytest.raises(JobFinal):
         await store.update_job("1", JobChange(status="queued"))
     assert await database["inprogress"].count_documents({}) == 0
@@ -103,9 +92,9 @@ async def test_a_crash_after_the_copy_before_the_delete(open_store, database):
 async def test_a_target_held_by_an_unfinished_move_is_freed_by_the_next_job(open_store, database):
     store = await open_store()
     await store.list_targets()
-    await database["inprogress"].insert_one(job("1", status="completed"))
-    await store.insert_job(job("2"))
-    assert [(j["jobId"], j["status"]) for j in await store.find_jobs(JobQuery())] == [
+    await database["inprogress"].insert_one(stored_job("1", status="completed"))
+    await store.insert_job(stored_job("2"))
+    assert [(j["jobId"], j["status"]) for j in await listed(store.find_jobs(JobQuery()))] == [
         ("1", "completed"),
         ("2", "queued"),
     ]
@@ -113,14 +102,14 @@ async def test_a_target_held_by_an_unfinished_move_is_freed_by_the_next_job(open
 
 async def test_concurrent_updates_never_change_a_job_after_it_is_final(open_store):
     store = await open_store()
-    await store.insert_job(job("1"))
+    await store.insert_job(stored_job("1"))
     changes = [JobChange(status="completed")] + [JobChange(status="built") for _ in range(20)]
     results = await asyncio.gather(*(store.update_job("1", change) for change in changes), return_exceptions=True)
     assert all(not isinstance(r, Exception) or isinstance(r, JobFinal) for r in results)
     final = await store.get_job("1")
     assert final["status"] == "completed"
     assert final["log"] == []
-    assert [j["jobId"] for j in await store.find_jobs(JobQuery())] == ["1"]
+    assert [j["jobId"] for j in await listed(store.find_jobs(JobQuery()))] == ["1"]
 
 
 async def test_two_service_processes_on_one_database_create_one_job_per_target(storage, tmp_path):

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import listed, stored_job
 
+import backends.tinydb as tinydb_backend
 from backends import JobChange, JobQuery, StoreLocked, TargetBusy
 from backends.tinydb import AtomicJSONStorage, TinyDBStore
 
@@ -21,28 +23,17 @@ def backend() -> str:
     return "tinydb"
 
 
-def new_job(job_id: str, target: str = "MY_DATASET") -> dict:
-    return {
-        "jobId": job_id,
-        "status": "queued",
-        "parameters": {"operation": "ADD", "target": target},
-        "log": [],
-        "createdAt": f"2026-11-29T10:00:00.{job_id[-6:]:0>6}+00:00",
-        "createdBy": {"userId": "u", "firstName": "F", "lastName": "L"},
-    }
-
-
 async def test_everything_written_is_there_after_reopening(tmp_path):
     store = await TinyDBStore.open(tmp_path)
-    await store.insert_job(new_job("1"))
-    await store.insert_job(new_job("2", target="OTHER"))
+    await store.insert_job(stored_job("1"))
+    await store.insert_job(stored_job("2", target="OTHER"))
     await store.update_job("2", JobChange(status="completed"))
     await store.save_target({"name": "MY_DATASET", "status": "queued"})
     await store.add_maintenance({"msg": "m", "paused": True, "timestamp": "t"})
     await store.close()
 
     store = await TinyDBStore.open(tmp_path)
-    assert [job["jobId"] for job in await store.find_jobs(JobQuery())] == ["1", "2"]
+    assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == ["1", "2"]
     assert (await store.get_job("2"))["status"] == "completed"
     assert await store.list_targets() == [{"name": "MY_DATASET", "status": "queued"}]
     assert await store.maintenance_history() == [{"msg": "m", "paused": True, "timestamp": "t"}]
@@ -109,12 +100,12 @@ def test_a_write_interrupted_before_the_rename_leaves_the_previous_state(tmp_pat
 
 async def test_a_leftover_temporary_file_is_ignored_and_removed(tmp_path):
     store = await TinyDBStore.open(tmp_path)
-    await store.insert_job(new_job("1"))
+    await store.insert_job(stored_job("1"))
     await store.close()
     (tmp_path / "inprogress.json.tmp").write_text('{"_default": {"1": {"jobId": "tor')
 
     store = await TinyDBStore.open(tmp_path)
-    assert [job["jobId"] for job in await store.find_jobs(JobQuery())] == ["1"]
+    assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == ["1"]
     assert not (tmp_path / "inprogress.json.tmp").exists()
     await store.close()
 
@@ -122,7 +113,7 @@ async def test_a_leftover_temporary_file_is_ignored_and_removed(tmp_path):
 async def test_a_crash_between_the_two_writes_of_a_completion_loses_nothing(tmp_path):
     """Completion writes the completed file, then the in-progress file: stop after the first."""
     store = await TinyDBStore.open(tmp_path)
-    await store.insert_job(new_job("1"))
+    await store.insert_job(stored_job("1"))
     await store.close()
     inprogress_before = (tmp_path / "inprogress.json").read_bytes()
     store = await TinyDBStore.open(tmp_path)
@@ -131,25 +122,25 @@ async def test_a_crash_between_the_two_writes_of_a_completion_loses_nothing(tmp_
     (tmp_path / "inprogress.json").write_bytes(inprogress_before)  # the second write never happened
 
     store = await TinyDBStore.open(tmp_path)
-    jobs = await store.find_jobs(JobQuery())
+    jobs = await listed(store.find_jobs(JobQuery()))
     assert [(job["jobId"], job["status"]) for job in jobs] == [("1", "completed")]
-    assert await store.find_jobs(JobQuery(ignore_completed=True)) == []
+    assert await listed(store.find_jobs(JobQuery(ignore_completed=True))) == []
     assert not await store.target_in_progress("MY_DATASET")
     await store.close()
 
 
 async def test_concurrent_inserts_on_one_target_store_exactly_one(tmp_path):
     store = await TinyDBStore.open(tmp_path)
-    results = await asyncio.gather(*(store.insert_job(new_job(str(n))) for n in range(20)), return_exceptions=True)
+    results = await asyncio.gather(*(store.insert_job(stored_job(str(n))) for n in range(20)), return_exceptions=True)
     assert sum(result is None for result in results) == 1
     assert sum(isinstance(result, TargetBusy) for result in results) == 19
-    assert len(await store.find_jobs(JobQuery())) == 1
+    assert len(await listed(store.find_jobs(JobQuery()))) == 1
     await store.close()
 
 
 async def test_returned_jobs_are_copies_the_store_does_not_share(tmp_path):
     store = await TinyDBStore.open(tmp_path)
-    await store.insert_job(new_job("1"))
+    await store.insert_job(stored_job("1"))
     job = await store.get_job("1")
     await store.update_job("1", JobChange(status="built", log=[{"at": "t", "message": "Set status: built"}]))
     assert job["status"] == "queued" and job["log"] == []
@@ -159,7 +150,7 @@ async def test_returned_jobs_are_copies_the_store_does_not_share(tmp_path):
 def test_files_are_plain_json_per_collection(tmp_path):
     async def write():
         store = await TinyDBStore.open(Path(tmp_path))
-        await store.insert_job(new_job("1"))
+        await store.insert_job(stored_job("1"))
         await store.close()
 
     asyncio.run(write())
@@ -185,3 +176,37 @@ async def test_a_failing_disk_is_a_500_that_leaks_nothing_and_loses_nothing(make
     blocker.rmdir()
     jobs = await (await client.get("/jobs")).json()
     assert [job["jobId"] for job in jobs] == [kept["job_id"]]
+
+
+async def test_the_completed_set_spreads_over_segments_and_reopens_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(tinydb_backend, "SEGMENT_SIZE", 3)
+    store = await TinyDBStore.open(tmp_path)
+    for n in range(10):
+        await store.insert_job(stored_job(f"{n:06d}", target=f"T{n}"))
+        await store.update_job(f"{n:06d}", JobChange(status="completed" if n % 2 else "failed"))
+    await store.close()
+    assert len(list((tmp_path / "completed").glob("*.json"))) == 4
+
+    store = await TinyDBStore.open(tmp_path)
+    assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == [f"{n:06d}" for n in range(10)]
+    assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery(status="failed")))] == [
+        f"{n:06d}" for n in range(0, 10, 2)
+    ]
+    assert (await store.get_job("000007"))["status"] == "completed"
+    assert [job["jobId"] for job in await listed(store.jobs_for_target("T4"))] == ["000004"]
+    assert (await store.stats()).completed == 10
+    await store.close()
+
+
+async def test_a_completion_rewrites_only_the_newest_segment(tmp_path, monkeypatch):
+    monkeypatch.setattr(tinydb_backend, "SEGMENT_SIZE", 2)
+    store = await TinyDBStore.open(tmp_path)
+    for n in range(4):
+        await store.insert_job(stored_job(f"{n:06d}", target=f"T{n}"))
+        await store.update_job(f"{n:06d}", JobChange(status="completed"))
+    first = tmp_path / "completed" / "00000001.json"
+    written = first.stat().st_mtime_ns, first.read_bytes()
+    await store.insert_job(stored_job("000004", target="T4"))
+    await store.update_job("000004", JobChange(status="completed"))
+    assert (first.stat().st_mtime_ns, first.read_bytes()) == written
+    await store.close()

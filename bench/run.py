@@ -1,0 +1,351 @@
+"""The benchmark: job-service on a seeded store, beside a bare aiohttp endpoint.
+
+For each history size it seeds a store with that many completed jobs and 50 in
+progress, starts the service, and measures on loopback, at 1 and 16 connections:
+the executor's poll, one job by id, the targets, a filtered job list, the input
+directory with 1,000 archives; then a job's whole life (a POST, 10 status PUTs
+and the completing PUT); start-up time and memory. A bare aiohttp endpoint that
+returns a small JSON object, measured in the same run, is the ceiling every
+throughput is also given as a ratio of.
+
+    python bench/run.py --backend tinydb --sizes 1000,10000,100000
+    SECANTUSD=.venv-secantus/bin/secantusd-py python bench/run.py --backend mongodb --sizes 1000,10000
+
+Load comes from wrk when it is installed (Debian's `wrk`), else from an aiohttp
+client loop. Prints one markdown table and writes it to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from mongo_server import MongoServer, free_port, secantusd  # noqa: E402
+
+from backends import open_store  # noqa: E402
+
+OPERATIONS = ["ADD", "CHANGE", "PATCH_METADATA", "SET_STATUS", "REMOVE"]
+STEPS = ["initiated", "validating", "decrypting", "transforming", "pseudonymizing", "enriching", "converting"]
+DATASETS = [f"DATASET_{n:04d}" for n in range(500)]
+USER = {"userId": "8a1f2c3d-0000-4000-8000-000000000001", "firstName": "Ola", "lastName": "Nordmann"}
+BARE_APP = """
+import sys
+from aiohttp import web
+async def hello(request): return web.json_response({"message": "I'm alive!"})
+app = web.Application(); app.router.add_get("/", hello)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def seeded_job(number: int, start: datetime, status: str, target: str) -> dict:
+    """A realistic job: 8 log lines; one in 20 a BUMP with a manifesto of 20 updates."""
+    created = start + timedelta(seconds=number)
+    at = created.isoformat(timespec="microseconds")
+    operation = random.choice(OPERATIONS)
+    parameters: dict = {"operation": operation, "target": target, "description": "Monthly update of the dataset"}
+    if operation == "SET_STATUS":
+        parameters["releaseStatus"] = "PENDING_RELEASE"
+    if number % 20 == 0:
+        parameters = {
+            "operation": "BUMP",
+            "target": "DATASTORE",
+            "description": "Release of the month",
+            "bumpFromVersion": "1.0.0",
+            "bumpToVersion": "1.1.0",
+            "bumpManifesto": {
+                "version": "1.1.0.0",
+                "description": "Release of the month",
+                "releaseTime": 1700000000 + number,
+                "languageCode": "no",
+                "updateType": "MINOR",
+                "dataStructureUpdates": [
+                    {"name": name, "description": "updated", "operation": "ADD", "releaseStatus": "PENDING_RELEASE"}
+                    for name in random.sample(DATASETS, 20)
+                ],
+            },
+        }
+    log = [{"at": at, "message": f"Set status: {step}"} for step in [*STEPS, status]]
+    return {
+        "jobId": str(uuid.uuid4()),
+        "status": status,
+        "parameters": parameters,
+        "log": log,
+        "createdAt": at,
+        "createdBy": USER,
+    }
+
+
+def completed_jobs(count: int) -> Iterator[dict]:
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    for number in range(count):
+        yield seeded_job(number, start, "failed" if number % 10 == 0 else "completed", random.choice(DATASETS))
+
+
+async def seed(backend: str, options: dict, size: int) -> str:
+    """Fill a store; the id of its oldest completed job."""
+    store = await open_store(backend, options)
+    oldest = None
+    batch: list[dict] = []
+    for job in completed_jobs(size):
+        oldest = oldest or job["jobId"]
+        batch.append(job)
+        if len(batch) == 5000:
+            await store.load_collection("completed", batch)
+            batch = []
+    await store.load_collection("completed", batch)
+    now = datetime.now(UTC) - timedelta(hours=1)
+    # Numbers that are not multiples of 20 make no BUMP: each in-progress job has a target of its own.
+    in_progress = [
+        seeded_job(20 * n + 1, now, "queued" if n < 10 else random.choice(STEPS), f"IN_PROGRESS_{n:02d}")
+        for n in range(50)
+    ]
+    for job in in_progress:
+        job["log"] = job["log"][:2]
+    await store.load_collection("inprogress", in_progress)
+    stamp = now.isoformat(timespec="microseconds")
+    targets = [
+        {"name": name, "lastUpdatedAt": stamp, "status": "completed", "lastUpdatedBy": USER, "action": ["ADD"]}
+        for name in DATASETS
+    ]
+    await store.load_collection("targets", targets)
+    await store.close()
+    return oldest or ""
+
+
+def make_archives(directory: Path, count: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for number in range(count):
+        name = f"ARCHIVE_{number:04d}"
+        with tarfile.open(directory / f"{name}.tar", "w") as archive:
+            for member in (f"{name}.json", "chunks/1.parquet"):
+                info = tarfile.TarInfo(member)
+                info.size = 64
+                archive.addfile(info, io.BytesIO(b"x" * 64))
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """Resident memory now and at its peak, in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    now, peak = (int(re.search(rf"{key}:\s+(\d+)", status)[1]) / 1024 for key in ("VmRSS", "VmHWM"))
+    return now, peak
+
+
+async def wait_ready(url: str, process: subprocess.Popen) -> float:
+    start = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{url} exited at start")
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return time.monotonic() - start
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.02)
+
+
+def parse_duration(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1, "s": 1e3, "m": 6e4}[unit]
+
+
+def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
+    threads = min(connections, 2)
+    output = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if errors:
+        raise RuntimeError(f"{url}: {errors[1]} answers were not 2xx")
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1]),
+        "p50": parse_duration(re.search(r"^\s+50%\s+(\S+)$", output, re.MULTILINE)[1]),
+        "p99": parse_duration(re.search(r"^\s+99%\s+(\S+)$", output, re.MULTILINE)[1]),
+    }
+
+
+async def client_loop(url: str, connections: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            async with session.get(url) as response:
+                await response.read()
+                assert response.status == 200, url
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(connections)))
+    return {"rps": len(latencies) / seconds, **percentiles(latencies)}
+
+
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {"p50": statistics.median(ordered), "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]}
+
+
+async def load(url: str, connections: int, seconds: float) -> dict[str, float]:
+    if shutil.which("wrk"):
+        return await asyncio.to_thread(wrk, url, connections, seconds)
+    return await client_loop(url, connections, seconds)
+
+
+async def lifecycles(base: str, count: int) -> dict[str, float]:
+    """POST, 10 status PUTs and the completing PUT, one job after another."""
+    completing: list[float] = []
+    whole: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for number in range(count):
+            start = time.perf_counter()
+            body = {"jobs": [{"operation": "ADD", "target": f"LIFECYCLE_{uuid.uuid4().hex[:12].upper()}"}]}
+            async with session.post(f"{base}/jobs", json=body) as response:
+                [result] = await response.json()
+            for step in range(10):
+                put = {"status": STEPS[step % len(STEPS)], "log": f"step {number}.{step}"}
+                async with session.put(f"{base}/jobs/{result['job_id']}", json=put) as response:
+                    assert response.status == 200
+            finish = time.perf_counter()
+            async with session.put(f"{base}/jobs/{result['job_id']}", json={"status": "completed"}) as response:
+                assert response.status == 200
+            completing.append((time.perf_counter() - finish) * 1000)
+            whole.append((time.perf_counter() - start) * 1000)
+    return {"completing": percentiles(completing), "whole": percentiles(whole)}
+
+
+def row(name: str, size: str, connections: object, result: dict[str, float], ceiling: float | None) -> str:
+    ratio = f"{result['rps'] / ceiling:.0%}" if ceiling else ""
+    rps = f"{result['rps']:,.0f}" if "rps" in result else ""
+    return f"| {name} | {size} | {connections} | {rps} | {ratio} | {result['p50']:.2f} | {result['p99']:.2f} |"
+
+
+async def bench_size(args: argparse.Namespace, size: int, ceilings: dict[int, float], work: Path) -> list[str]:
+    directory = work / f"size-{size}"
+    directory.mkdir()
+    if args.backend == "tinydb":
+        options = {"path": str(directory / "data")}
+        storage = f'[storage.tinydb]\npath = "{options["path"]}"\n'
+    else:
+        database = f"bench_{size}_{uuid.uuid4().hex[:8]}"
+        options = {"url": args.mongodb_url, "database": database, "timeout_seconds": 30.0}
+        storage = (
+            f'[storage]\nbackend = "mongodb"\n[storage.mongodb]\nurl = "{args.mongodb_url}"\ndatabase = "{database}"\n'
+        )
+    oldest = await seed(args.backend, options, size)
+    port = free_port()
+    config = directory / "config.toml"
+    config.write_text(f'[server]\nport = {port}\n{storage}[input]\ndir = "{work / "input"}"\n')
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "job_service", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    rows = []
+    try:
+        startup = await wait_ready(f"{base}/health/ready", process)
+        rss_at_start, _ = rss_mb(process.pid)
+        label = f"{size:,}"
+        for name, path in [
+            ("executor poll", "/jobs?status=queued&ignoreCompleted=true"),
+            ("GET /jobs/{id}", f"/jobs/{oldest}"),
+            ("GET /targets", "/targets"),
+            ("GET /jobs?status=queued&operation=ADD,CHANGE", "/jobs?status=queued&operation=ADD,CHANGE"),
+        ]:
+            for connections in (1, 16):
+                result = await load(base + path, connections, args.seconds)
+                rows.append(row(name, label, connections, result, ceilings[connections]))
+        life = await lifecycles(base, args.lifecycles)
+        rows.append(row("lifecycle: the completing PUT", label, 1, life["completing"], None))
+        rows.append(row("lifecycle: POST + 10 PUTs + completion", label, 1, life["whole"], None))
+        for connections in (1, 16):
+            result = await load(f"{base}/importable-datasets", connections, args.seconds)
+            name = "GET /importable-datasets (1,000 archives)"
+            rows.append(row(name, label, connections, result, ceilings[connections]))
+        rss_now, rss_peak = rss_mb(process.pid)
+        rows.append(
+            f"| start-up {startup:.2f} s; RSS {rss_at_start:.0f} MB at start, {rss_now:.0f} MB after, "
+            f"peak {rss_peak:.0f} MB | {label} | | | | | |"
+        )
+    finally:
+        process.terminate()
+        process.wait()
+    return rows
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["tinydb", "mongodb"], default="tinydb")
+    parser.add_argument("--sizes", default="1000,10000,100000", help="completed jobs to seed, comma separated")
+    parser.add_argument("--seconds", type=float, default=5, help="duration of each load measurement")
+    parser.add_argument("--lifecycles", type=int, default=100, help="jobs taken through their whole life")
+    parser.add_argument("--mongodb-url", default=os.environ.get("MONGODB_URL"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
+    args = parser.parse_args()
+    random.seed(1)
+
+    server = None
+    if args.backend == "mongodb" and not args.mongodb_url:
+        command = secantusd()
+        if command is None:
+            sys.exit("the MongoDB benchmark needs MONGODB_URL or SECANTUSD")
+        server = MongoServer(command)
+        server.start()
+        args.mongodb_url = server.url
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        make_archives(work / "input", 1000)
+        bare_port = free_port()
+        bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port)])
+        try:
+            await wait_ready(f"http://127.0.0.1:{bare_port}/", bare)
+            ceilings = {c: (await load(f"http://127.0.0.1:{bare_port}/", c, args.seconds))["rps"] for c in (1, 16)}
+            table = [
+                f"Backend: {args.backend}; load: {'wrk' if shutil.which('wrk') else 'aiohttp client loop'}; "
+                f"{os.cpu_count()} cores; {args.seconds:g} s per measurement.",
+                "",
+                "| measure | completed jobs | connections | req/s | of ceiling | median ms | p99 ms |",
+                "|---|---|---|---|---|---|---|",
+                f"| bare aiohttp (the ceiling) | | 1 | {ceilings[1]:,.0f} | 100% | | |",
+                f"| bare aiohttp (the ceiling) | | 16 | {ceilings[16]:,.0f} | 100% | | |",
+            ]
+            for size in (int(size) for size in args.sizes.split(",")):
+                table += await bench_size(args, size, ceilings, work)
+        finally:
+            bare.terminate()
+            bare.wait()
+            if server is not None:
+                server.stop()
+    text = "\n".join(table) + "\n"
+    print(text)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,26 @@
+"""A smoke run of the benchmark: it runs end to end and prints its table (the numbers are not judged)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parent.parent / "bench" / "run.py"
+
+
+def test_the_benchmark_runs_and_prints_its_table(tmp_path):
+    out = tmp_path / "results.md"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--sizes", "200", "--seconds", "1", "--lifecycles", "3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = out.read_text()
+    assert table in result.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| measure")]
+    names = {line.split(" | ")[0].removeprefix("| ") for line in rows}
+    assert {"bare aiohttp (the ceiling)", "executor poll", "GET /jobs/{id}", "lifecycle: the completing PUT"} <= names
+    assert any(line.startswith("| start-up") for line in rows)

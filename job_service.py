@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections.abc
+import contextlib
 import contextvars
 import functools
 import gc
@@ -953,24 +955,43 @@ class InstrumentedStore:
 
     def __getattr__(self, name: str) -> Any:
         operation = getattr(self._store, name)
-        if not inspect.iscoroutinefunction(operation):
+        if not callable(operation):
             return operation
 
         @functools.wraps(operation)
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return await operation(*args, **kwargs)
-            except EXPECTED_STORE_ERRORS:
-                raise
-            except Exception:
-                self._metrics.store_errors.labels(name).inc()
-                raise
-            finally:
-                self._metrics.store_seconds.labels(name).observe(time.perf_counter() - start)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            result = operation(*args, **kwargs)
+            if inspect.isawaitable(result):
+                return self._timed_call(name, result)
+            if isinstance(result, collections.abc.AsyncIterator):
+                return self._timed_listing(name, result)
+            return result
 
         setattr(self, name, timed)  # built once: later look-ups find it without __getattr__
         return timed
+
+    async def _timed_call(self, name: str, call: Awaitable[Any]) -> Any:
+        with self._measured(name):
+            return await call
+
+    async def _timed_listing(self, name: str, listing: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A listing is timed from its start to its last item, its reader's pauses included."""
+        with self._measured(name):
+            async for item in listing:
+                yield item
+
+    @contextlib.contextmanager
+    def _measured(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        except EXPECTED_STORE_ERRORS:
+            raise
+        except Exception:
+            self._metrics.store_errors.labels(name).inc()
+            raise
+        finally:
+            self._metrics.store_seconds.labels(name).observe(time.perf_counter() - start)
 
 
 # --- authentication -------------------------------------------------------------

@@ -8,7 +8,9 @@ import uuid
 from datetime import datetime
 
 import pytest
-from conftest import bump_job, create_job, post_jobs, put_job
+from conftest import bump_job, create_job, post_jobs, put_job, stored_job
+
+from job_service import STORE
 
 ISO_WITH_OFFSET = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 
@@ -265,3 +267,16 @@ async def test_an_update_that_is_not_json_is_a_400(client):
     response = await client.put(f"/jobs/{job_id}", data=b"status=built")
     assert response.status == 400
     assert await response.json() == {"message": "Request body is not valid JSON"}
+
+
+async def test_a_long_listing_is_streamed_whole_and_in_order(client):
+    completed = [stored_job(f"{n:06d}", target=f"T{n}", status="completed") for n in range(1200)]
+    await client.app[STORE].load_collection("completed", completed)
+    in_progress = await create_job(client, operation="ADD", target="NOW")
+
+    response = await client.get("/jobs")
+    assert response.status == 200
+    assert response.headers.get("Transfer-Encoding") == "chunked"
+    jobs = await response.json()
+    assert [job["jobId"] for job in jobs] == [job["jobId"] for job in completed] + [in_progress]
+    assert len(await (await client.get("/jobs?status=completed")).json()) == 1200

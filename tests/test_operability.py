@@ -126,6 +126,9 @@ async def test_metrics_parse_and_move_as_requests_are_made(client):
     assert after[("maintenance_paused", ())] == 1
     assert delta("store_operation_duration_seconds_count", operation="insert_job") == 2
     assert delta("store_operation_duration_seconds_count", operation="update_job") == 1
+    await client.get("/jobs?ignoreCompleted=true")
+    assert delta("store_operation_duration_seconds_count", operation="find_jobs") == 0
+    assert (await metrics(client))[("store_operation_duration_seconds_count", (("operation", "find_jobs"),))] >= 1
 
 
 async def test_expected_outcomes_are_not_counted_as_store_errors(client):

@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import random
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,34 +24,14 @@ from pathlib import Path
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from service_process import ServiceProcess
+
 
 @dataclass
 class Acknowledged:
     created: set[str] = field(default_factory=set)
     completed: set[str] = field(default_factory=set)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def wait_until_ready(base: str, process: subprocess.Popen, timeout: float = 30) -> float:
-    """Seconds until /health/ready answered 200."""
-    start = time.monotonic()
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() - start < timeout:
-            if process.poll() is not None:
-                raise RuntimeError(f"the service exited with {process.returncode} at start")
-            try:
-                async with session.get(f"{base}/health/ready") as response:
-                    if response.status == 200:
-                        return time.monotonic() - start
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.02)
-    raise RuntimeError("the service did not become ready")
 
 
 async def client(base: str, acked: Acknowledged, name: str) -> None:
@@ -75,24 +53,21 @@ async def client(base: str, acked: Acknowledged, name: str) -> None:
             acked.completed.add(job_id)
 
 
-async def run_round(command: list[str], base: str, acked: Acknowledged, number: int) -> dict[str, float]:
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+async def run_round(service: ServiceProcess, acked: Acknowledged, number: int) -> dict[str, float]:
+    started = time.monotonic()
+    await service.start()
+    startup = time.monotonic() - started
     try:
-        startup = await wait_until_ready(base, process)
-        lost = await check(base, acked)
-        clients = [asyncio.ensure_future(client(base, acked, f"R{number}_C{c}")) for c in range(4)]
+        lost = await check(service.url, acked)
+        clients = [asyncio.ensure_future(client(service.url, acked, f"R{number}_C{c}")) for c in range(4)]
         await asyncio.sleep(random.uniform(0.05, 1.0))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        results = await asyncio.gather(*clients, return_exceptions=True)
-        # The kill ends every client with a connection error; anything else is a wrong answer.
-        unexpected = [r for r in results if not isinstance(r, aiohttp.ClientError)]
-        if unexpected:
-            raise RuntimeError(f"a client got a wrong answer: {unexpected!r}")
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        service.stop(signal.SIGKILL)
+    results = await asyncio.gather(*clients, return_exceptions=True)
+    # The kill ends every client with a connection error; anything else is a wrong answer.
+    unexpected = [r for r in results if not isinstance(r, aiohttp.ClientError)]
+    if unexpected:
+        raise RuntimeError(f"a client got a wrong answer: {unexpected!r}")
     return {"startup": startup, "lost": lost}
 
 
@@ -115,22 +90,14 @@ async def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        config = Path(tmp) / "config.toml"
-        config.write_text(
-            f'[server]\nport = {port}\n[storage.tinydb]\npath = "{tmp}/data"\n[input]\ndir = "{tmp}/input"\n'
-        )
-        command = [sys.executable, "-m", "job_service", "--config", str(config)]
-        base = f"http://127.0.0.1:{port}"
+        service = ServiceProcess(Path(tmp), f'[storage.tinydb]\npath = "{tmp}/data"\n[input]\ndir = "{tmp}/input"\n')
         acked = Acknowledged()
-        rounds = [await run_round(command, base, acked, n) for n in range(args.rounds)]
-        final = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rounds = [await run_round(service, acked, n) for n in range(args.rounds)]
+        await service.start()
         try:
-            await wait_until_ready(base, final)
-            lost = await check(base, acked)
+            lost = await check(service.url, acked)
         finally:
-            final.kill()
-            final.wait()
+            service.stop(signal.SIGKILL)
 
     lost_total = sum(r["lost"] for r in rounds) + lost
     startups = sorted(r["startup"] for r in rounds)

@@ -13,6 +13,7 @@ never changed, so the event loop reads them without waiting for the worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import fcntl
 import functools
@@ -38,6 +39,7 @@ from .base import (
     JobNotFound,
     JobQuery,
     MaintenanceStatus,
+    StoreError,
     StoreLocked,
     StoreStats,
     Target,
@@ -275,8 +277,8 @@ class TinyDBStore:
         self._current: Mapping[str, Job] = MappingProxyType({})
         self._targets_by_name: Mapping[str, Target] = MappingProxyType({})
         self._targets_in_order: tuple[Target, ...] = ()
-        self._finish_interrupted_moves()
-        self._publish()
+        self._out_of_step = False
+        self._recover()
 
     @classmethod
     async def open(cls, path: str | Path) -> TinyDBStore:
@@ -289,6 +291,27 @@ class TinyDBStore:
         if moved:
             self._inprogress.remove(doc_ids=moved)
 
+    def _recover(self) -> None:
+        """Bring memory in step with the files, as at every open: a write that
+        failed (a full disk, say) may have left a job's move to the completed
+        set half done, and the snapshots ahead of or behind the files."""
+        self._finish_interrupted_moves()
+        self._publish()
+        self._out_of_step = False
+
+    def _guarded(self, function: Callable[..., T], *args: Any) -> T:
+        if self._out_of_step:
+            self._recover()
+        try:
+            return function(*args)
+        except StoreError:
+            raise  # an answer (busy, final, not found), not a failure: nothing was written
+        except BaseException:
+            self._out_of_step = True
+            with contextlib.suppress(Exception):  # if the disk still fails, the next operation tries again
+                self._recover()
+            raise
+
     def _publish(self) -> None:
         self._current = MappingProxyType({job["jobId"]: dict(job) for job in self._inprogress.all()})
         self._publish_targets({target["name"]: dict(target) for target in self._targets.all()})
@@ -299,7 +322,7 @@ class TinyDBStore:
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         # In the caller's context, so that the worker's log lines carry the request's id.
-        call = functools.partial(contextvars.copy_context().run, function, *args)
+        call = functools.partial(contextvars.copy_context().run, self._guarded, function, *args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def ping(self) -> None:

@@ -178,6 +178,30 @@ async def test_a_failing_disk_is_a_500_that_leaks_nothing_and_loses_nothing(make
     assert [job["jobId"] for job in jobs] == [kept["job_id"]]
 
 
+async def test_a_completion_cut_short_by_a_failing_disk_is_finished_not_repeated(make_client, tmp_path):
+    """The completed set is written, then writing the in-progress file fails: the
+    job must end up completed once, and a retry of the PUT must not add it again."""
+    client = await make_client()
+    [created] = await (await client.post("/jobs", json={"jobs": [{"operation": "ADD", "target": "MY_DATASET"}]})).json()
+    job_id = created["job_id"]
+    blocker = tmp_path / "data" / "inprogress.json.tmp"
+    blocker.mkdir()
+    assert (await client.put(f"/jobs/{job_id}", json={"status": "completed"})).status == 500
+    blocker.rmdir()
+
+    retry = await client.put(f"/jobs/{job_id}", json={"status": "completed"})
+    assert (retry.status, await retry.json()) == (409, {"message": f"Job {job_id} is already completed"})
+    assert [job["jobId"] for job in await (await client.get("/jobs")).json()] == [job_id]
+    assert await (await client.get("/jobs?ignoreCompleted=true")).json() == []
+    [again] = await (await client.post("/jobs", json={"jobs": [{"operation": "ADD", "target": "MY_DATASET"}]})).json()
+    assert again["msg"] == "CREATED"
+    await client.close()
+
+    store = await TinyDBStore.open(tmp_path / "data")
+    assert [job["status"] for job in await listed(store.jobs_for_target("MY_DATASET"))] == ["completed", "queued"]
+    await store.close()
+
+
 async def test_the_completed_set_spreads_over_segments_and_reopens_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(tinydb_backend, "SEGMENT_SIZE", 3)
     store = await TinyDBStore.open(tmp_path)

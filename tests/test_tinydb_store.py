@@ -234,3 +234,11 @@ async def test_a_completion_rewrites_only_the_newest_segment(tmp_path, monkeypat
     await store.update_job("000004", JobChange(status="completed"))
     assert (first.stat().st_mtime_ns, first.read_bytes()) == written
     await store.close()
+
+
+async def test_a_failed_store_operation_is_counted_in_metrics(make_client, tmp_path):
+    client = await make_client()
+    (tmp_path / "data" / "inprogress.json.tmp").mkdir()
+    assert (await client.post("/jobs", json={"jobs": [{"operation": "ADD", "target": "A"}]})).status == 500
+    metrics = await (await client.get("/metrics")).text()
+    assert 'store_operation_errors_total{operation="insert_job"} 1.0' in metrics

@@ -5,7 +5,23 @@ their statuses; this service keeps the jobs, allows one job in progress per
 target dataset, remembers the last action on every target, lists the dataset
 archives waiting in the input directory, and keeps the maintenance flag.
 
-The HTTP contract is `SPEC.md`; storage lives behind `backends.Store`.
+The HTTP contract is the OpenAPI document the service serves (`/openapi.json`,
+built from the schemas below) and the README; storage lives behind
+`backends.Store`, and moving documents between stores in `backends.transfer`.
+
+The sections of this file, in order (each starts with a `# --- name` line):
+- application state and type aliases: the typed keys of app and request state;
+- vocabulary: statuses, operations, names, and what each operation needs;
+- configuration: the TOML file as frozen dataclasses, one per section;
+- request and response schemas: marshmallow, for every body in and out;
+- errors and (de)serialisation: `ApiError`, the status of each error, encoded-document caches;
+- targets: what a job leaves its target(s) showing;
+- the input directory: importable dataset archives;
+- logs and metrics: request-scoped log fields, Prometheus, the timed store;
+- authentication: the JWKS, administrators' tokens, the executor's token;
+- the API's own documentation: OpenAPI from the handlers and schemas, Swagger UI;
+- handlers: one function per route, found by its path;
+- the application: middlewares, `create_app`, and the `job-service` command.
 """
 
 from __future__ import annotations
@@ -15,6 +31,7 @@ import asyncio
 import collections.abc
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import gc
 import hmac
@@ -56,25 +73,48 @@ from marshmallow import (
     validate,
     validates_schema,
 )
-from multidict import MultiDictProxy
+from multidict import MultiMapping
 
 from backends import (
-    COLLECTIONS,
     FINAL_STATUSES,
     Job,
     JobChange,
-    JobFinal,
     JobNotFound,
     JobQuery,
+    LogEntry,
+    MaintenanceStatus,
+    MongoDBOptions,
     Store,
+    StoreAnswer,
     StoreError,
     StoreStats,
     StoreUnavailable,
+    Target,
     TargetBusy,
+    TinyDBOptions,
+    User,
     open_store,
+    revision_of,
 )
+from backends.base import parse_json
+from backends.transfer import TransferError, export_documents, import_documents
 
 log = logging.getLogger("job_service")
+
+# --- application state and type aliases --------------------------------------
+
+# Typed by annotation: the classes they hold are defined further down.
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+STORE: web.AppKey[Store] = web.AppKey("store")
+SIGNING_KEYS: web.AppKey[SigningKeys] = web.AppKey("signing_keys")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")
+ENCODED_JOBS: web.AppKey[EncodedCache] = web.AppKey("encoded_jobs")
+ENCODED_TARGETS: web.AppKey[EncodedCache] = web.AppKey("encoded_targets")
+ARCHIVES: web.AppKey[ArchiveInspections] = web.AppKey("archives")
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 # --- vocabulary ------------------------------------------------------------
 
@@ -156,8 +196,24 @@ class LoggingConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     backend: str
-    tinydb: dict[str, Any]
-    mongodb: dict[str, Any]
+    tinydb: TinyDBOptions
+    mongodb: MongoDBOptions
+
+    @property
+    def selected(self) -> TinyDBOptions | MongoDBOptions:
+        """The chosen backend's own section, as `backends.open_store` takes it."""
+        options: TinyDBOptions | MongoDBOptions = getattr(self, self.backend)
+        return options
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    dir: Path
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    bump_enabled: bool
 
 
 @dataclass(frozen=True)
@@ -183,16 +239,11 @@ class AuthConfig:
 class Config:
     server: ServerConfig
     storage: StorageConfig
-    input_dir: Path
-    bump_enabled: bool
+    input: InputConfig
+    jobs: JobsConfig
     local_user: LocalUser
     auth: AuthConfig
     logging: LoggingConfig
-
-    @property
-    def storage_options(self) -> dict[str, Any]:
-        """The chosen backend's own section, as `backends.open_store` takes it."""
-        return getattr(self.storage, self.storage.backend)
 
 
 class StrictBoolean(fields.Boolean):
@@ -234,15 +285,20 @@ class LoggingSection(ConfigSection):
     level = fields.String(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]), load_default="INFO")
 
 
-class TinyDBSection(Schema):
-    path = fields.String(load_default="data")
+class TinyDBSection(ConfigSection):
+    model = TinyDBOptions
+    path = fields.String(load_default=TinyDBOptions.path)
 
 
-class MongoDBSection(Schema):
-    url = fields.String(load_default="mongodb://localhost:27017")
-    database = fields.String(load_default="jobdb")
-    #: How long a request waits for an unreachable server before its 503.
-    timeout_seconds = fields.Float(validate=validate.Range(min=0, min_inclusive=False), load_default=5.0)
+class MongoDBSection(ConfigSection):
+    """The credentials are not keys of the file: `load_config` adds them from the environment."""
+
+    model = MongoDBOptions
+    url = fields.String(load_default=MongoDBOptions.url)
+    database = fields.String(load_default=MongoDBOptions.database)
+    timeout_seconds = fields.Float(
+        validate=validate.Range(min=0, min_inclusive=False), load_default=MongoDBOptions.timeout_seconds
+    )
 
 
 class StorageSection(ConfigSection):
@@ -252,11 +308,13 @@ class StorageSection(ConfigSection):
     mongodb = section(MongoDBSection)
 
 
-class InputSection(Schema):
-    dir = fields.String(load_default="input")
+class InputSection(ConfigSection):
+    model = InputConfig
+    dir = fields.Function(deserialize=Path, load_default=lambda: Path("input"))
 
 
-class JobsSection(Schema):
+class JobsSection(ConfigSection):
+    model = JobsConfig
     bump_enabled = StrictBoolean(load_default=False)
 
 
@@ -295,7 +353,8 @@ class AuthSection(ConfigSection):
             raise ValidationError("With auth enabled, give exactly one of jwks_url and jwks_file.", "jwks_url")
 
 
-class ConfigSchema(Schema):
+class ConfigSchema(ConfigSection):
+    model = Config
     server = section(ServerSection)
     storage = section(StorageSection)
     input = section(InputSection)
@@ -303,18 +362,6 @@ class ConfigSchema(Schema):
     local_user = section(LocalUserSection)
     auth = section(AuthSection)
     logging = section(LoggingSection)
-
-    @post_load
-    def make_config(self, data: dict[str, Any], **kwargs: Any) -> Config:
-        return Config(
-            server=data["server"],
-            storage=data["storage"],
-            input_dir=Path(data["input"]["dir"]),
-            bump_enabled=data["jobs"]["bump_enabled"],
-            local_user=data["local_user"],
-            auth=data["auth"],
-            logging=data["logging"],
-        )
 
 
 def mongodb_credentials(environ: Mapping[str, str]) -> dict[str, str]:
@@ -356,15 +403,19 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     except ValidationError as exc:
         raise ConfigError(f"bad config: {describe(exc.messages)}") from None
     if config.storage.backend == "mongodb":
-        config.storage.mongodb.update(mongodb_credentials(environ))
+        credentials = mongodb_credentials(environ)
+        mongodb = dataclasses.replace(
+            config.storage.mongodb, username=credentials.get("username"), password=credentials.get("password")
+        )
+        config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, mongodb=mongodb))
     return config
 
 
 def prepare_directories(config: Config) -> None:
     """Create the directories the service writes to, or say which key is wrong."""
-    directories = {"input.dir": config.input_dir}
+    directories = {"input.dir": config.input.dir}
     if config.storage.backend == "tinydb":
-        directories["storage.tinydb.path"] = Path(config.storage.tinydb["path"])
+        directories["storage.tinydb.path"] = Path(config.storage.tinydb.path)
     for key, directory in directories.items():
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -557,37 +608,43 @@ class MessageSchema(Schema):
 
 # Schemas keep no state between calls; one instance each spares every request
 # the cost of building its fields again.
-JOBS_QUERY = JobsQuerySchema()
-JOB_PARAMETERS = JobParametersSchema()
-NEW_JOBS = NewJobsSchema()
-JOB_UPDATE = JobUpdateSchema()
-MAINTENANCE_REQUEST = MaintenanceRequestSchema()
-JOB = JobSchema()
-POST_JOB_RESULT = PostJobResultSchema()
-TARGET = TargetSchema()
-IMPORTABLE_DATASET = ImportableDatasetSchema()
-MAINTENANCE_STATUS = MaintenanceStatusSchema()
-MESSAGE = MessageSchema()
+JOBS_QUERY_SCHEMA = JobsQuerySchema()
+JOB_PARAMETERS_SCHEMA = JobParametersSchema()
+NEW_JOBS_SCHEMA = NewJobsSchema()
+JOB_UPDATE_SCHEMA = JobUpdateSchema()
+MAINTENANCE_REQUEST_SCHEMA = MaintenanceRequestSchema()
+JOB_SCHEMA = JobSchema()
+POST_JOB_RESULT_SCHEMA = PostJobResultSchema()
+TARGET_SCHEMA = TargetSchema()
+IMPORTABLE_DATASET_SCHEMA = ImportableDatasetSchema()
+MAINTENANCE_STATUS_SCHEMA = MaintenanceStatusSchema()
+MESSAGE_SCHEMA = MessageSchema()
 
 
 # --- errors and (de)serialisation -------------------------------------------
 
 
 class ApiError(Exception):
-    """An error the client caused or must know of; the middleware answers it."""
+    """An error the client caused or must know of; the middleware answers it with `status`."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
         self.status = status
-        self.message = message
 
 
-#: Backend errors that reach a client, and what they mean in HTTP.
-STORE_ERROR_STATUS: dict[type[StoreError], int] = {
-    JobNotFound: 404,
-    JobFinal: 409,
-    StoreUnavailable: 503,
-}
+#: Backend failures that have a meaning in HTTP, looked up along the class
+#: hierarchy: a subclass means what its base means. A store's answers (busy,
+#: not found, final) carry their own status; anything else is a 500.
+STORE_FAILURE_STATUS: dict[type[StoreError], int] = {StoreUnavailable: 503}
+
+
+def error_status(exc: Exception) -> int | None:
+    """The status that answers `exc`; None for a failure nobody expected."""
+    if isinstance(exc, ApiError | StoreAnswer):
+        return exc.status
+    if isinstance(exc, ValidationError):
+        return 400
+    return next((STORE_FAILURE_STATUS[cls] for cls in type(exc).__mro__ if cls in STORE_FAILURE_STATUS), None)
 
 
 def describe(messages: Any, path: str = "") -> str:
@@ -608,10 +665,6 @@ def field_path(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     try:
         raw = await request.read()
@@ -619,7 +672,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         limit = request.app[CONFIG].server.max_body_bytes
         raise ApiError(413, f"Request body is larger than the limit of {limit} bytes") from None
     try:
-        body = json.loads(raw, parse_constant=reject_constant)
+        body = parse_json(raw)
     except (ValueError, RecursionError):
         raise ApiError(400, "Request body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -636,6 +689,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 #: Jobs serialised per write of a streamed job list.
 JOBS_PER_WRITE = 500
+#: What the encoded jobs may take in memory; enough for the jobs the executor polls many times over.
+ENCODED_JOBS_MAX_BYTES = 64 << 20
 
 
 def respond(schema: Schema, data: Any, *, many: bool = False, status: int = 200) -> web.Response:
@@ -644,8 +699,8 @@ def respond(schema: Schema, data: Any, *, many: bool = False, status: int = 200)
     return web.Response(body=body, status=status, headers={"Content-Type": JSON_CONTENT_TYPE})
 
 
-def message(text: str, status: int = 200) -> web.Response:
-    return respond(MESSAGE, {"message": text}, status=status)
+def respond_message(text: str, status: int = 200) -> web.Response:
+    return respond(MESSAGE_SCHEMA, {"message": text}, status=status)
 
 
 async def take(jobs: AsyncIterator[Any], count: int) -> list[Any]:
@@ -658,42 +713,68 @@ async def take(jobs: AsyncIterator[Any], count: int) -> list[Any]:
 
 
 class EncodedCache:
-    """Documents serialised once (marshmallow, then orjson) and kept by a version
-    key that changes whenever the document does, so a hit is always current.
+    """Documents serialised once (marshmallow, then orjson) and kept with the
+    version they were serialised at, so a hit is always current.
 
     The executor polls the same few jobs every few seconds and a finished job
-    never changes: most answers are then joins of bytes already made.
+    never changes: most answers are then joins of bytes already made. One entry
+    per document (a new version replaces the old) and at most `max_bytes` in all,
+    the oldest entries making room, so no client can grow it without end.
     """
 
-    def __init__(self, schema: Schema, version: Callable[[Mapping[str, Any]], Hashable], size: int) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        identity: Callable[[Any], Hashable],
+        version: Callable[[Any], Hashable],
+        max_bytes: int,
+    ) -> None:
         self._schema = schema
+        self._identity = identity
         self._version = version
-        self._size = size
-        self._encoded: dict[Hashable, bytes] = {}
+        self._max_bytes = max_bytes
+        self._entries: dict[Hashable, tuple[Hashable, bytes]] = {}
+        self._bytes = 0
 
     def encode(self, document: Mapping[str, Any]) -> bytes:
-        key = self._version(document)
-        encoded = self._encoded.get(key)
-        if encoded is None:
-            # Copied to its exact length: orjson's own result keeps its working buffer.
-            encoded = bytes(memoryview(orjson.dumps(self._schema.dump(document))))
-            if len(self._encoded) >= self._size:
-                del self._encoded[next(iter(self._encoded))]  # the oldest entry
-            self._encoded[key] = encoded
+        key, version = self._identity(document), self._version(document)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == version:
+            return entry[1]
+        # Copied to its exact length: orjson's own result keeps its working buffer.
+        encoded = bytes(memoryview(orjson.dumps(self._schema.dump(document))))
+        if entry is not None:
+            self._forget(key)
+        if len(encoded) <= self._max_bytes:
+            while self._bytes + len(encoded) > self._max_bytes:
+                self._forget(next(iter(self._entries)))  # the oldest entry
+            self._entries[key] = (version, encoded)
+            self._bytes += len(encoded)
         return encoded
+
+    def _forget(self, key: Hashable) -> None:
+        self._bytes -= len(self._entries.pop(key)[1])
 
     def encode_list(self, documents: Iterable[Mapping[str, Any]]) -> bytes:
         return b"[" + b",".join(map(self.encode, documents)) + b"]"
 
-
-def job_version(job: Mapping[str, Any]) -> Hashable:
-    # Every update appends to the log (a PUT needs a status or a description,
-    # and each adds a line), so its length tells a job's versions apart.
-    return job["jobId"], len(job["log"])
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
 
 
-def target_version(target: Mapping[str, Any]) -> Hashable:
-    return target["name"], target["lastUpdatedAt"], target["status"]
+def job_identity(job: Job) -> Hashable:
+    return job["jobId"]
+
+
+def target_identity(target: Target) -> Hashable:
+    return target["name"]
+
+
+def target_version(target: Target) -> Hashable:
+    # Two saves of one target may fall in the same microsecond (a BUMP's own
+    # target and a dataset of its manifesto): every field that can change counts.
+    return target["lastUpdatedAt"], target["status"], tuple(target["action"]), target["lastUpdatedBy"]["userId"]
 
 
 def respond_encoded(body: bytes) -> web.Response:
@@ -730,31 +811,31 @@ def job_action(parameters: Mapping[str, Any]) -> list[str]:
     return [operation]
 
 
-def target_of(job: Mapping[str, Any], at: str) -> dict[str, Any]:
+def target_of(job: Job, at: str) -> Target:
     """The target as the last job that touched it leaves it."""
-    return {
-        "name": job["parameters"]["target"],
-        "lastUpdatedAt": at,
-        "status": job["status"],
-        "lastUpdatedBy": job["createdBy"],
-        "action": job_action(job["parameters"]),
-    }
+    return Target(
+        name=job["parameters"]["target"],
+        lastUpdatedAt=at,
+        status=job["status"],
+        lastUpdatedBy=job["createdBy"],
+        action=job_action(job["parameters"]),
+    )
 
 
-def targets_released_by(bump: Mapping[str, Any], at: str) -> Iterator[dict[str, Any]]:
+def targets_released_by(bump: Job, at: str) -> Iterator[Target]:
     """The datasets a completed BUMP released or removed; its drafts stay untouched."""
     parameters = bump["parameters"]
     for update in parameters["bumpManifesto"]["dataStructureUpdates"]:
         if update["releaseStatus"] == "DRAFT":
             continue
         outcome = "RELEASED" if update["releaseStatus"] == "PENDING_RELEASE" else "REMOVED"
-        yield {
-            "name": update["name"],
-            "lastUpdatedAt": at,
-            "status": "completed",
-            "lastUpdatedBy": bump["createdBy"],
-            "action": [outcome, parameters["bumpToVersion"]],
-        }
+        yield Target(
+            name=update["name"],
+            lastUpdatedAt=at,
+            status="completed",
+            lastUpdatedBy=bump["createdBy"],
+            action=[outcome, parameters["bumpToVersion"]],
+        )
 
 
 # --- the input directory ------------------------------------------------------
@@ -863,8 +944,7 @@ def service_version() -> str:
 class RequestContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.__dict__.update(log_context.get())
-        if not hasattr(record, "xRequestId"):
-            record.xRequestId = "-"
+        record.__dict__.setdefault("xRequestId", "-")
         return True
 
 
@@ -884,7 +964,7 @@ class JsonFormatter(logging.Formatter):
             "levelName": record.levelname,
             "loggerName": record.name,
             "message": record.getMessage(),
-            "xRequestId": record.xRequestId,
+            "xRequestId": record.__dict__["xRequestId"],
             **self._service,
         }
         entry.update((name, record.__dict__[name]) for name in self.OPTIONAL_FIELDS if name in record.__dict__)
@@ -893,8 +973,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def configure_logging(config: LoggingConfig) -> None:
-    """All logs to stdout, as JSON for a log pipeline or as text for a person."""
+def configure_process(config: LoggingConfig) -> None:
+    """Settings of the whole process, made by the commands, never by building an
+    app: all logs to stdout, as JSON for a log pipeline or as text for a person."""
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(RequestContextFilter())
     if config.format == "json":
@@ -915,27 +996,30 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = prometheus_client.CollectorRegistry()
-        registry = {"registry": self.registry}
+        registry = self.registry
         self.requests = prometheus_client.Counter(
-            "http_requests", "HTTP requests answered", ["route", "method", "status"], **registry
+            "http_requests", "HTTP requests answered", ["route", "method", "status"], registry=registry
         )
         self.request_seconds = prometheus_client.Histogram(
-            "http_request_duration_seconds", "Time to answer an HTTP request", ["route", "method"], **registry
+            "http_request_duration_seconds", "Time to answer an HTTP request", ["route", "method"], registry=registry
         )
         self.store_seconds = prometheus_client.Histogram(
-            "store_operation_duration_seconds", "Time of one storage backend operation", ["operation"], **registry
+            "store_operation_duration_seconds",
+            "Time of one storage backend operation",
+            ["operation"],
+            registry=registry,
         )
         self.store_errors = prometheus_client.Counter(
-            "store_operation_errors", "Storage backend operations that failed", ["operation"], **registry
+            "store_operation_errors", "Storage backend operations that failed", ["operation"], registry=registry
         )
         self.jobs_in_progress = prometheus_client.Gauge(
-            "jobs_in_progress", "Jobs in progress, by status", ["status"], **registry
+            "jobs_in_progress", "Jobs in progress, by status", ["status"], registry=registry
         )
         self.jobs_completed = prometheus_client.Gauge(
-            "jobs_completed", "Jobs in the completed set (completed or failed)", **registry
+            "jobs_completed", "Jobs in the completed set (completed or failed)", registry=registry
         )
         self.maintenance_paused = prometheus_client.Gauge(
-            "maintenance_paused", "1 while the maintenance flag pauses the executor", **registry
+            "maintenance_paused", "1 while the maintenance flag pauses the executor", registry=registry
         )
 
     def record_store(self, stats: StoreStats) -> None:
@@ -944,10 +1028,6 @@ class Metrics:
                 self.jobs_in_progress.labels(status).set(stats.in_progress.get(status, 0))
         self.jobs_completed.set(stats.completed)
         self.maintenance_paused.set(int(stats.paused))
-
-
-#: Outcomes a client is told about, not failures of the backend.
-EXPECTED_STORE_ERRORS = (TargetBusy, JobNotFound, JobFinal)
 
 
 class InstrumentedStore:
@@ -989,7 +1069,7 @@ class InstrumentedStore:
         start = time.perf_counter()
         try:
             yield
-        except EXPECTED_STORE_ERRORS:
+        except StoreAnswer:
             raise
         except Exception:
             self._metrics.store_errors.labels(name).inc()
@@ -1039,8 +1119,8 @@ class SigningKeys:
             self._keys = {key.key_id: key for key in key_set.keys if key.key_id}
 
     async def _fetch(self) -> Any:
-        if self._session is None:
-            return json.loads(await asyncio.to_thread(Path(self._auth.jwks_file).read_bytes))
+        if self._session is None or self._auth.jwks_url is None:
+            return json.loads(await asyncio.to_thread(Path(str(self._auth.jwks_file)).read_bytes))
         async with self._session.get(self._auth.jwks_url) as response:
             response.raise_for_status()
             return await response.json(content_type=None)
@@ -1077,7 +1157,7 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-async def administrator(request: web.Request) -> dict[str, str]:
+async def require_administrator(request: web.Request) -> User:
     """The data administrator making this request, as `createdBy` records them.
 
     With auth off, the configured local user. Called before the body is read,
@@ -1086,7 +1166,7 @@ async def administrator(request: web.Request) -> dict[str, str]:
     config = request.app[CONFIG]
     if not config.auth.enabled:
         user = config.local_user
-        return {"userId": user.user_id, "firstName": user.first_name, "lastName": user.last_name}
+        return User(userId=user.user_id, firstName=user.first_name, lastName=user.last_name)
     access = await verified_claims(
         request,
         "authorization",
@@ -1100,14 +1180,12 @@ async def administrator(request: web.Request) -> dict[str, str]:
         raise ApiError(401, "The authorization and user-info tokens are for different users")
     if access["accreditation/role"] != config.auth.role:
         raise ApiError(403, "Only a data administrator may do this")
-    return {
-        "userId": str(info["user/uuid"]),
-        "firstName": str(info["user/firstName"]),
-        "lastName": str(info["user/lastName"]),
-    }
+    return User(
+        userId=str(info["user/uuid"]), firstName=str(info["user/firstName"]), lastName=str(info["user/lastName"])
+    )
 
 
-def check_service_token(request: web.Request) -> None:
+def require_service_token(request: web.Request) -> None:
     """With `[auth] service_token` set, only the executor may update jobs."""
     token = request.app[CONFIG].auth.service_token
     if token is None:
@@ -1181,6 +1259,7 @@ def openapi_document(app: web.Application) -> dict[str, Any]:
     for route in app.router.routes():
         if route.method == "HEAD":  # aiohttp adds one to every GET
             continue
+        assert route.resource is not None  # every route of a RouteTableDef has one
         path = route.resource.canonical
         operation: Operation | None = getattr(route.handler, "openapi", None)
         if operation is None:
@@ -1243,15 +1322,6 @@ DOCS_PAGE = """<!doctype html>
 
 # --- handlers -----------------------------------------------------------------
 
-CONFIG = web.AppKey("config", Config)
-STORE = web.AppKey("store", Store)
-SIGNING_KEYS = web.AppKey("signing_keys", SigningKeys)
-METRICS = web.AppKey("metrics", Metrics)
-OPENAPI = web.AppKey("openapi", bytes)
-ENCODED_JOBS = web.AppKey("encoded_jobs", EncodedCache)
-ENCODED_TARGETS = web.AppKey("encoded_targets", EncodedCache)
-ARCHIVES = web.AppKey("archives", ArchiveInspections)
-REQUEST_ID = web.RequestKey("request_id", str)
 routes = web.RouteTableDef()
 
 
@@ -1259,7 +1329,7 @@ def store_of(request: web.Request) -> Store:
     return request.app[STORE]
 
 
-def query_arguments(query: MultiDictProxy[str]) -> dict[str, str]:
+def query_arguments(query: MultiMapping[str]) -> dict[str, str]:
     """The query string as one value per name: empty values count as absent, and
     repeated operations add up, while any other repeated name is ambiguous."""
     arguments: dict[str, str] = {}
@@ -1275,8 +1345,8 @@ def query_arguments(query: MultiDictProxy[str]) -> dict[str, str]:
 
 @routes.get("/jobs")
 @documented("Jobs, oldest first, filtered", many(JobSchema), errors=(400, 503), query=JobsQuerySchema)
-async def list_jobs(request: web.Request) -> web.Response:
-    query = JOBS_QUERY.load(query_arguments(request.query))
+async def list_jobs(request: web.Request) -> web.StreamResponse:
+    query = JOBS_QUERY_SCHEMA.load(query_arguments(request.query))
     return await respond_jobs(request, store_of(request).find_jobs(query))
 
 
@@ -1290,23 +1360,23 @@ async def get_job(request: web.Request) -> web.Response:
     return respond_encoded(request.app[ENCODED_JOBS].encode(job))
 
 
-async def create_job(request: web.Request, entry: Any, user: dict[str, str]) -> dict[str, str]:
+async def create_job(request: web.Request, entry: Any, user: User) -> dict[str, str]:
     """Judge one posted entry on its own and store it; the result says which."""
     try:
-        parameters = JOB_PARAMETERS.load(entry)
+        parameters = JOB_PARAMETERS_SCHEMA.load(entry)
     except ValidationError as exc:
         return {"status": "FAILED", "msg": f"FAILED: {describe(exc.messages)}"}
-    if parameters["operation"] == "BUMP" and not request.app[CONFIG].bump_enabled:
+    if parameters["operation"] == "BUMP" and not request.app[CONFIG].jobs.bump_enabled:
         return {"status": "FAILED", "msg": "FAILED: Bumping the datastore is disabled"}
     created_at = now_iso()
-    job = {
-        "jobId": str(uuid.uuid4()),
-        "status": "queued",
-        "parameters": parameters,
-        "log": [],
-        "createdAt": created_at,
-        "createdBy": user,
-    }
+    job = Job(
+        jobId=str(uuid.uuid4()),
+        status="queued",
+        parameters=parameters,
+        log=[],
+        createdAt=created_at,
+        createdBy=user,
+    )
     try:
         await store_of(request).insert_job(job)
     except TargetBusy as exc:
@@ -1323,10 +1393,10 @@ async def create_job(request: web.Request, entry: Any, user: dict[str, str]) -> 
     body=NEW_JOBS_BODY,
 )
 async def post_jobs(request: web.Request) -> web.Response:
-    user = await administrator(request)
-    entries = NEW_JOBS.load(await read_json_object(request))["jobs"]
+    user = await require_administrator(request)
+    entries = NEW_JOBS_SCHEMA.load(await read_json_object(request))["jobs"]
     results = [await create_job(request, entry, user) for entry in entries]
-    return respond(POST_JOB_RESULT, results, many=True)
+    return respond(POST_JOB_RESULT_SCHEMA, results, many=True)
 
 
 @routes.put("/jobs/{jobId}")
@@ -1337,11 +1407,11 @@ async def post_jobs(request: web.Request) -> web.Response:
     body=JobUpdateSchema,
 )
 async def update_job(request: web.Request) -> web.Response:
-    check_service_token(request)
+    require_service_token(request)
     job_id = request.match_info["jobId"]
-    update = JOB_UPDATE.load(await read_json_object(request))
+    update = JOB_UPDATE_SCHEMA.load(await read_json_object(request))
     at = now_iso()
-    log_entries = []
+    log_entries: list[LogEntry] = []
     if "status" in update:
         log_entries.append({"at": at, "message": f"Set status: {update['status']}"})
     if "description" in update:
@@ -1355,7 +1425,7 @@ async def update_job(request: web.Request) -> web.Response:
     if job["parameters"]["operation"] == "BUMP" and job["status"] == "completed":
         for target in targets_released_by(job, at):
             await store.save_target(target)
-    return message(f"Updated job with jobId {job_id}")
+    return respond_message(f"Updated job with jobId {job_id}")
 
 
 @routes.get("/targets")
@@ -1378,31 +1448,31 @@ async def get_target(request: web.Request) -> web.Response:
     target = await store_of(request).get_target(name)
     if target is None:
         raise ApiError(404, f"No target named {name}")
-    return respond(TARGET, target)
+    return respond(TARGET_SCHEMA, target)
 
 
 @routes.get("/targets/{name}/jobs")
-@documented("Every job on a target, BUMPs listing it included", many(JobSchema), errors=(400, 404, 503))
-async def list_target_jobs(request: web.Request) -> web.Response:
+@documented("Every job on a target, BUMPs listing it included", many(JobSchema), errors=(400, 503))
+async def list_target_jobs(request: web.Request) -> web.StreamResponse:
     return await respond_jobs(request, store_of(request).jobs_for_target(target_name(request)))
 
 
 @routes.get("/importable-datasets")
 @documented("Dataset archives waiting in the input directory", many(ImportableDatasetSchema))
 async def list_importable_datasets(request: web.Request) -> web.Response:
-    datasets = await asyncio.to_thread(request.app[ARCHIVES].scan, request.app[CONFIG].input_dir)
-    return respond(IMPORTABLE_DATASET, datasets, many=True)
+    datasets = await asyncio.to_thread(request.app[ARCHIVES].scan, request.app[CONFIG].input.dir)
+    return respond(IMPORTABLE_DATASET_SCHEMA, datasets, many=True)
 
 
 @routes.delete("/importable-datasets/{name}")
 @documented("Delete an archive from the input directory", MessageSchema, errors=(400, 401, 403, 404, 409, 503))
 async def delete_importable_dataset(request: web.Request) -> web.Response:
-    await administrator(request)
+    await require_administrator(request)
     name = target_name(request)
     if await store_of(request).target_in_progress(name):
         raise ApiError(409, f"Cannot delete {name}: a job for it is in progress")
-    await asyncio.to_thread(delete_archive, request.app[CONFIG].input_dir, name)
-    return message(f"OK, {name} deleted")
+    await asyncio.to_thread(delete_archive, request.app[CONFIG].input.dir, name)
+    return respond_message(f"OK, {name} deleted")
 
 
 @routes.post("/maintenance-status")
@@ -1413,24 +1483,26 @@ async def delete_importable_dataset(request: web.Request) -> web.Response:
     body=MaintenanceRequestSchema,
 )
 async def set_maintenance_status(request: web.Request) -> web.Response:
-    await administrator(request)
-    status = MAINTENANCE_REQUEST.load(await read_json_object(request))
+    await require_administrator(request)
+    status = MAINTENANCE_REQUEST_SCHEMA.load(await read_json_object(request))
     status["timestamp"] = now_iso()
     await store_of(request).add_maintenance(status)
-    return respond(MAINTENANCE_STATUS, status)
+    return respond(MAINTENANCE_STATUS_SCHEMA, status)
 
 
 @routes.get("/maintenance-status")
 @documented("The maintenance flag", MaintenanceStatusSchema, errors=(503,))
 async def get_maintenance_status(request: web.Request) -> web.Response:
-    initial = {"msg": INITIAL_MAINTENANCE_MSG, "paused": False, "timestamp": now_iso()}
-    return respond(MAINTENANCE_STATUS, await store_of(request).latest_maintenance(initial))
+    latest = await store_of(request).latest_maintenance()
+    if latest is None:  # the service stores the initial status at start: only a hand can remove it
+        raise ApiError(503, "No maintenance status is stored; restart the service to store the initial one")
+    return respond(MAINTENANCE_STATUS_SCHEMA, latest)
 
 
 @routes.get("/maintenance-history")
 @documented("Every maintenance status, newest first", many(MaintenanceStatusSchema), errors=(503,))
 async def get_maintenance_history(request: web.Request) -> web.Response:
-    return respond(MAINTENANCE_STATUS, await store_of(request).maintenance_history(), many=True)
+    return respond(MAINTENANCE_STATUS_SCHEMA, await store_of(request).maintenance_history(), many=True)
 
 
 @routes.get("/metrics")
@@ -1445,14 +1517,14 @@ async def get_metrics(request: web.Request) -> web.Response:
 @routes.get("/health/alive")
 @documented("200 while the process serves", MessageSchema)
 async def health_alive(request: web.Request) -> web.Response:
-    return message("I'm alive!")
+    return respond_message("I'm alive!")
 
 
 @routes.get("/health/ready")
 @documented("200 while the storage backend answers", MessageSchema, errors=(503,))
 async def health_ready(request: web.Request) -> web.Response:
     await store_of(request).ping()
-    return message("I'm ready!")
+    return respond_message("I'm ready!")
 
 
 @routes.get("/openapi.json")
@@ -1477,9 +1549,6 @@ async def get_docs_asset(request: web.Request) -> web.FileResponse:
 
 
 # --- the application ------------------------------------------------------------
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 MAX_HEADER_BYTES = 32 * 1024
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -1533,37 +1602,31 @@ async def send_request_id(request: web.Request, response: web.StreamResponse) ->
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one error path: every failure becomes SPEC's `{"message"}` with its status."""
+    """The one error path: every failure becomes `{"message"}` with its status,
+    and one nobody expected is logged with its traceback and answered 500."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return message(exc.message, exc.status)
-    except ValidationError as exc:
-        return message(describe(exc.messages), 400)
-    except StoreError as exc:
-        status = STORE_ERROR_STATUS.get(type(exc))
-        if status is None:
-            raise
-        return message(str(exc), status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = message(exc.reason, exc.status)
+        response = respond_message(exc.reason, exc.status)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except Exception:
-        log.exception("Unhandled error in %s %s", request.method, request.rel_url)
-        return message("Internal Server Error", 500)
+    except Exception as exc:
+        status = error_status(exc)
+        if status is None:
+            log.exception("Unhandled error in %s %s", request.method, request.rel_url)
+            return respond_message("Internal Server Error", 500)
+        text = describe(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+        return respond_message(text, status)
 
 
 async def storage_context(app: web.Application) -> Any:
     """Open the backend inside the app's lifetime: some drivers bind to the running loop."""
     config = app[CONFIG]
-    app[STORE] = InstrumentedStore(await open_store(config.storage.backend, config.storage_options), app[METRICS])
-    # What the store loaded lives as long as the process: keep the garbage
-    # collector from walking it again and again, which shows as latency spikes.
-    gc.freeze()
+    initial = MaintenanceStatus(msg=INITIAL_MAINTENANCE_MSG, paused=False, timestamp=now_iso())
+    app[STORE] = InstrumentedStore(await open_store(config.storage.selected, initial), app[METRICS])
     yield
     await app[STORE].close()
 
@@ -1588,8 +1651,8 @@ def create_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[METRICS] = Metrics()
-    app[ENCODED_JOBS] = EncodedCache(JOB, job_version, size=20_000)
-    app[ENCODED_TARGETS] = EncodedCache(TARGET, target_version, size=5_000)
+    app[ENCODED_JOBS] = EncodedCache(JOB_SCHEMA, job_identity, revision_of, max_bytes=ENCODED_JOBS_MAX_BYTES)
+    app[ENCODED_TARGETS] = EncodedCache(TARGET_SCHEMA, target_identity, target_version, max_bytes=8 << 20)
     app[ARCHIVES] = ArchiveInspections()
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(signing_keys_context)
@@ -1599,73 +1662,28 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
+def serving_app(config: Config) -> web.Application:
+    """The app as a serving process runs it, with the process-wide tuning that a
+    test's app must not do to the test run."""
+    app = create_app(config)
+
+    async def freeze_loaded_state(app: web.Application) -> None:
+        # What the store loaded lives as long as the process: keep the garbage
+        # collector from walking it again and again, which shows as latency spikes.
+        gc.freeze()
+
+    app.on_startup.append(freeze_loaded_state)  # after cleanup_ctx has opened the store
+    return app
+
+
 async def gunicorn_app() -> web.Application:
     """The app for `gunicorn job_service:gunicorn_app --worker-class aiohttp.GunicornWebWorker`,
     configured from $JOB_SERVICE_CONFIG (gunicorn passes no arguments)."""
     path = os.environ.get("JOB_SERVICE_CONFIG")
     config = load_config(Path(path) if path else None)
-    configure_logging(config.logging)
+    configure_process(config.logging)
     prepare_directories(config)
-    return create_app(config)
-
-
-class CommandError(Exception):
-    """A command that cannot do what it was asked; its text is the one line printed."""
-
-
-async def export_documents(config: Config, path: Path) -> int:
-    """Write every document of the configured store to `path` as JSON Lines."""
-    store = await open_store(config.storage.backend, config.storage_options)
-    count = 0
-    try:
-        with open(path, "w", encoding="utf-8") as out:
-            for collection in COLLECTIONS:
-                for document in await store.dump_collection(collection):
-                    line = {"collection": collection, "document": document}
-                    out.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
-                    count += 1
-    finally:
-        await store.close()
-    return count
-
-
-def read_export(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """An export file, checked line by line before anything is written."""
-    documents: dict[str, list[dict[str, Any]]] = {collection: [] for collection in COLLECTIONS}
-    try:
-        with open(path, encoding="utf-8") as lines:
-            for number, text in enumerate(lines, start=1):
-                try:
-                    line = json.loads(text, parse_constant=reject_constant)
-                except ValueError:
-                    raise CommandError(f"{path}:{number}: not a JSON line") from None
-                if (
-                    not isinstance(line, dict)
-                    or line.keys() != {"collection", "document"}
-                    or line["collection"] not in COLLECTIONS
-                    or not isinstance(line["document"], dict)
-                ):
-                    raise CommandError(f"{path}:{number}: not a job-service export line")
-                documents[line["collection"]].append(line["document"])
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CommandError(f"cannot read {path}: {exc}") from None
-    return documents
-
-
-async def import_documents(config: Config, path: Path, replace: bool) -> int:
-    """Load an export into the configured store, which must be empty unless `replace`."""
-    documents = read_export(path)
-    store = await open_store(config.storage.backend, config.storage_options)
-    try:
-        if replace:
-            await store.clear()
-        elif not await store.is_empty():
-            raise CommandError("the destination store is not empty; add --replace to empty it first")
-        for collection, collection_documents in documents.items():
-            await store.load_collection(collection, collection_documents)
-    finally:
-        await store.close()
-    return sum(len(collection_documents) for collection_documents in documents.values())
+    return serving_app(config)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1686,23 +1704,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        configure_logging(config.logging)
+        configure_process(config.logging)
         prepare_directories(config)
         if args.command == "export":
-            print(f"exported {asyncio.run(export_documents(config, args.to))} documents to {args.to}")
+            exported = asyncio.run(export_documents(config.storage.selected, args.to))
+            print(f"exported {exported} documents to {args.to}")
         elif args.command == "import":
-            imported = asyncio.run(import_documents(config, args.source, args.replace))
+            imported = asyncio.run(import_documents(config.storage.selected, args.source, args.replace))
             print(f"imported {imported} documents from {args.source}")
         else:
             web.run_app(
-                create_app(config),
+                serving_app(config),
                 host=config.server.host,
                 port=config.server.port,
                 shutdown_timeout=config.server.shutdown_timeout,
                 access_log=None,  # the observe middleware writes the access lines
                 print=lambda text: log.info("%s", text.strip("= \n")),
             )
-    except (ConfigError, CommandError, StoreError) as exc:
+    except (ConfigError, TransferError, StoreError) as exc:
         sys.exit(f"job-service: {exc}")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
 from .base import (
     COLLECTIONS,
@@ -12,12 +12,18 @@ from .base import (
     JobFinal,
     JobNotFound,
     JobQuery,
+    LogEntry,
+    MaintenanceStatus,
     Store,
+    StoreAnswer,
     StoreError,
     StoreLocked,
     StoreStats,
     StoreUnavailable,
+    Target,
     TargetBusy,
+    User,
+    revision_of,
 )
 
 __all__ = [
@@ -28,24 +34,59 @@ __all__ = [
     "JobFinal",
     "JobNotFound",
     "JobQuery",
+    "LogEntry",
+    "MaintenanceStatus",
+    "MongoDBOptions",
     "Store",
+    "StoreAnswer",
     "StoreError",
     "StoreLocked",
     "StoreStats",
     "StoreUnavailable",
+    "Target",
     "TargetBusy",
+    "TinyDBOptions",
+    "User",
     "open_store",
+    "revision_of",
 ]
 
 
-async def open_store(backend: str, options: dict[str, Any]) -> Store:
-    """Open the backend named in `[storage] backend` with its own config section."""
-    if backend == "tinydb":
+@dataclass(frozen=True)
+class TinyDBOptions:
+    """`[storage.tinydb]`: the data directory, which one process owns."""
+
+    path: str = "data"
+
+
+@dataclass(frozen=True)
+class MongoDBOptions:
+    """`[storage.mongodb]`, with the credentials that come from the environment."""
+
+    url: str = "mongodb://localhost:27017"
+    database: str = "jobdb"
+    #: How long a request waits for an unreachable server before its 503.
+    timeout_seconds: float = 5.0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+async def open_store(
+    options: TinyDBOptions | MongoDBOptions, initial_maintenance: MaintenanceStatus | None = None
+) -> Store:
+    """Open the backend that `options` configure. A serving process passes the
+    maintenance status to store when none ever was; the commands pass none."""
+    if isinstance(options, TinyDBOptions):
         from .tinydb import TinyDBStore
 
-        return await TinyDBStore.open(**options)
-    if backend == "mongodb":
-        from .mongo import MongoStore
+        return await TinyDBStore.open(options.path, initial_maintenance)
+    from .mongo import MongoStore
 
-        return await MongoStore.open(**options)
-    raise ValueError(f"unknown storage backend {backend!r}")
+    return await MongoStore.open(
+        options.url,
+        options.database,
+        options.timeout_seconds,
+        options.username,
+        options.password,
+        initial_maintenance,
+    )

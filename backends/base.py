@@ -1,20 +1,83 @@
 """The storage protocol: everything the HTTP handlers may ask of a backend.
 
 Documents cross this seam as plain JSON-shaped dicts (camelCase keys, exactly as
-the API shows them), so a backend is free to store them as it likes and the
-handlers never learn how. Errors cross it as the exceptions below; the service's
-error middleware turns each into its HTTP status.
+the API shows them, typed below), so a backend is free to store them as it likes
+and the handlers never learn how. A document handed to a store is copied before
+the store keeps any of it, and a document a store hands out is the caller's own:
+neither side can change the other's by accident. Errors cross the seam as the
+exceptions below; the service's error middleware turns each into its HTTP status.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, NotRequired, Protocol, TypedDict, TypeVar
 
-Job = dict[str, Any]
-Target = dict[str, Any]
-MaintenanceStatus = dict[str, Any]
+import orjson
+
+
+class User(TypedDict):
+    userId: str
+    firstName: str
+    lastName: str
+
+
+class LogEntry(TypedDict):
+    at: str
+    message: str
+
+
+class Job(TypedDict):
+    jobId: str
+    status: str
+    #: `operation`, `target` and whichever optional values the job was given.
+    parameters: dict[str, Any]
+    log: list[LogEntry]
+    createdAt: str
+    createdBy: User
+    #: Bumped by the store on every change, so that anything derived from a job
+    #: (its encoded form, say) can tell its versions apart. Absent means 0.
+    revision: NotRequired[int]
+
+
+class Target(TypedDict):
+    name: str
+    lastUpdatedAt: str
+    status: str
+    lastUpdatedBy: User
+    action: list[str]
+
+
+class MaintenanceStatus(TypedDict):
+    msg: str
+    paused: bool
+    timestamp: str
+
+
+D = TypeVar("D")
+
+
+def copy_document(document: D) -> D:
+    """A deep copy of JSON-shaped documents: what crosses the seam in either direction."""
+    copied: D = orjson.loads(orjson.dumps(document))
+    return copied
+
+
+def reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """JSON as the standard has it: Python's parser also takes NaN and Infinity,
+    which no client should send and no other reader takes back."""
+    return json.loads(text, parse_constant=reject_constant)
+
+
+def revision_of(job: Job) -> int:
+    return job.get("revision", 0)
+
 
 #: The collections every backend keeps, by these names: what export writes and import reads.
 COLLECTIONS = ("inprogress", "completed", "targets", "maintenance")
@@ -28,6 +91,13 @@ class StoreError(Exception):
     """Base of every error a backend reports on purpose."""
 
 
+class StoreAnswer(StoreError):
+    """An outcome the client is told of, not a failure of the backend: nothing
+    was written, and `status` is what it means in HTTP."""
+
+    status: ClassVar[int]
+
+
 class StoreUnavailable(StoreError):
     """The backend cannot be reached right now; the request may be retried."""
 
@@ -36,21 +106,27 @@ class StoreLocked(StoreError):
     """Another process owns the store, and sharing it would corrupt it."""
 
 
-class TargetBusy(StoreError):
+class TargetBusy(StoreAnswer):
     """A job for this target is already in progress."""
+
+    status = 409
 
     def __init__(self, target: str) -> None:
         super().__init__(f"Job with target {target} already in progress")
         self.target = target
 
 
-class JobNotFound(StoreError):
+class JobNotFound(StoreAnswer):
+    status = 404
+
     def __init__(self, job_id: str) -> None:
         super().__init__(f"No job found for jobId: {job_id}")
 
 
-class JobFinal(StoreError):
+class JobFinal(StoreAnswer):
     """The job is completed or failed, and a final job never changes again."""
+
+    status = 409
 
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(f"Job {job_id} is already {status}")
@@ -71,7 +147,7 @@ class JobChange:
 
     status: str | None = None
     description: str | None = None
-    log: list[dict[str, str]] = field(default_factory=list)
+    log: list[LogEntry] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -136,8 +212,8 @@ class Store(Protocol):
 
     async def add_maintenance(self, status: MaintenanceStatus) -> None: ...
 
-    async def latest_maintenance(self, initial: MaintenanceStatus) -> MaintenanceStatus:
-        """The newest status; store and return `initial` when there is none."""
+    async def latest_maintenance(self) -> MaintenanceStatus | None:
+        """The newest status; None only while none was ever stored."""
 
     async def maintenance_history(self) -> list[MaintenanceStatus]:
         """Every status, newest first (by insertion, so equal timestamps keep order)."""

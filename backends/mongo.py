@@ -13,8 +13,8 @@ import contextlib
 import functools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
@@ -46,6 +46,7 @@ JOB_SORT = [("createdAt", ASCENDING), ("jobId", ASCENDING)]
 MANIFESTO_NAME = "parameters.bumpManifesto.dataStructureUpdates.name"
 #: Newest first; `_id` breaks ties in insertion order within one process.
 HISTORY_SORT = [("timestamp", DESCENDING), ("_id", DESCENDING)]
+INITIAL_MAINTENANCE_ID = "initial-status"
 
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "inprogress": [
@@ -80,7 +81,9 @@ async def translate_errors() -> AsyncIterator[None]:
         raise
 
 
-def store_operation(method: Callable[Concatenate[MongoStore, P], Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def store_operation(
+    method: Callable[Concatenate[MongoStore, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[MongoStore, P], Coroutine[Any, Any, T]]:
     """Run an operation on a prepared database, with its errors translated."""
 
     @functools.wraps(method)
@@ -117,7 +120,7 @@ def job_filter(query: JobQuery) -> dict[str, Any]:
 
 
 def job_updates(change: JobChange) -> dict[str, Any]:
-    updates: dict[str, Any] = {"$push": {"log": {"$each": change.log}}}
+    updates: dict[str, Any] = {"$push": {"log": {"$each": change.log}}, "$inc": {"revision": 1}}
     fields = {}
     if change.status is not None:
         fields["status"] = change.status
@@ -131,8 +134,9 @@ def job_updates(change: JobChange) -> dict[str, Any]:
 class MongoStore:
     """The Store protocol on one MongoDB database."""
 
-    def __init__(self, client: AsyncMongoClient, database: str) -> None:
+    def __init__(self, client: AsyncMongoClient, database: str, initial_maintenance: MaintenanceStatus | None) -> None:
         self._client = client
+        self._initial_maintenance = initial_maintenance
         self.prepared = False
         db = client[database]
         self._collections: dict[str, AsyncCollection] = {name: db[name] for name in COLLECTIONS}
@@ -149,6 +153,7 @@ class MongoStore:
         timeout_seconds: float,
         username: str | None = None,
         password: str | None = None,
+        initial_maintenance: MaintenanceStatus | None = None,
     ) -> MongoStore:
         """Connect and prepare the database.
 
@@ -157,14 +162,14 @@ class MongoStore:
         not fatal: the service starts and answers 503, and the first operation
         after the server is back prepares the database before anything else.
         """
-        credentials = {"username": username, "password": password, "authSource": "admin"} if username else {}
+        credentials: dict[str, Any] = {"username": username, "password": password, "authSource": "admin"}
         client: AsyncMongoClient = AsyncMongoClient(
             url,
             timeoutMS=int(timeout_seconds * 1000),
             serverSelectionTimeoutMS=int(timeout_seconds * 1000),
-            **credentials,
+            **(credentials if username else {}),
         )
-        store = cls(client, database)
+        store = cls(client, database, initial_maintenance)
         with contextlib.suppress(StoreUnavailable):
             await store.ping()
         return store
@@ -175,13 +180,24 @@ class MongoStore:
 
     async def prepare(self) -> None:
         """Idempotent start-up work, before any other operation: the indexes the
-        rules and queries rely on, then any job move a crash cut short."""
+        rules and queries rely on, any job move a crash cut short, and the
+        initial maintenance status of a service's first start."""
         for name, indexes in INDEXES.items():
             for keys, options in indexes:
                 await self._collections[name].create_index(keys, **options)
         async for job in self._inprogress.find({"status": {"$in": sorted(FINAL_STATUSES)}}, NO_ID):
             await self._finish(job)
+        if self._initial_maintenance is not None:
+            await self._insert_initial_maintenance(self._initial_maintenance)
         self.prepared = True
+
+    async def _insert_initial_maintenance(self, status: MaintenanceStatus) -> None:
+        """Store `status` unless some status is stored already. Processes starting
+        together all upsert the one document with a fixed `_id`, so it exists once."""
+        if await self._maintenance.find_one({}) is not None:
+            return
+        with contextlib.suppress(DuplicateKeyError):  # another process's upsert won the race
+            await self._maintenance.update_one({"_id": INITIAL_MAINTENANCE_ID}, {"$setOnInsert": status}, upsert=True)
 
     @store_operation
     async def ping(self) -> None:
@@ -308,12 +324,8 @@ class MongoStore:
         await self._maintenance.insert_one(dict(status))
 
     @store_operation
-    async def latest_maintenance(self, initial: MaintenanceStatus) -> MaintenanceStatus:
-        latest = await self._maintenance.find_one({}, NO_ID, sort=HISTORY_SORT)
-        if latest is None:
-            await self._maintenance.insert_one(dict(initial))
-            latest = initial
-        return latest
+    async def latest_maintenance(self) -> MaintenanceStatus | None:
+        return await self._maintenance.find_one({}, NO_ID, sort=HISTORY_SORT)
 
     @store_operation
     async def maintenance_history(self) -> list[MaintenanceStatus]:
@@ -321,7 +333,10 @@ class MongoStore:
 
     @store_operation
     async def stats(self) -> StoreStats:
-        by_status = [{"$match": {"status": NOT_FINAL}}, {"$group": {"_id": "$status", "count": {"$sum": 1}}}]
+        by_status: list[dict[str, Any]] = [
+            {"$match": {"status": NOT_FINAL}},
+            {"$group": {"_id": "$status", "count": {"$sum": 1}}},
+        ]
         rows = await (await self._inprogress.aggregate(by_status)).to_list()
         in_progress = {row["_id"]: row["count"] for row in rows}
         latest = await self._maintenance.find_one({}, NO_ID, sort=HISTORY_SORT)
@@ -336,7 +351,7 @@ class MongoStore:
     @store_operation
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
         if name == "inprogress":
-            await self._check_one_per_target(documents)
+            await self._check_one_per_target(cast(list[Job], documents))
         if documents:
             # insert_many adds an _id to each document it is given: give it copies.
             await self._collections[name].insert_many([dict(document) for document in documents])
@@ -347,8 +362,10 @@ class MongoStore:
         targets = Counter(job["parameters"]["target"] for job in jobs)
         twice = [target for target, count in targets.items() if count > 1]
         held = await self._inprogress.find_one({"parameters.target": {"$in": list(targets)}}, NO_ID)
-        if twice or held:
-            raise TargetBusy(twice[0] if twice else held["parameters"]["target"])
+        if twice:
+            raise TargetBusy(twice[0])
+        if held is not None:
+            raise TargetBusy(held["parameters"]["target"])
 
     @store_operation
     async def is_empty(self) -> bool:

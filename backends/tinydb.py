@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import orjson
 from tinydb import TinyDB
@@ -39,13 +39,15 @@ from .base import (
     JobNotFound,
     JobQuery,
     MaintenanceStatus,
-    StoreError,
+    StoreAnswer,
     StoreLocked,
     StoreStats,
     Target,
     TargetBusy,
+    copy_document,
     job_order,
     manifesto_datasets,
+    revision_of,
 )
 
 log = logging.getLogger(__name__)
@@ -138,8 +140,10 @@ class DirectoryLock:
 
 
 def apply_change(job: Job, change: JobChange) -> Job:
-    """The job as `change` leaves it: a new dict, sharing nothing it changes with `job`."""
-    job = {**job, "log": [*job["log"], *change.log]}
+    """The job as `change` leaves it, one revision on: a new dict, sharing nothing it changes with `job`."""
+    job = Job(**job)
+    job["log"] = [*job["log"], *copy_document(change.log)]
+    job["revision"] = revision_of(job) + 1
     if change.status is not None:
         job["status"] = change.status
     if change.description is not None:
@@ -262,7 +266,7 @@ class CompletedJobs:
 class TinyDBStore:
     """The Store protocol on TinyDB files in one data directory."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, initial_maintenance: MaintenanceStatus | None) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._lock = DirectoryLock(path / LOCK_FILE)
         for leftover in path.rglob("*" + TMP_SUFFIX):
@@ -277,12 +281,19 @@ class TinyDBStore:
         self._current: Mapping[str, Job] = MappingProxyType({})
         self._targets_by_name: Mapping[str, Target] = MappingProxyType({})
         self._targets_in_order: tuple[Target, ...] = ()
+        self._latest_maintenance: MaintenanceStatus | None = None
         self._out_of_step = False
+        self._closed = False
         self._recover()
+        if initial_maintenance is not None and self._latest_maintenance is None:
+            self._maintenance.insert(dict(initial_maintenance))
+            self._latest_maintenance = MaintenanceStatus(**initial_maintenance)
 
     @classmethod
-    async def open(cls, path: str | Path) -> TinyDBStore:
-        return await asyncio.to_thread(cls, Path(path))
+    async def open(cls, path: str | Path, initial_maintenance: MaintenanceStatus | None = None) -> TinyDBStore:
+        """Open (creating) the data directory; a service also stores `initial_maintenance`
+        there when no maintenance status was ever set."""
+        return await asyncio.to_thread(cls, Path(path), initial_maintenance)
 
     def _finish_interrupted_moves(self) -> None:
         """A crash between "add to completed" and "remove from in-progress" leaves a
@@ -304,8 +315,8 @@ class TinyDBStore:
             self._recover()
         try:
             return function(*args)
-        except StoreError:
-            raise  # an answer (busy, final, not found), not a failure: nothing was written
+        except StoreAnswer:
+            raise  # nothing was written
         except BaseException:
             self._out_of_step = True
             with contextlib.suppress(Exception):  # if the disk still fails, the next operation tries again
@@ -313,8 +324,11 @@ class TinyDBStore:
             raise
 
     def _publish(self) -> None:
-        self._current = MappingProxyType({job["jobId"]: dict(job) for job in self._inprogress.all()})
-        self._publish_targets({target["name"]: dict(target) for target in self._targets.all()})
+        history = self._maintenance.all()
+        latest = max(history, key=lambda status: status.doc_id) if history else None
+        self._latest_maintenance = None if latest is None else cast(MaintenanceStatus, dict(latest))
+        self._current = MappingProxyType({job["jobId"]: copy_document(job) for job in self._inprogress.all()})
+        self._publish_targets({target["name"]: copy_document(target) for target in self._targets.all()})
 
     def _publish_targets(self, targets: dict[str, Target]) -> None:
         self._targets_by_name = MappingProxyType(targets)
@@ -329,9 +343,15 @@ class TinyDBStore:
         return None
 
     async def close(self) -> None:
+        """Release the files and the directory; closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+
         def close_files() -> None:
-            for table in (*self._tables.values(), self._completed):
+            for table in self._tables.values():
                 table.close()
+            self._completed.close()
             self._lock.release()
 
         await self._run(close_files)
@@ -343,6 +363,8 @@ class TinyDBStore:
         return document.doc_id
 
     async def insert_job(self, job: Job) -> None:
+        job = copy_document(job)
+
         def insert() -> None:
             target = job["parameters"]["target"]
             if any(current["parameters"]["target"] == target for current in self._current.values()):
@@ -355,7 +377,7 @@ class TinyDBStore:
     async def get_job(self, job_id: str) -> Job | None:
         # In-progress first: a job that moves meanwhile is in the completed set by then.
         job = self._current.get(job_id)
-        return dict(job) if job is not None else self._completed.get(job_id)
+        return copy_document(job) if job is not None else self._completed.get(job_id)
 
     async def _stream(self, snapshot: Callable[[], list[JobFacts | Job]], on_loop: bool = False) -> AsyncIterator[Job]:
         """Jobs in order: in-progress ones as taken, completed ones decoded a step at a time.
@@ -371,22 +393,22 @@ class TinyDBStore:
     def find_jobs(self, query: JobQuery) -> AsyncIterator[Job]:
         def snapshot() -> list[JobFacts | Job]:
             current: list[JobFacts | Job] = [
-                dict(job)
+                copy_document(job)
                 for job in self._current.values()
                 if wanted(job["status"], job["parameters"]["operation"], query)
             ]
-            return sorted(current + self._completed.facts(query), key=entry_order)
+            return sorted([*current, *self._completed.facts(query)], key=entry_order)
 
         return self._stream(snapshot, on_loop=self._completed.excluded_by(query))
 
     def jobs_for_target(self, name: str) -> AsyncIterator[Job]:
         def snapshot() -> list[JobFacts | Job]:
             current: list[JobFacts | Job] = [
-                dict(job)
+                copy_document(job)
                 for job in self._current.values()
                 if job["parameters"]["target"] == name or name in manifesto_datasets(job)
             ]
-            return sorted(current + self._completed.facts_for_dataset(name), key=entry_order)
+            return sorted([*current, *self._completed.facts_for_dataset(name)], key=entry_order)
 
         return self._stream(snapshot)
 
@@ -409,7 +431,7 @@ class TinyDBStore:
             else:
                 self._inprogress.update(job, doc_ids=[self._doc_id(self._inprogress, "jobId", job_id)])
                 self._current = MappingProxyType({**remaining, job_id: job})
-            return job
+            return copy_document(job)
 
         return await self._run(update)
 
@@ -417,6 +439,8 @@ class TinyDBStore:
         return any(job["parameters"]["target"] == name for job in self._current.values())
 
     async def save_target(self, target: Target) -> None:
+        target = copy_document(target)
+
         def save() -> None:
             name = target["name"]
             if name in self._targets_by_name:
@@ -429,28 +453,30 @@ class TinyDBStore:
 
     async def get_target(self, name: str) -> Target | None:
         target = self._targets_by_name.get(name)
-        return None if target is None else dict(target)
+        return None if target is None else copy_document(target)
 
     async def list_targets(self) -> list[Target]:
-        return list(self._targets_in_order)
+        return copy_document(list(self._targets_in_order))
 
     async def add_maintenance(self, status: MaintenanceStatus) -> None:
-        await self._run(self._maintenance.insert, status)
+        def add() -> None:
+            self._maintenance.insert(dict(status))
+            self._latest_maintenance = MaintenanceStatus(**status)
+
+        await self._run(add)
 
     def _history(self) -> list[MaintenanceStatus]:
         # Document ids only grow, so they give the order of insertion even
         # between statuses set in the same microsecond.
-        return [dict(status) for status in sorted(self._maintenance.all(), key=lambda s: -s.doc_id)]
+        return [
+            cast(MaintenanceStatus, dict(status)) for status in sorted(self._maintenance.all(), key=lambda s: -s.doc_id)
+        ]
 
-    async def latest_maintenance(self, initial: MaintenanceStatus) -> MaintenanceStatus:
-        def latest() -> MaintenanceStatus:
-            history = self._history()
-            if history:
-                return history[0]
-            self._maintenance.insert(initial)
-            return dict(initial)
-
-        return await self._run(latest)
+    async def latest_maintenance(self) -> MaintenanceStatus | None:
+        # Kept in memory: the executor reads it before every start of work, and the
+        # history only grows.
+        latest = self._latest_maintenance
+        return None if latest is None else MaintenanceStatus(**latest)
 
     async def maintenance_history(self) -> list[MaintenanceStatus]:
         return await self._run(self._history)
@@ -458,30 +484,31 @@ class TinyDBStore:
     async def stats(self) -> StoreStats:
         def count() -> StoreStats:
             in_progress = Counter(job["status"] for job in self._current.values())
-            history = self._maintenance.all()
-            latest = max(history, key=lambda status: status.doc_id) if history else None
+            latest = self._latest_maintenance
             return StoreStats(dict(in_progress), len(self._completed), bool(latest and latest["paused"]))
 
         return await self._run(count)
 
     async def dump_collection(self, name: str) -> list[dict[str, Any]]:
-        def dump() -> list[dict[str, Any]]:
+        def dump() -> list[Any]:
             if name == "completed":
                 return [self._completed.get(facts.job_id) for facts in sorted(self._completed.facts(JobQuery()))]
             if name == "inprogress":
-                return sorted((dict(job) for job in self._current.values()), key=job_order)
+                return sorted((copy_document(job) for job in self._current.values()), key=job_order)
             if name == "targets":
-                return [dict(self._targets_by_name[target]) for target in sorted(self._targets_by_name)]
+                return [copy_document(self._targets_by_name[target]) for target in sorted(self._targets_by_name)]
             return [dict(status) for status in sorted(self._maintenance.all(), key=lambda s: s.doc_id)]
 
         return await self._run(dump)
 
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
+        documents = copy_document(documents)
+
         def load() -> None:
             if name == "inprogress":
-                self._check_one_per_target(documents)
+                self._check_one_per_target(cast(list[Job], documents))
             if name == "completed":
-                self._completed.add(documents)
+                self._completed.add(cast(list[Job], documents))
             else:
                 self._tables[name].insert_multiple(documents)
             self._publish()

@@ -18,14 +18,16 @@ import random
 import signal
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import service_config
 from service_process import ServiceProcess
+
+TIMEOUT = aiohttp.ClientTimeout(total=30)  # a request the killed service never answers fails, not hangs
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Acknowledged:
 
 async def client(base: str, acked: Acknowledged, name: str) -> None:
     """Post jobs and complete them, recording only what was answered with a 200."""
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         n = 0
         while True:
             n += 1
@@ -54,16 +56,14 @@ async def client(base: str, acked: Acknowledged, name: str) -> None:
 
 
 async def run_round(service: ServiceProcess, acked: Acknowledged, number: int) -> dict[str, float]:
-    started = time.monotonic()
-    await service.start()
-    startup = time.monotonic() - started
+    startup = await service.start()
     try:
         lost = await check(service.url, acked)
         clients = [asyncio.ensure_future(client(service.url, acked, f"R{number}_C{c}")) for c in range(4)]
         await asyncio.sleep(random.uniform(0.05, 1.0))
     finally:
         service.stop(signal.SIGKILL)
-    results = await asyncio.gather(*clients, return_exceptions=True)
+    results = await asyncio.wait_for(asyncio.gather(*clients, return_exceptions=True), 60)
     # The kill ends every client with a connection error; anything else is a wrong answer.
     unexpected = [r for r in results if not isinstance(r, aiohttp.ClientError)]
     if unexpected:
@@ -73,7 +73,7 @@ async def run_round(service: ServiceProcess, acked: Acknowledged, number: int) -
 
 async def check(base: str, acked: Acknowledged) -> int:
     """How many acknowledged writes are missing; also fails on a job listed twice."""
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/jobs") as response:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, session.get(f"{base}/jobs") as response:
         jobs = await response.json()
     ids = [job["jobId"] for job in jobs]
     if len(ids) != len(set(ids)):
@@ -90,7 +90,8 @@ async def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        service = ServiceProcess(Path(tmp), f'[storage.tinydb]\npath = "{tmp}/data"\n[input]\ndir = "{tmp}/input"\n')
+        storage = {"tinydb": {"path": f"{tmp}/data"}}
+        service = ServiceProcess(Path(tmp), service_config(storage, Path(tmp) / "input"))
         acked = Acknowledged()
         rounds = [await run_round(service, acked, n) for n in range(args.rounds)]
         await service.start()

@@ -34,19 +34,24 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from helpers import service_config, store_options  # noqa: E402
 from mongo_server import MongoServer, free_port, secantusd  # noqa: E402
+from service_process import ServiceProcess, stop_process, wait_ready  # noqa: E402
 
 from backends import open_store  # noqa: E402
 
 OPERATIONS = ["ADD", "CHANGE", "PATCH_METADATA", "SET_STATUS", "REMOVE"]
 STEPS = ["initiated", "validating", "decrypting", "transforming", "pseudonymizing", "enriching", "converting"]
 DATASETS = [f"DATASET_{n:04d}" for n in range(500)]
+DEADLINE = 120  # seconds a start-up, a request or a stop may take before the run fails instead of hanging
+TIMEOUT = aiohttp.ClientTimeout(total=DEADLINE)
 USER = {"userId": "8a1f2c3d-0000-4000-8000-000000000001", "firstName": "Ola", "lastName": "Nordmann"}
 BARE_APP = """
 import sys
@@ -101,9 +106,9 @@ def completed_jobs(count: int) -> Iterator[dict]:
         yield seeded_job(number, start, "failed" if number % 10 == 0 else "completed", random.choice(DATASETS))
 
 
-async def seed(backend: str, options: dict, size: int) -> str:
-    """Fill a store; the id of its oldest completed job."""
-    store = await open_store(backend, options)
+async def seed(storage: dict, size: int) -> str:
+    """Fill a store (a `[storage]` section); the id of its oldest completed job."""
+    store = await open_store(store_options(storage))
     oldest = None
     batch: list[dict] = []
     for job in completed_jobs(size):
@@ -143,29 +148,23 @@ def make_archives(directory: Path, count: int) -> None:
                 archive.addfile(info, io.BytesIO(b"x" * 64))
 
 
+def found(pattern: str, text: str, flags: int = 0) -> str:
+    """The first group of `pattern` in `text`, which a tool's output must hold."""
+    match = re.search(pattern, text, flags)
+    if match is None:
+        raise RuntimeError(f"no {pattern!r} in {text[:200]!r}")
+    return match[1]
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """Resident memory now and at its peak, in MB."""
     status = Path(f"/proc/{pid}/status").read_text()
-    now, peak = (int(re.search(rf"{key}:\s+(\d+)", status)[1]) / 1024 for key in ("VmRSS", "VmHWM"))
+    now, peak = (int(found(rf"{key}:\s+(\d+)", status)) / 1024 for key in ("VmRSS", "VmHWM"))
     return now, peak
 
 
-async def wait_ready(url: str, process: subprocess.Popen) -> float:
-    start = time.monotonic()
-    async with aiohttp.ClientSession() as session:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{url} exited at start")
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return time.monotonic() - start
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.02)
-
-
 def parse_duration(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    value, unit = found(r"^([\d.]+)", text), found(r"(us|ms|s|m)$", text)
     return float(value) * {"us": 1e-3, "ms": 1, "s": 1e3, "m": 6e4}[unit]
 
 
@@ -176,14 +175,15 @@ def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
         capture_output=True,
         text=True,
         check=True,
+        timeout=seconds + DEADLINE,
     ).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if errors:
         raise RuntimeError(f"{url}: {errors[1]} answers were not 2xx")
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1]),
-        "p50": parse_duration(re.search(r"^\s+50%\s+(\S+)$", output, re.MULTILINE)[1]),
-        "p99": parse_duration(re.search(r"^\s+99%\s+(\S+)$", output, re.MULTILINE)[1]),
+        "rps": float(found(r"Requests/sec:\s+([\d.]+)", output)),
+        "p50": parse_duration(found(r"^\s+50%\s+(\S+)$", output, re.MULTILINE)),
+        "p99": parse_duration(found(r"^\s+99%\s+(\S+)$", output, re.MULTILINE)),
     }
 
 
@@ -200,7 +200,7 @@ async def client_loop(url: str, connections: int, seconds: float) -> dict[str, f
             latencies.append((time.perf_counter() - start) * 1000)
 
     connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=TIMEOUT) as session:
         await asyncio.gather(*(worker(session) for _ in range(connections)))
     return {"rps": len(latencies) / seconds, **percentiles(latencies)}
 
@@ -216,11 +216,11 @@ async def load(url: str, connections: int, seconds: float) -> dict[str, float]:
     return await client_loop(url, connections, seconds)
 
 
-async def lifecycles(base: str, count: int) -> dict[str, float]:
+async def lifecycles(base: str, count: int) -> dict[str, dict[str, float]]:
     """POST, 10 status PUTs and the completing PUT, one job after another."""
     completing: list[float] = []
     whole: list[float] = []
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         for number in range(count):
             start = time.perf_counter()
             body = {"jobs": [{"operation": "ADD", "target": f"LIFECYCLE_{uuid.uuid4().hex[:12].upper()}"}]}
@@ -247,30 +247,20 @@ def row(name: str, size: str, connections: object, result: dict[str, float], cei
 async def bench_size(args: argparse.Namespace, size: int, ceilings: dict[int, float], work: Path) -> list[str]:
     directory = work / f"size-{size}"
     directory.mkdir()
+    options: dict[str, Any]
     if args.backend == "tinydb":
         options = {"path": str(directory / "data")}
-        storage = f'[storage.tinydb]\npath = "{options["path"]}"\n'
     else:
         database = f"bench_{size}_{uuid.uuid4().hex[:8]}"
         options = {"url": args.mongodb_url, "database": database, "timeout_seconds": 30.0}
-        storage = (
-            f'[storage]\nbackend = "mongodb"\n[storage.mongodb]\nurl = "{args.mongodb_url}"\ndatabase = "{database}"\n'
-        )
-    oldest = await seed(args.backend, options, size)
-    port = free_port()
-    config = directory / "config.toml"
-    config.write_text(f'[server]\nport = {port}\n{storage}[input]\ndir = "{work / "input"}"\n')
-    base = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "job_service", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
+    storage = {"backend": args.backend, args.backend: options}
+    oldest = await seed(storage, size)
+    service = ServiceProcess(directory, service_config(storage, work / "input"))
+    base = service.url
+    startup = await service.start(timeout=DEADLINE)
     rows = []
     try:
-        startup = await wait_ready(f"{base}/health/ready", process)
-        rss_at_start, _ = rss_mb(process.pid)
+        rss_at_start, _ = rss_mb(service.pid)
         label = f"{size:,}"
         for name, path in [
             ("executor poll", "/jobs?status=queued&ignoreCompleted=true"),
@@ -288,14 +278,13 @@ async def bench_size(args: argparse.Namespace, size: int, ceilings: dict[int, fl
             result = await load(f"{base}/importable-datasets", connections, args.seconds)
             name = "GET /importable-datasets (1,000 archives)"
             rows.append(row(name, label, connections, result, ceilings[connections]))
-        rss_now, rss_peak = rss_mb(process.pid)
+        rss_now, rss_peak = rss_mb(service.pid)
         rows.append(
             f"| start-up {startup:.2f} s; RSS {rss_at_start:.0f} MB at start, {rss_now:.0f} MB after, "
             f"peak {rss_peak:.0f} MB | {label} | | | | | |"
         )
     finally:
-        process.terminate()
-        process.wait()
+        service.stop(timeout=DEADLINE)
     return rows
 
 
@@ -324,7 +313,7 @@ async def main() -> None:
         bare_port = free_port()
         bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port)])
         try:
-            await wait_ready(f"http://127.0.0.1:{bare_port}/", bare)
+            await wait_ready(f"http://127.0.0.1:{bare_port}/", bare, DEADLINE)
             ceilings = {c: (await load(f"http://127.0.0.1:{bare_port}/", c, args.seconds))["rps"] for c in (1, 16)}
             table = [
                 f"Backend: {args.backend}; load: {'wrk' if shutil.which('wrk') else 'aiohttp client loop'}; "
@@ -338,8 +327,7 @@ async def main() -> None:
             for size in (int(size) for size in args.sizes.split(",")):
                 table += await bench_size(args, size, ceilings, work)
         finally:
-            bare.terminate()
-            bare.wait()
+            stop_process(bare, timeout=DEADLINE)
             if server is not None:
                 server.stop()
     text = "\n".join(table) + "\n"

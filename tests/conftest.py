@@ -1,4 +1,7 @@
-"""Fixtures: a real service on a real backend in a temp dir, driven over HTTP."""
+"""Fixtures: a real service on a real backend in a temp dir, driven over HTTP.
+
+Fixtures only: what tests share besides them is in `helpers`, a module tests may import.
+"""
 
 from __future__ import annotations
 
@@ -9,54 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
+from helpers import OBSERVED_STATUSES, REPORT, service_config
 from mongo_server import MongoServer, secantusd
 from pymongo import MongoClient
 
 from job_service import Config, ConfigSchema, create_app
 
 BACKENDS = ["tinydb", "mongodb"]
-REPORT: list[str] = []
-
-
-def report(line: str) -> None:
-    """Print `line` at the end of the run: figures and artifact paths CI's log should show."""
-    REPORT.append(line)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """CI's log ends with what the tests `report()`ed: schemathesis's counts, artifact paths."""
     for line in REPORT:
         terminalreporter.write_line(line)
-
-
-def bump_job(**overrides: Any) -> dict[str, Any]:
-    """A valid BUMP as the admin UI posts it."""
-    job = {
-        "operation": "BUMP",
-        "target": "DATASTORE",
-        "description": "Release two datasets",
-        "bumpFromVersion": "1.0.0",
-        "bumpToVersion": "1.1.0",
-        "bumpManifesto": {
-            "version": "1.1.0.0",
-            "description": "Release two datasets",
-            "releaseTime": 1700000000,
-            "languageCode": "no",
-            "updateType": "MINOR",
-            "dataStructureUpdates": [
-                {"name": "NEW_DATASET", "description": "first", "operation": "ADD", "releaseStatus": "PENDING_RELEASE"},
-                {
-                    "name": "OLD_DATASET",
-                    "description": "gone",
-                    "operation": "REMOVE",
-                    "releaseStatus": "PENDING_DELETE",
-                },
-                {"name": "DRAFT_DATASET", "description": "wip", "operation": "ADD", "releaseStatus": "DRAFT"},
-            ],
-        },
-    }
-    job.update(overrides)
-    return job
 
 
 @pytest.fixture(params=BACKENDS)
@@ -110,7 +80,7 @@ def make_config(storage: dict[str, Any], input_dir: Path) -> Callable[..., Confi
     """A Config on the fresh store; keyword arguments are extra TOML sections."""
 
     def make(**sections: dict[str, Any]) -> Config:
-        raw: dict[str, Any] = {"storage": dict(storage), "input": {"dir": str(input_dir)}}
+        raw = service_config(dict(storage), input_dir)
         for name, values in sections.items():
             raw.setdefault(name, {}).update(values)
         return ConfigSchema().load(raw)
@@ -121,46 +91,25 @@ def make_config(storage: dict[str, Any], input_dir: Path) -> Callable[..., Confi
 @pytest.fixture
 async def make_client(aiohttp_client: Any, make_config: Callable[..., Config]) -> Callable[..., Any]:
     async def make(**sections: dict[str, Any]) -> TestClient:
-        return await aiohttp_client(create_app(make_config(**sections)))
+        app = create_app(make_config(**sections))
+        app.on_response_prepare.append(observe_status)
+        return await aiohttp_client(app)
 
     return make
+
+
+async def observe_status(request: web.Request, response: web.StreamResponse) -> None:
+    """Note which status each route answered: `test_documentation` compares them with the OpenAPI document."""
+    resource = request.match_info.route.resource
+    if resource is not None:
+        OBSERVED_STATUSES[request.method, resource.canonical].add(response.status)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `last` run after all others: they read what the others observed."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
 
 
 @pytest.fixture
 async def client(make_client: Callable[..., Any]) -> TestClient:
     return await make_client()
-
-
-def stored_job(job_id: str, target: str = "MY_DATASET", status: str = "queued") -> dict[str, Any]:
-    """A job document as a store holds it; ids that sort as numbers keep `createdAt` in their order."""
-    return {
-        "jobId": job_id,
-        "status": status,
-        "parameters": {"operation": "ADD", "target": target},
-        "log": [],
-        "createdAt": f"2026-11-29T10:00:00.{job_id[-6:]:0>6}+00:00",
-        "createdBy": {"userId": "u", "firstName": "F", "lastName": "L"},
-    }
-
-
-async def listed(jobs: Any) -> list[dict[str, Any]]:
-    """Everything a store's job iterator yields."""
-    return [job async for job in jobs]
-
-
-async def post_jobs(client: TestClient, *jobs: dict[str, Any]) -> list[dict[str, Any]]:
-    response = await client.post("/jobs", json={"jobs": list(jobs)})
-    assert response.status == 200, await response.text()
-    return await response.json()
-
-
-async def create_job(client: TestClient, **job: Any) -> str:
-    """Post one job that must be created; its jobId."""
-    [result] = await post_jobs(client, job)
-    assert result["msg"] == "CREATED", result
-    return result["job_id"]
-
-
-async def put_job(client: TestClient, job_id: str, **body: Any) -> None:
-    response = await client.put(f"/jobs/{job_id}", json=body)
-    assert response.status == 200, await response.text()

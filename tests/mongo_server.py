@@ -45,7 +45,8 @@ class MongoServer:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
-        with MongoClient(self.url, serverSelectionTimeoutMS=500) as client:
+        client: MongoClient = MongoClient(self.url, serverSelectionTimeoutMS=500)
+        with client:
             while True:
                 try:
                     client.admin.command("ping")

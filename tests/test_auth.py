@@ -16,6 +16,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from job_service import INITIAL_MAINTENANCE_MSG
+
 USER = "6f1a0e6c-0000-4000-8000-000000000001"
 ADMIN_ROLE = "role/dataadministrator"
 
@@ -208,6 +210,18 @@ async def test_another_role_is_a_403(auth_client, key_server):
     assert await response.json() == {"message": "Only a data administrator may do this"}
 
 
+async def test_another_role_may_not_delete_archives_or_set_the_maintenance_flag(auth_client, key_server, input_dir):
+    keys, _ = key_server
+    client = await auth_client()
+    (input_dir / "MY_DATASET.tar").write_bytes(b"")
+    cookies = cookies_for(keys, access=access_claims(**{"accreditation/role": "role/reader"}))
+    assert (await client.delete("/importable-datasets/MY_DATASET", cookies=cookies)).status == 403
+    response = await client.post("/maintenance-status", json={"msg": "x", "paused": True}, cookies=cookies)
+    assert response.status == 403
+    assert (input_dir / "MY_DATASET.tar").exists()
+    assert len(await (await client.get("/maintenance-history")).json()) == 1  # the initial status alone
+
+
 async def test_an_anonymous_caller_learns_nothing_about_the_body_schema(auth_client):
     client = await auth_client()
     for path, body in [("/jobs", {"nonsense": True}), ("/maintenance-status", {"nonsense": True})]:
@@ -223,7 +237,8 @@ async def test_every_writing_route_of_the_admin_ui_needs_an_administrator(auth_c
     assert (await client.delete("/importable-datasets/MY_DATASET")).status == 401
     assert (await client.post("/maintenance-status", json={"msg": "x", "paused": True})).status == 401
     assert (input_dir / "MY_DATASET.tar").exists()
-    assert await (await client.get("/maintenance-history")).json() == []
+    history = await (await client.get("/maintenance-history")).json()
+    assert [status["msg"] for status in history] == [INITIAL_MAINTENANCE_MSG]  # only the one stored at start
 
     cookies = cookies_for(keys)
     assert (await client.delete("/importable-datasets/MY_DATASET", cookies=cookies)).status == 200

@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_config
 
+from backends import MongoDBOptions, TinyDBOptions
 from job_service import ConfigError, load_config, prepare_directories
 
 
-def write_config(tmp_path: Path, text: str) -> Path:
+def write_text(tmp_path: Path, text: str) -> Path:
+    """A config file of exactly `text`: for the tests of what a bad file makes the loader say."""
     path = tmp_path / "config.toml"
     path.write_text(text)
     return path
@@ -21,9 +24,9 @@ def test_no_config_at_all_means_tinydb_in_data_and_input_on_localhost():
     config = load_config(None, environ={})
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8000)
     assert config.server.max_body_bytes == 1024 * 1024
-    assert config.storage.backend == "tinydb" and config.storage_options == {"path": "data"}
-    assert config.input_dir == Path("input")
-    assert config.bump_enabled is False
+    assert config.storage.backend == "tinydb" and config.storage.selected == TinyDBOptions(path="data")
+    assert config.input.dir == Path("input")
+    assert config.jobs.bump_enabled is False
 
 
 def test_the_example_config_loads_and_means_the_defaults():
@@ -32,10 +35,11 @@ def test_the_example_config_loads_and_means_the_defaults():
 
 
 def test_a_file_sets_keys_and_input_dir_from_the_environment_wins(tmp_path):
-    path = write_config(tmp_path, '[server]\nport = 9000\n[jobs]\nbump_enabled = true\n[input]\ndir = "a"\n')
+    sections = {"server": {"port": 9000}, "jobs": {"bump_enabled": True}, "input": {"dir": "a"}}
+    path = write_config(tmp_path / "config.toml", sections)
     config = load_config(path, environ={"INPUT_DIR": "/srv/input"})
-    assert config.server.port == 9000 and config.bump_enabled is True
-    assert config.input_dir == Path("/srv/input")
+    assert config.server.port == 9000 and config.jobs.bump_enabled is True
+    assert config.input.dir == Path("/srv/input")
 
 
 @pytest.mark.parametrize(
@@ -52,19 +56,20 @@ def test_a_file_sets_keys_and_input_dir_from_the_environment_wins(tmp_path):
 )
 def test_a_bad_config_is_one_line_naming_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as error:
-        load_config(write_config(tmp_path, text), environ={})
+        load_config(write_text(tmp_path, text), environ={})
     assert key in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_directory_that_cannot_be_created_names_its_key(tmp_path):
     (tmp_path / "file").write_text("")
-    config = load_config(write_config(tmp_path, f'[input]\ndir = "{tmp_path / "file" / "input"}"\n'), environ={})
+    path = write_config(tmp_path / "config.toml", {"input": {"dir": str(tmp_path / "file" / "input")}})
+    config = load_config(path, environ={})
     with pytest.raises(ConfigError, match=r"^bad config: input\.dir: cannot create directory"):
         prepare_directories(config)
 
 
 def test_the_command_prints_one_line_and_exits_1_on_a_bad_config(tmp_path):
-    path = write_config(tmp_path, "[server]\nport = 'eighty'\n")
+    path = write_text(tmp_path, "[server]\nport = 'eighty'\n")
     result = subprocess.run(
         [sys.executable, "-m", "job_service", "--config", str(path)], capture_output=True, text=True, timeout=30
     )
@@ -72,35 +77,43 @@ def test_the_command_prints_one_line_and_exits_1_on_a_bad_config(tmp_path):
     assert result.stderr == "job-service: bad config: server.port: Not a valid integer.\n"
 
 
-MONGODB = '[storage]\nbackend = "mongodb"\n'
+def mongodb_config(tmp_path: Path, **mongodb: str) -> Path:
+    """A config file for MongoDB, with `mongodb` as its `[storage.mongodb]` section."""
+    return write_config(tmp_path / "config.toml", {"storage": {"backend": "mongodb", "mongodb": mongodb}})
 
 
 def test_mongodb_url_comes_from_the_environment_and_credentials_never_from_the_file(tmp_path):
-    path = write_config(tmp_path, MONGODB + '[storage.mongodb]\nurl = "mongodb://file:27017"\n')
+    path = mongodb_config(tmp_path, url="mongodb://file:27017")
     config = load_config(
         path, environ={"MONGODB_URL": "mongodb://env:27017", "MONGODB_USER": "job", "MONGODB_PASSWORD": "s3cret"}
     )
-    assert config.storage_options == {
-        "url": "mongodb://env:27017",
-        "database": "jobdb",
-        "timeout_seconds": 5.0,
-        "username": "job",
-        "password": "s3cret",
-    }
+    assert config.storage.selected == MongoDBOptions(
+        url="mongodb://env:27017",
+        database="jobdb",
+        timeout_seconds=5.0,
+        username="job",
+        password="s3cret",
+    )
     with pytest.raises(ConfigError, match=r"storage\.mongodb\.password: Unknown field"):
-        load_config(write_config(tmp_path, MONGODB + '[storage.mongodb]\npassword = "x"\n'), environ={})
+        load_config(mongodb_config(tmp_path, password="x"), environ={})
 
 
 def test_a_secrets_file_gives_the_credentials(tmp_path):
     secrets = tmp_path / "secrets.json"
     secrets.write_text('{"MONGODB_USER": "job", "MONGODB_PASSWORD": "from-file"}')
-    config = load_config(write_config(tmp_path, MONGODB), environ={"SECRETS_FILE": str(secrets), "MONGODB_USER": "env"})
-    assert (config.storage_options["username"], config.storage_options["password"]) == ("job", "from-file")
+    config = load_config(mongodb_config(tmp_path), environ={"SECRETS_FILE": str(secrets), "MONGODB_USER": "env"})
+    assert (config.storage.mongodb.username, config.storage.mongodb.password) == ("job", "from-file")
 
 
 def test_a_broken_secrets_file_is_one_line_without_its_content(tmp_path):
     secrets = tmp_path / "secrets.json"
     secrets.write_text('{"MONGODB_PASSWORD": "hunter2",')
     with pytest.raises(ConfigError) as error:
-        load_config(write_config(tmp_path, MONGODB), environ={"SECRETS_FILE": str(secrets)})
+        load_config(mongodb_config(tmp_path), environ={"SECRETS_FILE": str(secrets)})
     assert str(error.value).startswith("SECRETS_FILE: cannot read") and "hunter2" not in str(error.value)
+
+
+def test_a_path_with_quotes_and_backslashes_survives_the_config_file(tmp_path):
+    odd = tmp_path / 'it\'s "quoted" \\ here'
+    prepare_directories(load_config(write_config(tmp_path / "config.toml", {"input": {"dir": str(odd)}}), environ={}))
+    assert odd.is_dir()

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import bump_job, create_job, put_job
+from helpers import bump_job, create_job, put_job, service_config, write_config
 from pymongo import MongoClient
 
 
@@ -29,20 +29,14 @@ def job_service(config: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def tinydb_config(tmp_path, storage, input_dir) -> Path:
-    path = tmp_path / "tinydb.toml"
-    path.write_text(f'[storage.tinydb]\npath = "{storage["tinydb"]["path"]}"\n[input]\ndir = "{input_dir}"\n')
-    return path
+    return write_config(tmp_path / "tinydb.toml", service_config(storage, input_dir))
 
 
 @pytest.fixture
 def mongodb_config(tmp_path, mongodb_url, input_dir):
     database = f"test_{uuid.uuid4().hex[:16]}"
-    path = tmp_path / "mongodb.toml"
-    path.write_text(
-        f'[storage]\nbackend = "mongodb"\n[storage.mongodb]\nurl = "{mongodb_url}"\ndatabase = "{database}"\n'
-        f'[input]\ndir = "{input_dir}"\n'
-    )
-    yield path
+    storage = {"backend": "mongodb", "mongodb": {"url": mongodb_url, "database": database}}
+    yield write_config(tmp_path / "mongodb.toml", service_config(storage, input_dir))
     with MongoClient(mongodb_url) as client:
         client.drop_database(database)
 
@@ -67,14 +61,15 @@ async def test_a_round_trip_tinydb_to_mongodb_is_identical(make_client, tinydb_c
 
     exported = job_service(tinydb_config, "export", "--to", str(from_tinydb))
     assert exported.returncode == 0, exported.stderr
-    assert exported.stdout.strip() == f"exported 11 documents to {from_tinydb}"
+    # 3 jobs, 4 targets, 3 posted maintenance statuses and the initial one stored at start
+    assert exported.stdout.strip() == f"exported 12 documents to {from_tinydb}"
     imported = job_service(mongodb_config, "import", "--from", str(from_tinydb))
     assert imported.returncode == 0, imported.stderr
     assert job_service(mongodb_config, "export", "--to", str(from_mongodb)).returncode == 0
 
     assert from_tinydb.read_text() == from_mongodb.read_text()
     lines = from_tinydb.read_text().splitlines()
-    assert len(lines) == 11 and "Reading ✓ metadata" in from_tinydb.read_text()
+    assert len(lines) == 12 and "Reading ✓ metadata" in from_tinydb.read_text()
 
 
 async def test_import_refuses_a_store_that_is_not_empty_unless_told(make_client, tinydb_config, tmp_path):

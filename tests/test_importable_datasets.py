@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import create_job, put_job
+from helpers import create_job, put_job
 
 
 def make_archive(path: Path, *members: str) -> Path:

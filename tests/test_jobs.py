@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 
 import pytest
-from conftest import bump_job, create_job, post_jobs, put_job, stored_job
+from helpers import bump_job, create_job, post_jobs, put_job, stored_job
 
 from job_service import STORE
 

@@ -7,7 +7,7 @@ import uuid
 
 import aiohttp
 import pytest
-from conftest import create_job, listed, put_job, stored_job
+from helpers import create_job, listed, put_job, service_config, stored_job
 from mongo_server import MongoServer, secantusd
 from pymongo import AsyncMongoClient
 from service_process import ServiceProcess
@@ -113,11 +113,7 @@ async def test_concurrent_updates_never_change_a_job_after_it_is_final(open_stor
 
 
 async def test_two_service_processes_on_one_database_create_one_job_per_target(storage, tmp_path):
-    mongodb = storage["mongodb"]
-    config = (
-        f'[storage]\nbackend = "mongodb"\n[storage.mongodb]\nurl = "{mongodb["url"]}"\n'
-        f'database = "{mongodb["database"]}"\n[input]\ndir = "{tmp_path / "input"}"\n'
-    )
+    config = service_config(storage, tmp_path / "input")
     services = [ServiceProcess(tmp_path, config), ServiceProcess(tmp_path, config)]
     try:
         for service in services:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import report
+from helpers import report, service_config
 from openapi_spec_validator import validate
 from service_process import ServiceProcess
 
@@ -105,9 +105,7 @@ async def test_the_docs_page_renders_every_route_offline_in_chromium(client):
 
 async def test_schemathesis_finds_nothing(storage, tmp_path, backend):
     """Server errors, status codes and response bodies against the document, over every operation."""
-    from test_operability import storage_toml
-
-    service = ServiceProcess(tmp_path, storage_toml(storage, tmp_path) + "[jobs]\nbump_enabled = true\n")
+    service = ServiceProcess(tmp_path, service_config(storage, tmp_path / "input", jobs={"bump_enabled": True}))
     await service.start()
     try:
         result = subprocess.run(

@@ -12,27 +12,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import create_job, put_job
+from helpers import create_job, put_job, service_config
 from prometheus_client.parser import text_string_to_metric_families
 from service_process import ServiceProcess
 
 
-def storage_toml(storage: dict, tmp_path: Path) -> str:
-    """The `[storage]` and `[input]` sections of a service process on the test's store."""
-    if storage["backend"] == "tinydb":
-        section = f'[storage.tinydb]\npath = "{storage["tinydb"]["path"]}"\n'
-    else:
-        mongodb = storage["mongodb"]
-        section = (
-            f'[storage]\nbackend = "mongodb"\n'
-            f'[storage.mongodb]\nurl = "{mongodb["url"]}"\ndatabase = "{mongodb["database"]}"\n'
-        )
-    return section + f'[input]\ndir = "{tmp_path / "input"}"\n'
-
-
 @pytest.mark.parametrize("backend", ["tinydb"])
 async def test_every_log_line_of_a_request_is_json_with_its_request_id(storage, tmp_path):
-    service = ServiceProcess(tmp_path, storage_toml(storage, tmp_path) + '[logging]\nformat = "json"\n')
+    service = ServiceProcess(tmp_path, service_config(storage, tmp_path / "input", logging={"format": "json"}))
     (tmp_path / "input").mkdir()
     (tmp_path / "input" / "BROKEN.tar").write_bytes(b"not a tar")
     await service.start()
@@ -75,7 +62,7 @@ async def test_every_log_line_of_a_request_is_json_with_its_request_id(storage, 
 
 @pytest.mark.parametrize("backend", ["tinydb"])
 async def test_the_text_format_is_readable(storage, tmp_path):
-    service = ServiceProcess(tmp_path, storage_toml(storage, tmp_path))
+    service = ServiceProcess(tmp_path, service_config(storage, tmp_path / "input"))
     await service.start()
     try:
         async with aiohttp.ClientSession() as session:
@@ -139,7 +126,7 @@ async def test_expected_outcomes_are_not_counted_as_store_errors(client):
 
 
 async def test_sigterm_during_a_burst_of_writes_loses_nothing_it_answered(storage, tmp_path):
-    service = ServiceProcess(tmp_path, storage_toml(storage, tmp_path))
+    service = ServiceProcess(tmp_path, service_config(storage, tmp_path / "input"))
     await service.start()
     answered: list[str] = []
     refused: list[str] = []
@@ -186,7 +173,7 @@ async def test_sigterm_during_a_burst_of_writes_loses_nothing_it_answered(storag
 async def test_the_service_runs_under_gunicorn(storage, tmp_path):
     gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
     assert gunicorn, "gunicorn is a test dependency"
-    service = ServiceProcess(tmp_path, storage_toml(storage, tmp_path))
+    service = ServiceProcess(tmp_path, service_config(storage, tmp_path / "input"))
     service.command = (
         gunicorn, "job_service:gunicorn_app", "--worker-class", "aiohttp.GunicornWebWorker",
         "--bind", f"127.0.0.1:{service.port}", "--workers", "1",

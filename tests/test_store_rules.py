@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from conftest import listed, stored_job
+from helpers import listed, store_options, stored_job
 
 from backends import JobQuery, TargetBusy, open_store
 
 
 @pytest.fixture
 async def store(storage):
-    backend = storage["backend"]
-    opened = await open_store(backend, storage[backend])
+    opened = await open_store(store_options(storage))
     yield opened
     await opened.close()
 

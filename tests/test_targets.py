@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import bump_job, create_job, put_job
+from helpers import bump_job, create_job, put_job
 
 
 async def test_a_new_job_records_its_target(client):

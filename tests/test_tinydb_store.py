@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import listed, stored_job
+from helpers import listed, service_config, stored_job, write_config
 
 import backends.tinydb as tinydb_backend
 from backends import JobChange, JobQuery, StoreLocked, TargetBusy
@@ -49,8 +49,8 @@ async def test_a_second_owner_of_the_data_directory_is_refused(tmp_path):
 
 
 def test_a_second_service_process_refuses_to_start_with_one_clear_line(tmp_path):
-    config = tmp_path / "config.toml"
-    config.write_text(f'[storage.tinydb]\npath = "{tmp_path / "data"}"\n[input]\ndir = "{tmp_path / "in"}"\n')
+    storage = {"tinydb": {"path": str(tmp_path / "data")}}
+    config = write_config(tmp_path / "config.toml", service_config(storage, tmp_path / "in"))
     (tmp_path / "data").mkdir()
     holder = subprocess.Popen(
         [

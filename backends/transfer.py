@@ -1,0 +1,75 @@
+"""Moving every document between stores: `job-service export` and `job-service import`.
+
+It works through the storage protocol alone, so an export of any backend imports
+into any other. The file is JSON Lines, one `{"collection", "document"}` a line,
+documents exactly as the API shows them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import MongoDBOptions, TinyDBOptions, open_store
+from .base import COLLECTIONS, parse_json
+
+
+class TransferError(Exception):
+    """An export or import that cannot be done; its text is the one line printed."""
+
+
+async def export_documents(options: TinyDBOptions | MongoDBOptions, path: Path) -> int:
+    """Write every document of the store to `path` as JSON Lines; how many."""
+    store = await open_store(options)
+    count = 0
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            for collection in COLLECTIONS:
+                for document in await store.dump_collection(collection):
+                    document.pop("revision", None)  # the store's own bookkeeping, not the job's
+                    line = {"collection": collection, "document": document}
+                    out.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+                    count += 1
+    finally:
+        await store.close()
+    return count
+
+
+def read_export(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """An export file, checked line by line before anything is written."""
+    documents: dict[str, list[dict[str, Any]]] = {collection: [] for collection in COLLECTIONS}
+    try:
+        with open(path, encoding="utf-8") as lines:
+            for number, text in enumerate(lines, start=1):
+                try:
+                    line = parse_json(text)
+                except ValueError:
+                    raise TransferError(f"{path}:{number}: not a JSON line") from None
+                if (
+                    not isinstance(line, dict)
+                    or line.keys() != {"collection", "document"}
+                    or line["collection"] not in COLLECTIONS
+                    or not isinstance(line["document"], dict)
+                ):
+                    raise TransferError(f"{path}:{number}: not a job-service export line")
+                documents[line["collection"]].append(line["document"])
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TransferError(f"cannot read {path}: {exc}") from None
+    return documents
+
+
+async def import_documents(options: TinyDBOptions | MongoDBOptions, path: Path, replace: bool) -> int:
+    """Load an export into the store, which must be empty unless `replace`; how many."""
+    documents = read_export(path)
+    store = await open_store(options)
+    try:
+        if replace:
+            await store.clear()
+        elif not await store.is_empty():
+            raise TransferError("the destination store is not empty; add --replace to empty it first")
+        for collection, collection_documents in documents.items():
+            await store.load_collection(collection, collection_documents)
+    finally:
+        await store.close()
+    return sum(len(collection_documents) for collection_documents in documents.values())

@@ -1,0 +1,110 @@
+"""What tests and the bench share besides fixtures: config files, job documents, HTTP steps.
+
+A plain module, not a test module or conftest, so that any test (and bench/) can import it
+without importing another test module.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from aiohttp.test_utils import TestClient
+
+from backends import MongoDBOptions, TinyDBOptions
+
+REPORT: list[str] = []
+#: Every status each route (method, path template) answered to the tests' clients in this run.
+OBSERVED_STATUSES: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
+
+
+def report(line: str) -> None:
+    """Print `line` at the end of the run: figures and artifact paths CI's log should show."""
+    REPORT.append(line)
+
+
+def write_config(path: Path, sections: dict[str, Any]) -> Path:
+    """Write `sections` (TOML tables as dicts) to `path` as TOML; `path`.
+
+    A TOML writer quotes every value: text pasted into a template breaks on a path with a quote.
+    """
+    path.write_text(tomli_w.dumps(sections))
+    return path
+
+
+def service_config(storage: dict[str, Any], input_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """A service's config on `storage` (a `[storage]` section, as the fixture gives), plus `sections`."""
+    return {"storage": storage, "input": {"dir": str(input_dir)}, **sections}
+
+
+def store_options(storage: dict[str, Any]) -> TinyDBOptions | MongoDBOptions:
+    """The options `backends.open_store` takes, for a `[storage]` section as the fixture gives."""
+    backend = storage["backend"]
+    return TinyDBOptions(**storage[backend]) if backend == "tinydb" else MongoDBOptions(**storage[backend])
+
+
+def bump_job(**overrides: Any) -> dict[str, Any]:
+    """A valid BUMP as the admin UI posts it."""
+    job = {
+        "operation": "BUMP",
+        "target": "DATASTORE",
+        "description": "Release two datasets",
+        "bumpFromVersion": "1.0.0",
+        "bumpToVersion": "1.1.0",
+        "bumpManifesto": {
+            "version": "1.1.0.0",
+            "description": "Release two datasets",
+            "releaseTime": 1700000000,
+            "languageCode": "no",
+            "updateType": "MINOR",
+            "dataStructureUpdates": [
+                {"name": "NEW_DATASET", "description": "first", "operation": "ADD", "releaseStatus": "PENDING_RELEASE"},
+                {
+                    "name": "OLD_DATASET",
+                    "description": "gone",
+                    "operation": "REMOVE",
+                    "releaseStatus": "PENDING_DELETE",
+                },
+                {"name": "DRAFT_DATASET", "description": "wip", "operation": "ADD", "releaseStatus": "DRAFT"},
+            ],
+        },
+    }
+    job.update(overrides)
+    return job
+
+
+def stored_job(job_id: str, target: str = "MY_DATASET", status: str = "queued") -> dict[str, Any]:
+    """A job document as a store holds it; ids that sort as numbers keep `createdAt` in their order."""
+    return {
+        "jobId": job_id,
+        "status": status,
+        "parameters": {"operation": "ADD", "target": target},
+        "log": [],
+        "createdAt": f"2026-11-29T10:00:00.{job_id[-6:]:0>6}+00:00",
+        "createdBy": {"userId": "u", "firstName": "F", "lastName": "L"},
+    }
+
+
+async def listed(jobs: Any) -> list[dict[str, Any]]:
+    """Everything a store's job iterator yields."""
+    return [job async for job in jobs]
+
+
+async def post_jobs(client: TestClient, *jobs: dict[str, Any]) -> list[dict[str, Any]]:
+    response = await client.post("/jobs", json={"jobs": list(jobs)})
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def create_job(client: TestClient, **job: Any) -> str:
+    """Post one job that must be created; its jobId."""
+    [result] = await post_jobs(client, job)
+    assert result["msg"] == "CREATED", result
+    return result["job_id"]
+
+
+async def put_job(client: TestClient, job_id: str, **body: Any) -> None:
+    response = await client.put(f"/jobs/{job_id}", json=body)
+    assert response.status == 200, await response.text()

@@ -1,0 +1,175 @@
+"""The seams between the service and its stores: errors, ownership, revisions, start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from helpers import create_job, store_options, stored_job
+
+from backends import (
+    JobChange,
+    JobQuery,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+)
+from job_service import INITIAL_MAINTENANCE_MSG, STORE
+
+INITIAL = {"msg": "initial", "paused": False, "timestamp": "2026-11-30T00:00:00.000000+00:00"}
+
+
+@pytest.fixture
+async def open_stores(storage):
+    """Open stores on the one fresh store of the test; all closed at its end."""
+    opened = []
+
+    async def open_one(initial_maintenance=None):
+        store = await open_store(store_options(storage), initial_maintenance)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(open_stores):
+    return await open_stores()
+
+
+class DiskOnFire(StoreError):
+    """A failure of a kind the service has never heard of."""
+
+
+class SlowDisk(StoreUnavailable):
+    """A kind of unavailability the service has never heard of by name."""
+
+
+def fail_with(client, operation: str, error: Exception) -> None:
+    """Make the app's real store raise `error` from `operation`, as a failing backend would."""
+
+    async def failing(*args: Any) -> Any:
+        raise error
+
+    setattr(client.app[STORE]._store, operation, failing)
+
+
+async def test_an_unmapped_store_error_is_a_json_500_with_a_logged_traceback(client, caplog):
+    fail_with(client, "get_target", DiskOnFire("the disk is on fire"))
+    with caplog.at_level(logging.ERROR, logger="job_service"):
+        response = await client.get("/targets/MY_DATASET")
+    assert response.status == 500
+    assert response.content_type == "application/json"
+    assert await response.json() == {"message": "Internal Server Error"}
+    [record] = [record for record in caplog.records if record.exc_info]
+    assert record.exc_info[0] is DiskOnFire
+
+
+async def test_a_subclass_of_a_mapped_store_error_means_what_its_base_means(client):
+    fail_with(client, "get_target", SlowDisk("The database cannot be reached"))
+    response = await client.get("/targets/MY_DATASET")
+    assert response.status == 503
+    assert await response.json() == {"message": "The database cannot be reached"}
+
+
+async def test_the_initial_maintenance_status_is_stored_at_start_not_by_a_read(client):
+    history = await (await client.get("/maintenance-history")).json()
+    assert [(status["msg"], status["paused"]) for status in history] == [(INITIAL_MAINTENANCE_MSG, False)]
+    assert await (await client.get("/maintenance-status")).json() == history[0]
+
+
+async def test_the_initial_maintenance_status_is_stored_once_however_often_stores_open(open_stores):
+    first = await open_stores({**INITIAL, "msg": "first"})
+    await first.close()
+    again = await open_stores({**INITIAL, "msg": "second"})
+    assert [status["msg"] for status in await again.maintenance_history()] == ["first"]
+
+
+async def test_a_store_opened_without_an_initial_status_stores_none(store):
+    assert await store.latest_maintenance() is None
+    assert await store.maintenance_history() == []
+
+
+@pytest.mark.parametrize("backend", ["mongodb"])
+async def test_processes_starting_together_on_one_database_store_one_initial_status(open_stores):
+    stores = [await open_stores({**INITIAL, "msg": f"process {n}"}) for n in range(4)]
+    await asyncio.gather(*(store.ping() for store in stores))  # each prepares the database
+    [status] = await stores[0].maintenance_history()
+    assert status["msg"].startswith("process ")
+
+
+async def test_a_change_that_adds_no_log_line_is_still_a_new_revision(client):
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    assert (await (await client.get(f"/jobs/{job_id}")).json())["parameters"] == {
+        "operation": "ADD",
+        "target": "MY_DATASET",
+    }
+    # A change that appends nothing to the log: the job keeps its log's length.
+    await client.app[STORE].update_job(job_id, JobChange(description="Changed quietly"))
+    job = await (await client.get(f"/jobs/{job_id}")).json()
+    assert job["parameters"]["description"] == "Changed quietly" and job["log"] == []
+
+
+async def test_each_change_moves_the_revision_on(store):
+    await store.insert_job(stored_job("1"))
+    first = await store.update_job("1", JobChange(status="validating"))
+    second = await store.update_job("1", JobChange(description="same log length"))
+    assert first["revision"] < second["revision"] == (await store.get_job("1"))["revision"]
+
+
+async def test_a_store_keeps_no_part_of_the_job_it_was_given(store):
+    job = stored_job("1", "MINE")
+    await store.insert_job(job)
+    job["parameters"]["target"] = "CHANGED"
+    job["log"].append({"at": "now", "message": "not through the store"})
+    job["createdBy"]["userId"] = "someone else"
+    assert await store.get_job("1") == stored_job("1", "MINE")
+
+
+async def test_a_job_handed_out_is_the_callers_own(store):
+    await store.insert_job(stored_job("1", "MINE"))
+    await store.update_job("1", JobChange(status="validating", log=[{"at": "t", "message": "Set status: validating"}]))
+    handed_out = [
+        await store.get_job("1"),
+        *[job async for job in store.find_jobs(JobQuery())],
+        *[job async for job in store.jobs_for_target("MINE")],
+    ]
+    for job in handed_out:
+        job["log"].append({"at": "now", "message": "not through the store"})
+        job["parameters"]["target"] = "CHANGED"
+    updated = await store.update_job("1", JobChange(status="built"))
+    updated["log"].clear()
+    job = await store.get_job("1")
+    assert job["parameters"]["target"] == "MINE"
+    assert [entry["message"] for entry in job["log"]] == ["Set status: validating"]
+
+
+async def test_a_store_keeps_no_part_of_a_target_and_hands_out_none_of_its_own(store):
+    target = {
+        "name": "MINE",
+        "lastUpdatedAt": "2026-11-30T00:00:00.000000+00:00",
+        "status": "queued",
+        "lastUpdatedBy": {"userId": "u", "firstName": "F", "lastName": "L"},
+        "action": ["ADD"],
+    }
+    await store.save_target(target)
+    target["action"].append("CHANGED")
+    given_back = await store.get_target("MINE")
+    assert given_back["action"] == ["ADD"]
+    given_back["action"].append("CHANGED")
+    [listed] = await store.list_targets()
+    listed["lastUpdatedBy"]["userId"] = "someone else"
+    assert await store.get_target("MINE") == {**target, "action": ["ADD"]}
+
+
+async def test_a_store_keeps_no_part_of_a_maintenance_status(store):
+    status = dict(INITIAL)
+    await store.add_maintenance(status)
+    status["paused"] = True
+    latest = await store.latest_maintenance()
+    latest["msg"] = "changed"
+    assert await store.latest_maintenance() == INITIAL

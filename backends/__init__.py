@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from .base import (
     COLLECTIONS,
     FINAL_STATUSES,
+    Datastore,
+    DatastoreBusy,
+    DatastoreTaken,
     Job,
     JobChange,
     JobFinal,
@@ -29,6 +32,9 @@ from .base import (
 __all__ = [
     "COLLECTIONS",
     "FINAL_STATUSES",
+    "Datastore",
+    "DatastoreBusy",
+    "DatastoreTaken",
     "Job",
     "JobChange",
     "JobFinal",
@@ -72,14 +78,17 @@ class MongoDBOptions:
 
 
 async def open_store(
-    options: TinyDBOptions | MongoDBOptions, initial_maintenance: MaintenanceStatus | None = None
+    options: TinyDBOptions | MongoDBOptions,
+    default_datastore: str,
+    initial_maintenance: MaintenanceStatus | None = None,
 ) -> Store:
-    """Open the backend that `options` configure. A serving process passes the
+    """Open the backend that `options` configure, whose documents from before
+    datastores belong to `default_datastore`. A serving process passes the
     maintenance status to store when none ever was; the commands pass none."""
     if isinstance(options, TinyDBOptions):
         from .tinydb import TinyDBStore
 
-        return await TinyDBStore.open(options.path, initial_maintenance)
+        return await TinyDBStore.open(options.path, default_datastore, initial_maintenance)
     from .mongo import MongoStore
 
     return await MongoStore.open(
@@ -88,5 +97,6 @@ async def open_store(
         options.timeout_seconds,
         options.username,
         options.password,
-        initial_maintenance,
+        default_datastore=default_datastore,
+        initial_maintenance=initial_maintenance,
     )

@@ -31,6 +31,9 @@ class LogEntry(TypedDict):
 
 class Job(TypedDict):
     jobId: str
+    #: The datastore the job works in. A document written before datastores
+    #: existed has none: it belongs to the store's default datastore.
+    datastoreRdn: str
     status: str
     #: `operation`, `target` and whichever optional values the job was given.
     parameters: dict[str, Any]
@@ -43,11 +46,24 @@ class Job(TypedDict):
 
 
 class Target(TypedDict):
+    datastoreRdn: str
     name: str
     lastUpdatedAt: str
     status: str
     lastUpdatedBy: User
     action: list[str]
+
+
+class Datastore(TypedDict):
+    """A datastore of the registry; a deleted one keeps its rdn, jobs and files."""
+
+    rdn: str
+    name: str
+    description: str
+    #: Absolute; its input directory (archives waiting) is `<directory>_input`.
+    directory: str
+    bumpEnabled: bool
+    deleted: bool
 
 
 class MaintenanceStatus(TypedDict):
@@ -80,7 +96,7 @@ def revision_of(job: Job) -> int:
 
 
 #: The collections every backend keeps, by these names: what export writes and import reads.
-COLLECTIONS = ("inprogress", "completed", "targets", "maintenance")
+COLLECTIONS = ("datastores", "inprogress", "completed", "targets", "maintenance")
 
 #: A job in one of these is done: it leaves the in-progress set for the
 #: completed set, which is how the storage layout follows the status.
@@ -123,6 +139,24 @@ class JobNotFound(StoreAnswer):
         super().__init__(f"No job found for jobId: {job_id}")
 
 
+class DatastoreTaken(StoreAnswer):
+    """The rdn is registered already, live or deleted: an rdn is never reused."""
+
+    status = 409
+
+    def __init__(self, rdn: str) -> None:
+        super().__init__(f"Datastore rdn {rdn} already exists")
+
+
+class DatastoreBusy(StoreAnswer):
+    """A datastore with a job in progress cannot be deleted."""
+
+    status = 409
+
+    def __init__(self, rdn: str) -> None:
+        super().__init__(f"Datastore {rdn} has a job in progress")
+
+
 class JobFinal(StoreAnswer):
     """The job is completed or failed, and a final job never changes again."""
 
@@ -136,6 +170,7 @@ class JobFinal(StoreAnswer):
 class JobQuery:
     """Filters of `GET /jobs`; `None` means "any"."""
 
+    datastore: str | None = None
     status: str | None = None
     operations: frozenset[str] | None = None
     ignore_completed: bool = False
@@ -154,7 +189,8 @@ class JobChange:
 class StoreStats:
     """What /metrics reports of the store; cheap to get at any history size."""
 
-    in_progress: dict[str, int]
+    #: In-progress jobs by (datastore rdn, status).
+    in_progress: dict[tuple[str, str], int]
     completed: int
     paused: bool
 
@@ -177,7 +213,14 @@ def manifesto_datasets(job: Job) -> list[str]:
 
 
 class Store(Protocol):
-    """The async interface every backend implements, and all the handlers use."""
+    """The async interface every backend implements, and all the handlers use.
+
+    Every job and target belongs to one datastore (`datastoreRdn`); the rule
+    "one job in progress per target" holds per datastore. A store is opened
+    with the rdn of the default datastore: a document written before
+    datastores existed (no `datastoreRdn`) belongs to it, on every read and
+    every import, without the store rewriting anything it need not.
+    """
 
     async def ping(self) -> None:
         """Return when the backend answers; raise StoreUnavailable otherwise."""
@@ -185,30 +228,47 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def insert_job(self, job: Job) -> None:
-        """Store a new in-progress job; raise TargetBusy if its target has one."""
+        """Store a new in-progress job; raise TargetBusy if its target has one in its datastore."""
 
-    async def get_job(self, job_id: str) -> Job | None: ...
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job with this id, in any datastore."""
 
     def find_jobs(self, query: JobQuery) -> AsyncIterator[Job]:
         """Jobs matching `query`, in `job_order`, each once; an iterator, so that
         years of history are never in memory whole."""
 
-    def jobs_for_target(self, name: str) -> AsyncIterator[Job]:
-        """Jobs whose target is `name` or whose BUMP manifesto lists it, as `find_jobs`."""
+    def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[Job]:
+        """Jobs of the datastore whose target is `name` or whose BUMP manifesto lists it, as `find_jobs`."""
 
     async def update_job(self, job_id: str, change: JobChange) -> Job:
         """Apply `change` and return the job; move it to the completed set when
         its new status is final. Raise JobNotFound or JobFinal."""
 
-    async def target_in_progress(self, name: str) -> bool: ...
+    async def target_in_progress(self, datastore: str, name: str) -> bool: ...
 
     async def save_target(self, target: Target) -> None:
-        """Insert or replace the target with the same name."""
+        """Insert or replace the target with the same datastore and name."""
 
-    async def get_target(self, name: str) -> Target | None: ...
+    async def get_target(self, datastore: str, name: str) -> Target | None: ...
 
-    async def list_targets(self) -> list[Target]:
-        """All targets, ordered by name."""
+    async def list_targets(self, datastore: str) -> list[Target]:
+        """The datastore's targets, ordered by name."""
+
+    async def add_datastore(self, datastore: Datastore) -> None:
+        """Register a datastore; raise DatastoreTaken if its rdn is registered, live or deleted."""
+
+    async def get_datastore(self, rdn: str) -> Datastore | None:
+        """The registered datastore, deleted or not."""
+
+    async def list_datastores(self) -> list[Datastore]:
+        """Every registered datastore, deleted ones included, ordered by rdn."""
+
+    async def delete_datastore(self, rdn: str) -> None:
+        """Mark a registered datastore deleted, keeping its jobs and targets;
+        raise DatastoreBusy while it has a job in progress."""
+
+    async def remove_datastore(self, rdn: str) -> None:
+        """Forget a datastore entirely (undoing a provisioning that failed); nothing if unknown."""
 
     async def add_maintenance(self, status: MaintenanceStatus) -> None: ...
 
@@ -219,15 +279,17 @@ class Store(Protocol):
         """Every status, newest first (by insertion, so equal timestamps keep order)."""
 
     async def stats(self) -> StoreStats:
-        """In-progress jobs by status, the completed count and the maintenance flag,
-        without reading the completed history."""
+        """In-progress jobs by datastore and status, the completed count and the
+        maintenance flag, without reading the completed history."""
 
     async def dump_collection(self, name: str) -> list[dict[str, Any]]:
         """Every document of one of COLLECTIONS, in a stable order that `load_collection`
-        keeps: jobs in job order, targets by name, maintenance oldest first."""
+        keeps: jobs in job order, targets by datastore and name, datastores by rdn,
+        maintenance oldest first."""
 
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
-        """Add exported documents to one of COLLECTIONS as they are."""
+        """Add exported documents to one of COLLECTIONS as they are (jobs and targets
+        without `datastoreRdn` into the default datastore)."""
 
     async def is_empty(self) -> bool: ...
 

@@ -75,10 +75,17 @@ def bump_job(**overrides: Any) -> dict[str, Any]:
     return job
 
 
-def stored_job(job_id: str, target: str = "MY_DATASET", status: str = "queued") -> dict[str, Any]:
+#: The default datastore's rdn when the config does not name one.
+DEFAULT_DATASTORE = "local"
+
+
+def stored_job(
+    job_id: str, target: str = "MY_DATASET", status: str = "queued", datastore: str = DEFAULT_DATASTORE
+) -> dict[str, Any]:
     """A job document as a store holds it; ids that sort as numbers keep `createdAt` in their order."""
     return {
         "jobId": job_id,
+        "datastoreRdn": datastore,
         "status": status,
         "parameters": {"operation": "ADD", "target": target},
         "log": [],

@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
 import stat
 import sys
@@ -64,6 +65,8 @@ import swagger_ui_bundle
 from aiohttp import web
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from marshmallow import (
     EXCLUDE,
     Schema,
@@ -77,6 +80,8 @@ from multidict import MultiMapping
 
 from backends import (
     FINAL_STATUSES,
+    Datastore,
+    DatastoreTaken,
     Job,
     JobChange,
     JobNotFound,
@@ -112,6 +117,8 @@ OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")
 ENCODED_JOBS: web.AppKey[EncodedCache] = web.AppKey("encoded_jobs")
 ENCODED_TARGETS: web.AppKey[EncodedCache] = web.AppKey("encoded_targets")
 ARCHIVES: web.AppKey[ArchiveInspections] = web.AppKey("archives")
+#: Held while a datastore is provisioned: one at a time in a process.
+PROVISIONING: web.AppKey[asyncio.Lock] = web.AppKey("provisioning")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -143,9 +150,14 @@ OPERATIONS = (
     "REMOVE",
     "ROLLBACK_REMOVE",
     "DELETE_ARCHIVE",
+    "GENERATE_RSA_KEYS",
+    # The 2026 executor's name for GENERATE_RSA_KEYS: its poll names it, so it must not be a 400.
+    "GENERATE_KEYS",
 )
 RELEASE_STATUSES = ("DRAFT", "PENDING_RELEASE", "PENDING_DELETE")
 DATASTORE = "DATASTORE"
+#: The operations on a datastore as a whole: their target is DATASTORE, and only theirs is.
+DATASTORE_OPERATIONS = ("BUMP", "GENERATE_RSA_KEYS", "GENERATE_KEYS")
 #: Fields a new job must have for its operation, beyond operation and target.
 REQUIRED_BY_OPERATION = {
     "SET_STATUS": ("releaseStatus",),
@@ -157,6 +169,23 @@ DATASET_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,127}")
 DATASET_NAME_PATTERN = "^[A-Z][A-Z0-9_]{0,127}$"
 MAX_JOBS_PER_POST = 1000
 INITIAL_MAINTENANCE_MSG = "Initial status inserted by job service at startup."
+#: Lower-case letters in dot-separated parts: `no.ssb.fdb`.
+DATASTORE_RDN = re.compile(r"[a-z]+(\.[a-z]+)*")
+DATASTORE_RDN_PATTERN = r"^[a-z]+(\.[a-z]+)*$"
+MAX_RDN_LENGTH = 128
+#: Path segments under /datastores that are routes of their own, not rdns.
+RESERVED_RDNS = frozenset({"rdns"})
+
+
+def is_datastore_rdn(rdn: object) -> bool:
+    return isinstance(rdn, str) and len(rdn) <= MAX_RDN_LENGTH and DATASTORE_RDN.fullmatch(rdn) is not None
+
+
+def invalid_rdn_message(rdn: str) -> str:
+    return (
+        f'"{rdn}" is not a datastore rdn: use lower-case letters a-z in parts separated by single dots'
+        f" (such as no.ssb.fdb), at most {MAX_RDN_LENGTH} characters"
+    )
 
 
 def now_iso() -> str:
@@ -228,11 +257,28 @@ class AuthConfig:
     enabled: bool
     jwks_url: str | None
     jwks_file: str | None
+    #: What administrators' tokens must carry.
     audience: str
     role: str
     algorithms: list[str]
-    service_token: str | None
+    #: The job executor's key; None leaves what only the executor does open, as the original service did.
+    api_key: str | None
+    provision_audience: str
+    #: The `user/uuid`s that may provision and delete datastores.
+    provisioners: list[str]
+    #: Opens GET /jobs and GET /jobs/{jobId} to callers without a credential (an executor that sends none).
+    open_job_reads: bool
     jwks_refetch_seconds: float
+
+
+@dataclass(frozen=True)
+class DatastoresConfig:
+    #: Where provisioning creates a datastore's directories: `<root>/<rdn>`.
+    root: Path
+    #: The rdn of the datastore the original routes act on.
+    default: str
+    #: The default datastore's directory, as the executor is told it; `<root>/<default>` when unset.
+    default_directory: Path | None
 
 
 @dataclass(frozen=True)
@@ -244,6 +290,7 @@ class Config:
     local_user: LocalUser
     auth: AuthConfig
     logging: LoggingConfig
+    datastores: DatastoresConfig
 
 
 class StrictBoolean(fields.Boolean):
@@ -327,6 +374,8 @@ class LocalUserSection(ConfigSection):
 
 #: Public-key algorithms only: a symmetric one would let anyone holding the
 #: public JWKS sign tokens, and "none" signs nothing.
+#: Long enough that guessing it is hopeless.
+MIN_API_KEY_LENGTH = 16
 SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 
 
@@ -342,7 +391,12 @@ class AuthSection(ConfigSection):
         validate=validate.Length(min=1),
         load_default=lambda: ["RS256", "RS512"],
     )
-    service_token = fields.String(validate=validate.Length(min=16), load_default=None)
+    api_key = fields.String(validate=validate.Length(min=MIN_API_KEY_LENGTH), load_default=None)
+    #: The old name of api_key, still read so that existing configurations keep working.
+    service_token = fields.String(validate=validate.Length(min=MIN_API_KEY_LENGTH), load_default=None)
+    provision_audience = fields.String(load_default="datastore-api-provision")
+    provisioners = fields.List(fields.String(), load_default=list)
+    open_job_reads = StrictBoolean(load_default=False)
     #: A token naming an unknown key id refetches the JWKS at most this often,
     #: so that made-up key ids cannot make the service hammer the key server.
     jwks_refetch_seconds = fields.Float(validate=validate.Range(min=0), load_default=30.0)
@@ -351,6 +405,25 @@ class AuthSection(ConfigSection):
     def check_key_source(self, data: dict[str, Any], **kwargs: Any) -> None:
         if data.get("enabled") and (data.get("jwks_url") is None) == (data.get("jwks_file") is None):
             raise ValidationError("With auth enabled, give exactly one of jwks_url and jwks_file.", "jwks_url")
+        if data.get("api_key") is not None and data.get("service_token") is not None:
+            raise ValidationError("Give api_key or its old name service_token, not both.", "service_token")
+
+    @post_load
+    def make_model(self, data: dict[str, Any], **kwargs: Any) -> AuthConfig:
+        service_token = data.pop("service_token")
+        return AuthConfig(**{**data, "api_key": data["api_key"] or service_token})
+
+
+def validate_rdn(rdn: str) -> None:
+    if not is_datastore_rdn(rdn):
+        raise ValidationError(invalid_rdn_message(rdn))
+
+
+class DatastoresSection(ConfigSection):
+    model = DatastoresConfig
+    root = fields.Function(deserialize=Path, load_default=lambda: Path("datastores"))
+    default = fields.String(validate=validate_rdn, load_default="local")
+    default_directory = fields.Function(deserialize=Path, load_default=None)
 
 
 class ConfigSchema(ConfigSection):
@@ -362,31 +435,48 @@ class ConfigSchema(ConfigSection):
     local_user = section(LocalUserSection)
     auth = section(AuthSection)
     logging = section(LoggingSection)
+    datastores = section(DatastoresSection)
 
 
-def mongodb_credentials(environ: Mapping[str, str]) -> dict[str, str]:
-    """MongoDB user and password as the original deploys them: a JSON secrets
-    file named by `SECRETS_FILE`, else `MONGODB_USER` and `MONGODB_PASSWORD`.
-    Kept out of the TOML file, and never echoed."""
-    secrets: Mapping[str, Any] = environ
-    if environ.get("SECRETS_FILE"):
-        try:
-            secrets = json.loads(Path(environ["SECRETS_FILE"]).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"SECRETS_FILE: cannot read {environ['SECRETS_FILE']}: {type(exc).__name__}") from None
-        if not isinstance(secrets, dict):
-            raise ConfigError("SECRETS_FILE: must hold a JSON object")
+def read_secrets(environ: Mapping[str, str]) -> Mapping[str, Any]:
+    """Secrets as the platform deploys them: a JSON file named by `SECRETS_FILE`,
+    else the environment itself. Kept out of the TOML file, and never echoed."""
+    if not environ.get("SECRETS_FILE"):
+        return environ
+    try:
+        secrets = json.loads(Path(environ["SECRETS_FILE"]).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"SECRETS_FILE: cannot read {environ['SECRETS_FILE']}: {type(exc).__name__}") from None
+    if not isinstance(secrets, dict):
+        raise ConfigError("SECRETS_FILE: must hold a JSON object")
+    return secrets
+
+
+def with_mongodb_credentials(config: Config, secrets: Mapping[str, Any]) -> Config:
+    """MongoDB's user and password from `MONGODB_USER` and `MONGODB_PASSWORD`."""
     user, password = secrets.get("MONGODB_USER"), secrets.get("MONGODB_PASSWORD")
     if not user:
-        return {}
+        return config
     if not isinstance(user, str) or not isinstance(password, str):
         raise ConfigError("MONGODB_USER and MONGODB_PASSWORD must both be given as strings")
-    return {"username": user, "password": password}
+    mongodb = dataclasses.replace(config.storage.mongodb, username=user, password=password)
+    return dataclasses.replace(config, storage=dataclasses.replace(config.storage, mongodb=mongodb))
+
+
+def with_api_key(config: Config, environ: Mapping[str, str], secrets: Mapping[str, Any]) -> Config:
+    """The executor's key from `JOB_SERVICE_API_KEY`, else the secrets' `API_KEY`, else the file."""
+    key = environ.get("JOB_SERVICE_API_KEY") or secrets.get("API_KEY")
+    if not key:
+        return config
+    if not isinstance(key, str) or len(key) < MIN_API_KEY_LENGTH:
+        raise ConfigError(f"the API key must be a string of at least {MIN_API_KEY_LENGTH} characters")
+    return dataclasses.replace(config, auth=dataclasses.replace(config.auth, api_key=key))
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Read the TOML file (all defaults without one); as in the original, the
-    environment's `INPUT_DIR` and `MONGODB_URL` override it."""
+    environment's `INPUT_DIR` and `MONGODB_URL` override it, and secrets come
+    from the environment or `SECRETS_FILE`, never from the file."""
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -402,18 +492,15 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         config: Config = ConfigSchema().load(raw)
     except ValidationError as exc:
         raise ConfigError(f"bad config: {describe(exc.messages)}") from None
+    secrets = read_secrets(environ)
     if config.storage.backend == "mongodb":
-        credentials = mongodb_credentials(environ)
-        mongodb = dataclasses.replace(
-            config.storage.mongodb, username=credentials.get("username"), password=credentials.get("password")
-        )
-        config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, mongodb=mongodb))
-    return config
+        config = with_mongodb_credentials(config, secrets)
+    return with_api_key(config, environ, secrets)
 
 
 def prepare_directories(config: Config) -> None:
     """Create the directories the service writes to, or say which key is wrong."""
-    directories = {"input.dir": config.input.dir}
+    directories = {"input.dir": config.input.dir, "datastores.root": config.datastores.root}
     if config.storage.backend == "tinydb":
         directories["storage.tinydb.path"] = Path(config.storage.tinydb.path)
     for key, directory in directories.items():
@@ -421,6 +508,21 @@ def prepare_directories(config: Config) -> None:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"bad config: {key}: cannot create directory {directory}: {exc.strerror}") from None
+
+
+def default_datastore(config: Config) -> Datastore:
+    """The datastore of the original routes, as its configuration describes it:
+    a configuration from before datastores means exactly what it meant then."""
+    rdn = config.datastores.default
+    directory = config.datastores.default_directory or config.datastores.root / rdn
+    return Datastore(
+        rdn=rdn,
+        name="Default datastore",
+        description="The datastore the original job-service routes act on",
+        directory=str(directory.absolute()),
+        bumpEnabled=config.jobs.bump_enabled,
+        deleted=False,
+    )
 
 
 # --- request and response schemas ------------------------------------------
@@ -471,10 +573,10 @@ class JobParametersSchema(Schema):
         if missing:
             needed = f"Missing data for required field (a {operation} needs it)."
             raise ValidationError({name: [needed] for name in missing})
-        if operation == "BUMP" and data["target"] != DATASTORE:
-            raise ValidationError(f"The target of a BUMP must be {DATASTORE}.", "target")
-        if operation != "BUMP" and data["target"] == DATASTORE:
-            raise ValidationError(f"Only a BUMP can target {DATASTORE}.", "target")
+        if operation in DATASTORE_OPERATIONS and data["target"] != DATASTORE:
+            raise ValidationError(f"The target of a {operation} must be {DATASTORE}.", "target")
+        if operation not in DATASTORE_OPERATIONS and data["target"] == DATASTORE:
+            raise ValidationError(f"Only {', '.join(DATASTORE_OPERATIONS)} can target {DATASTORE}.", "target")
 
 
 class NewJobsSchema(Schema):
@@ -495,6 +597,7 @@ class LogEntrySchema(Schema):
 
 class JobSchema(Schema):
     jobId = fields.String(required=True)
+    datastoreRdn = fields.String(required=True)
     status = fields.String(required=True)
     parameters = fields.Nested(JobParametersSchema, required=True)
     log = fields.List(fields.Nested(LogEntrySchema), required=True)
@@ -558,6 +661,7 @@ class JobsQuerySchema(Schema):
 
 
 class TargetSchema(Schema):
+    datastoreRdn = fields.String(required=True)
     name = fields.String(required=True)
     lastUpdatedAt = fields.String(required=True)
     status = fields.String(required=True)
@@ -606,9 +710,44 @@ class MessageSchema(Schema):
     message = fields.String(required=True)
 
 
+def rdn_field(**options: Any) -> fields.String:
+    return fields.String(validate=validate_rdn, metadata={"pattern": DATASTORE_RDN_PATTERN}, **options)
+
+
+def validate_datastore_name(name: str) -> None:
+    if not name.strip() or not all(character.isalpha() or character == " " for character in name):
+        raise ValidationError("A datastore name is letters and spaces, and not empty.")
+
+
+class DatastoreSchema(Schema):
+    rdn = rdn_field(required=True)
+    name = fields.String(required=True)
+    description = fields.String(required=True)
+    directory = fields.String(required=True)
+    bumpEnabled = fields.Boolean(required=True)
+
+
+class NewDatastoreSchema(Schema):
+    rdn = rdn_field(required=True)
+    name = fields.String(required=True, validate=validate_datastore_name)
+    description = fields.String(required=True)
+    bumpEnabled = StrictBoolean(load_default=False)
+
+    @validates_schema(skip_on_field_errors=True)
+    def check_not_reserved(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data["rdn"] in RESERVED_RDNS:
+            raise ValidationError(f"{data['rdn']} is the name of a route, not an rdn a datastore may have.", "rdn")
+
+    @post_load
+    def trim_name(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return {**data, "name": data["name"].strip()}
+
+
 # Schemas keep no state between calls; one instance each spares every request
 # the cost of building its fields again.
 JOBS_QUERY_SCHEMA = JobsQuerySchema()
+DATASTORE_SCHEMA = DatastoreSchema()
+NEW_DATASTORE_SCHEMA = NewDatastoreSchema()
 JOB_PARAMETERS_SCHEMA = JobParametersSchema()
 NEW_JOBS_SCHEMA = NewJobsSchema()
 JOB_UPDATE_SCHEMA = JobUpdateSchema()
@@ -665,12 +804,16 @@ def field_path(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> bytes:
     try:
-        raw = await request.read()
+        return await request.read()
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CONFIG].server.max_body_bytes
         raise ApiError(413, f"Request body is larger than the limit of {limit} bytes") from None
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    raw = await read_body(request)
     try:
         body = parse_json(raw)
     except (ValueError, RecursionError):
@@ -768,7 +911,7 @@ def job_identity(job: Job) -> Hashable:
 
 
 def target_identity(target: Target) -> Hashable:
-    return target["name"]
+    return target["datastoreRdn"], target["name"]
 
 
 def target_version(target: Target) -> Hashable:
@@ -814,6 +957,7 @@ def job_action(parameters: Mapping[str, Any]) -> list[str]:
 def target_of(job: Job, at: str) -> Target:
     """The target as the last job that touched it leaves it."""
     return Target(
+        datastoreRdn=job["datastoreRdn"],
         name=job["parameters"]["target"],
         lastUpdatedAt=at,
         status=job["status"],
@@ -830,6 +974,7 @@ def targets_released_by(bump: Job, at: str) -> Iterator[Target]:
             continue
         outcome = "RELEASED" if update["releaseStatus"] == "PENDING_RELEASE" else "REMOVED"
         yield Target(
+            datastoreRdn=bump["datastoreRdn"],
             name=update["name"],
             lastUpdatedAt=at,
             status="completed",
@@ -860,7 +1005,8 @@ class ArchiveInspections:
     a broken one is logged once, not at every listing."""
 
     def __init__(self) -> None:
-        self._known: dict[tuple[Any, ...], tuple[bool, bool] | None] = {}
+        # By input directory: each datastore has its own.
+        self._known: dict[Path, dict[tuple[Any, ...], tuple[bool, bool] | None]] = {}
 
     def scan(self, input_dir: Path) -> list[dict[str, Any]]:
         """Every readable `<NAME>.tar` in the input directory and its `archive/` folder.
@@ -869,6 +1015,7 @@ class ArchiveInspections:
         logged; one broken upload must not hide the others from the admin UI.
         """
         datasets = []
+        known = self._known.get(input_dir, {})
         seen: dict[tuple[Any, ...], tuple[bool, bool] | None] = {}
         for folder, is_archived in ((input_dir, False), (input_dir / "archive", True)):
             try:
@@ -888,7 +1035,7 @@ class ArchiveInspections:
                     continue
                 info = entry.stat(follow_symlinks=False)
                 key = (entry.path, info.st_ino, info.st_size, info.st_mtime_ns)
-                seen[key] = contents = self._known[key] if key in self._known else self._inspect(entry.path, name)
+                seen[key] = contents = known[key] if key in known else self._inspect(entry.path, name)
                 if contents is not None:
                     has_metadata, has_data = contents
                     datasets.append(
@@ -899,7 +1046,7 @@ class ArchiveInspections:
                             "isArchived": is_archived,
                         }
                     )
-        self._known = seen  # forget files that are gone or changed
+        self._known[input_dir] = seen  # forget files that are gone or changed
         return sorted(datasets, key=lambda dataset: (dataset["datasetName"], dataset["isArchived"]))
 
     @staticmethod
@@ -921,6 +1068,214 @@ def delete_archive(input_dir: Path, name: str) -> None:
         path.unlink()
     except FileNotFoundError:
         raise ApiError(404, f"No importable dataset named {name}") from None
+
+
+# --- datastores' files --------------------------------------------------------------
+
+PEM_CONTENT_TYPE = "application/x-pem-file"
+PUBLIC_KEY_FILE = "microdata_public_key.pem"
+#: In a datastore's directory while it is being provisioned: the job that makes its
+#: keys, so that a provisioning cut short is finished or undone at the next attempt.
+PROVISIONING_MARKER = ".provisioning.json"
+#: A marker younger than this may be another process's provisioning under way.
+PROVISIONING_GRACE_SECONDS = 10.0
+
+
+def datastore_directory(root: Path, rdn: str) -> Path:
+    """`<root>/<rdn>`, absolute; refused if it would resolve outside the root (a link)."""
+    base = root.resolve()
+    directory = base / rdn
+    if directory.resolve().parent != base:
+        raise ApiError(400, f"The directory of {rdn} would resolve outside the datastores' root")
+    return directory
+
+
+def sibling(directory: Path, suffix: str) -> Path:
+    return directory.with_name(directory.name + suffix)
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes, *, replace: bool = True) -> None:
+    """Write a whole file or nothing: a temporary file, fsynced, then renamed into
+    place (or, with `replace` false, linked: FileExistsError if one is there)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_path(path.parent)
+
+
+def datastore_files(datastore: Datastore) -> dict[str, Any]:
+    """What a new datastore's `datastore/` folder holds, as the platform lays it out."""
+    rdn, name, description = datastore["rdn"], datastore["name"], datastore["description"]
+    return {
+        "metadata_all__DRAFT.json": {
+            "dataStore": {"name": rdn, "label": name, "description": description, "languageCode": "no"},
+            "languages": [{"code": "no", "label": "Norsk"}],
+            "dataStructures": [],
+        },
+        "draft_version.json": {
+            "version": "0.0.0.0",
+            "description": "Draft",
+            "releaseTime": 0,
+            "languageCode": "no",
+            "dataStructureUpdates": [],
+            "updateType": "",
+        },
+        "datastore_versions.json": {"name": rdn, "label": name, "description": description, "versions": []},
+    }
+
+
+def lay_out_datastore(datastore: Datastore, keys_job: Job) -> None:
+    """Create the datastore's directories and files (blocking: run it in a thread).
+
+    Making `<directory>` claims it (a second provisioning of it fails there), and
+    the marker written into it first says that what follows is unfinished. Any
+    failure removes everything made so far.
+    """
+    directory = Path(datastore["directory"])
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir()
+    except FileExistsError:
+        raise ApiError(409, f"Datastore directory already exists at {directory}") from None
+    try:
+        write_durably(directory / PROVISIONING_MARKER, orjson.dumps(keys_job))
+        for suffix in ("_input", "_working"):
+            try:
+                sibling(directory, suffix).mkdir()
+            except FileExistsError:
+                raise ApiError(409, f"Datastore directory already exists at {sibling(directory, suffix)}") from None
+        for folder in ("data", "datastore", "vault"):
+            (directory / folder).mkdir()
+        for name, content in datastore_files(datastore).items():
+            write_durably(directory / "datastore" / name, orjson.dumps(content, option=orjson.OPT_INDENT_2))
+        for path in (directory, directory.parent):
+            fsync_path(path)
+    except BaseException:
+        remove_datastore_files(directory)
+        raise
+
+
+def remove_datastore_files(directory: Path) -> None:
+    """Undo `lay_out_datastore`: the directory whole, and its siblings while empty
+    (an empty one is this provisioning's; one with files in it is somebody's work)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    for suffix in ("_input", "_working"):
+        with contextlib.suppress(OSError):
+            sibling(directory, suffix).rmdir()
+    fsync_path(directory.parent)
+
+
+def unfinished_provisioning(directory: Path) -> Job | None:
+    """The keys job of a provisioning of `directory` that was cut short (and is old
+    enough not to be under way in another process), or None."""
+    marker = directory / PROVISIONING_MARKER
+    try:
+        age = time.time() - marker.stat().st_mtime
+        keys_job: Job = orjson.loads(marker.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, orjson.JSONDecodeError):
+        raise ApiError(409, f"{marker} cannot be read; remove {directory} by hand") from None
+    if age < PROVISIONING_GRACE_SECONDS:
+        raise ApiError(409, f"A provisioning of {directory.name} is under way; try again in a few seconds")
+    return keys_job
+
+
+async def finish_or_undo_provisioning(app: web.Application, directory: Path) -> None:
+    """A provisioning cut short by a crash: registered means it reached its commit
+    point, so it is finished (its keys job stored, the marker removed); else undone."""
+    keys_job = await asyncio.to_thread(unfinished_provisioning, directory)
+    if keys_job is None:
+        return
+    store = app[STORE]
+    if await store.get_datastore(keys_job["datastoreRdn"]) is None:
+        log.warning("Undoing the provisioning of %s, which was cut short", directory.name)
+        await asyncio.to_thread(remove_datastore_files, directory)
+        return
+    log.warning("Finishing the provisioning of %s, which was cut short", directory.name)
+    if await store.get_job(keys_job["jobId"]) is None:
+        with contextlib.suppress(TargetBusy):
+            await store.insert_job(keys_job)
+        await store.save_target(target_of(keys_job, keys_job["createdAt"]))
+    await asyncio.to_thread(finish_provisioning, directory)
+
+
+def finish_provisioning(directory: Path) -> None:
+    (directory / PROVISIONING_MARKER).unlink(missing_ok=True)
+    fsync_path(directory)
+
+
+async def provision(app: web.Application, datastore: Datastore, keys_job: Job) -> None:
+    """Lay out the datastore's files, register it, queue its keys job: all or nothing.
+
+    The registration is the commit point. Before it, any failure removes the
+    files; after it, a failure to store the job unregisters the datastore, and
+    if even that fails the marker is left for the next attempt to finish it.
+    """
+    store, directory = app[STORE], Path(datastore["directory"])
+    await finish_or_undo_provisioning(app, directory)
+    if datastore["rdn"] == app[CONFIG].datastores.default or await store.get_datastore(datastore["rdn"]):
+        raise DatastoreTaken(datastore["rdn"])
+    await asyncio.to_thread(lay_out_datastore, datastore, keys_job)
+    try:
+        await store.add_datastore(datastore)
+    except BaseException:
+        await asyncio.to_thread(remove_datastore_files, directory)
+        raise
+    try:
+        await store.insert_job(keys_job)
+        await store.save_target(target_of(keys_job, keys_job["createdAt"]))
+    except BaseException:
+        await store.remove_datastore(datastore["rdn"])
+        await asyncio.to_thread(remove_datastore_files, directory)
+        raise
+    await asyncio.to_thread(finish_provisioning, directory)
+
+
+def unfinished_provisionings(root: Path) -> list[Path]:
+    return [marker.parent for marker in root.glob(f"*/{PROVISIONING_MARKER}")]
+
+
+def store_public_key(directory: Path, pem: bytes) -> None:
+    """Keep a datastore's public key in its vault, once; a private key is refused
+    before anything is written."""
+    if b"PRIVATE KEY" in pem:
+        raise ApiError(400, "This is a private key: send the public key, and keep the private one where it is")
+    try:
+        serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ApiError(400, "The body is not a PEM public key") from None
+    vault = directory / "vault"
+    vault.mkdir(parents=True, exist_ok=True)
+    try:
+        write_durably(vault / PUBLIC_KEY_FILE, pem, replace=False)
+    except FileExistsError:
+        raise ApiError(409, f"A public key is there already: {vault / PUBLIC_KEY_FILE}") from None
+
+
+def read_public_key(directory: Path) -> bytes:
+    path = directory / "vault" / PUBLIC_KEY_FILE
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ApiError(404, f"No public key found at {path}") from None
 
 
 # --- logs and metrics -----------------------------------------------------------
@@ -1013,7 +1368,7 @@ class Metrics:
             "store_operation_errors", "Storage backend operations that failed", ["operation"], registry=registry
         )
         self.jobs_in_progress = prometheus_client.Gauge(
-            "jobs_in_progress", "Jobs in progress, by status", ["status"], registry=registry
+            "jobs_in_progress", "Jobs in progress, by datastore and status", ["datastore", "status"], registry=registry
         )
         self.jobs_completed = prometheus_client.Gauge(
             "jobs_completed", "Jobs in the completed set (completed or failed)", registry=registry
@@ -1022,10 +1377,15 @@ class Metrics:
             "maintenance_paused", "1 while the maintenance flag pauses the executor", registry=registry
         )
 
-    def record_store(self, stats: StoreStats) -> None:
-        for status in STATUSES:
-            if status not in FINAL_STATUSES:
-                self.jobs_in_progress.labels(status).set(stats.in_progress.get(status, 0))
+    def record_store(self, stats: StoreStats, default_datastore: str) -> None:
+        # Anew at each scrape: a datastore's series go when its last job does, so
+        # the labels stay as few as the datastores with work (and the default).
+        self.jobs_in_progress.clear()
+        for datastore in {default_datastore, *(datastore for datastore, _ in stats.in_progress)}:
+            for status in STATUSES:
+                if status not in FINAL_STATUSES:
+                    count = stats.in_progress.get((datastore, status), 0)
+                    self.jobs_in_progress.labels(datastore, status).set(count)
         self.jobs_completed.set(stats.completed)
         self.maintenance_paused.set(int(stats.paused))
 
@@ -1080,6 +1440,9 @@ class InstrumentedStore:
 
 # --- authentication -------------------------------------------------------------
 
+PROVISIONER_ROLE = "role/datastoreprovisioner"
+API_KEY_HEADER = "X-API-Key"
+
 
 class SigningKeys:
     """The JWKS's public keys by key id.
@@ -1126,9 +1489,11 @@ class SigningKeys:
             return await response.json(content_type=None)
 
 
-async def verified_claims(request: web.Request, name: str, token: str | None, required: tuple[str, ...]) -> dict:
+async def verified_claims(
+    request: web.Request, name: str, token: str | None, required: tuple[str, ...], audience: str | None = None
+) -> dict[str, Any]:
     """The claims of a token that is signed by a JWKS key with an allowed algorithm,
-    in date, for our audience (the authorization token), and carries `required`."""
+    in date, for `audience` (when given), and carries `required`."""
     auth = request.app[CONFIG].auth
     if not token:
         raise ApiError(401, f"The {name} token is missing")
@@ -1137,17 +1502,17 @@ async def verified_claims(request: web.Request, name: str, token: str | None, re
         if not isinstance(key_id, str):
             raise ApiError(401, f"The {name} token names no signing key")
         key = await request.app[SIGNING_KEYS].key(key_id)
-        claims = jwt.decode(
+        claims: dict[str, Any] = jwt.decode(
             token,
             key.key,
             algorithms=auth.algorithms,
-            audience=auth.audience if name == "authorization" else None,
-            options={"require": list(required), "verify_aud": name == "authorization"},
+            audience=audience,
+            options={"require": list(required), "verify_aud": audience is not None},
         )
     except jwt.PyJWTError as exc:
         raise ApiError(401, f"Invalid {name} token: {exc}") from None
     for claim in required:
-        if claim != "exp" and not isinstance(claims[claim], str):
+        if claim not in ("exp", "aud") and not isinstance(claims[claim], str):
             raise ApiError(401, f"Invalid {name} token: claim {claim} is not a string")
     return claims
 
@@ -1157,42 +1522,113 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-async def require_administrator(request: web.Request) -> User:
-    """The data administrator making this request, as `createdBy` records them.
+@dataclass(frozen=True)
+class Caller:
+    """Who a verified token pair says is calling: their user, role and audiences."""
 
-    With auth off, the configured local user. Called before the body is read,
-    so that a caller who may not write learns nothing about the schema.
-    """
-    config = request.app[CONFIG]
-    if not config.auth.enabled:
-        user = config.local_user
-        return User(userId=user.user_id, firstName=user.first_name, lastName=user.last_name)
+    user: User
+    role: str
+    audiences: tuple[str, ...]
+
+
+async def verified_caller(request: web.Request, audience: str) -> Caller:
+    """The caller named by the `authorization` token (for `audience`) and the
+    `user-info` token (which names them), both verified and about one user."""
     access = await verified_claims(
         request,
         "authorization",
         bearer_token(request) or request.cookies.get("authorization"),
-        ("exp", "sub", "accreditation/role", "user/uuid"),
+        ("exp", "aud", "sub", "accreditation/role", "user/uuid"),
+        audience=audience,
     )
     info = await verified_claims(
         request, "user-info", request.cookies.get("user-info"), ("user/uuid", "user/firstName", "user/lastName")
     )
     if access["user/uuid"] != info["user/uuid"]:
         raise ApiError(401, "The authorization and user-info tokens are for different users")
-    if access["accreditation/role"] != config.auth.role:
-        raise ApiError(403, "Only a data administrator may do this")
-    return User(
-        userId=str(info["user/uuid"]), firstName=str(info["user/firstName"]), lastName=str(info["user/lastName"])
+    audiences = access["aud"] if isinstance(access["aud"], list) else [access["aud"]]
+    return Caller(
+        user=User(userId=info["user/uuid"], firstName=info["user/firstName"], lastName=info["user/lastName"]),
+        role=access["accreditation/role"],
+        audiences=tuple(entry for entry in audiences if isinstance(entry, str)),
     )
 
 
-def require_service_token(request: web.Request) -> None:
-    """With `[auth] service_token` set, only the executor may update jobs."""
-    token = request.app[CONFIG].auth.service_token
-    if token is None:
+def covers(audience: str, rdn: str) -> bool:
+    """Whether a token audience names the datastore: the rdn itself, or a whole
+    leading part of it (`no.ssb` covers `no.ssb.fdb`; `no.ss` covers nothing)."""
+    return rdn == audience or rdn.startswith(audience + ".")
+
+
+def local_user(config: Config) -> User:
+    user = config.local_user
+    return User(userId=user.user_id, firstName=user.first_name, lastName=user.last_name)
+
+
+async def require_administrator(request: web.Request, datastore: str | None = None) -> User:
+    """The data administrator making this request, as `createdBy` records them;
+    on a datastore's route, one whose token names that datastore.
+
+    With auth off, the configured local user. Called before the body is read,
+    so that a caller who may not write learns nothing about the schema.
+    """
+    config = request.app[CONFIG]
+    if not config.auth.enabled:
+        return local_user(config)
+    caller = await verified_caller(request, config.auth.audience)
+    if caller.role != config.auth.role:
+        raise ApiError(403, "Only a data administrator may do this")
+    if datastore is not None and not any(covers(audience, datastore) for audience in caller.audiences):
+        raise ApiError(403, f"The token does not name the datastore {datastore}")
+    return caller.user
+
+
+async def require_provisioner(request: web.Request) -> User:
+    """A datastore provisioner: the role, the provisioning audience, and a place in the configured list."""
+    config = request.app[CONFIG]
+    if not config.auth.enabled:
+        return local_user(config)
+    caller = await verified_caller(request, config.auth.provision_audience)
+    if caller.role != PROVISIONER_ROLE:
+        raise ApiError(403, "Only a datastore provisioner may do this")
+    if caller.user["userId"] not in config.auth.provisioners:
+        raise ApiError(403, "This user is not among the configured provisioners")
+    return caller.user
+
+
+def presented_api_key(request: web.Request) -> str | None:
+    return request.headers.get(API_KEY_HEADER) or bearer_token(request)
+
+
+def has_api_key(request: web.Request) -> bool:
+    """Whether the request carries the executor's key, compared in constant time."""
+    key, given = request.app[CONFIG].auth.api_key, presented_api_key(request)
+    return key is not None and given is not None and hmac.compare_digest(given.encode(), key.encode())
+
+
+def require_api_key(request: web.Request) -> None:
+    """What only the job executor does. A configured key is always needed, auth
+    on or off (as `service_token` was); without one it stays open, as the
+    original service left it."""
+    auth = request.app[CONFIG].auth
+    if auth.api_key is None or has_api_key(request):
         return
-    given = request.headers.get("Authorization", "").encode()
-    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-        raise ApiError(401, "Updating a job needs the job executor's service token")
+    if presented_api_key(request) is None:
+        raise ApiError(401, "This needs the job executor's API key (X-API-Key)")
+    raise ApiError(401, "The API key is not valid")
+
+
+async def require_api_key_or_administrator(request: web.Request) -> None:
+    """The executor (by its key) or an administrator (by tokens) may do this."""
+    if request.app[CONFIG].auth.enabled and not has_api_key(request):
+        await require_administrator(request)
+
+
+async def require_job_reader(request: web.Request) -> None:
+    """Reading jobs across datastores: the executor, an administrator, or anyone
+    where `open_job_reads` keeps an executor that sends no key working."""
+    if not request.app[CONFIG].auth.open_job_reads:
+        await require_api_key_or_administrator(request)
 
 
 # --- the API's own documentation ------------------------------------------------
@@ -1204,25 +1640,44 @@ class Operation:
 
     summary: str
     response: Any
+    tag: str
     errors: tuple[int, ...] = ()
+    #: What the handler answers besides `errors` on its `/datastores/{rdn}/...` route.
+    scoped_errors: tuple[int, ...] = ()
     body: Any = None
+    body_media_type: str = "application/json"
     query: type[Schema] | None = None
     media_type: str = "application/json"
 
 
-def documented(summary: str, response: Any, **details: Any) -> Callable[[Handler], Handler]:
+def documented(summary: str, response: Any, tag: str, **details: Any) -> Callable[[Handler], Handler]:
     """Attach the OpenAPI description to a handler; routes without one fail `openapi_document`."""
 
     def attach(handler: Handler) -> Handler:
-        handler.openapi = Operation(summary, response, **details)  # type: ignore[attr-defined]
+        handler.openapi = Operation(summary, response, tag, **details)  # type: ignore[attr-defined]
         return handler
 
     return attach
 
 
+#: What a datastore's own route adds to the original's answers: a bad or unknown
+#: rdn, and (auth on) a caller who is not an administrator of that datastore.
+SCOPED = (400, 401, 403, 404)
+#: The sections of /docs, in order.
+TAGS = {
+    "jobs": "Jobs: posted by the admin UI, polled and moved on by the job executor",
+    "targets": "Targets: the last action on every dataset",
+    "importable datasets": "Dataset archives waiting in a datastore's input directory",
+    "maintenance": "The maintenance flag the executor reads before it starts new work",
+    "datastores": "The registry of datastores: provisioning, directories, public keys",
+    "operations": "Health, metrics and this documentation",
+}
+
+
 SWAGGER_UI_FILES = ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "favicon-32x32.png")
 PATH_PARAMETERS = {
     "jobId": {"type": "string"},
+    "rdn": {"type": "string", "pattern": DATASTORE_RDN_PATTERN, "maxLength": MAX_RDN_LENGTH},
     "name": {"type": "string", "pattern": DATASET_NAME_PATTERN},
     "filename": {"type": "string", "enum": list(SWAGGER_UI_FILES)},
 }
@@ -1233,6 +1688,7 @@ ERROR_MEANINGS = {
     404: "No such resource",
     409: "The request conflicts with the current state",
     413: "The body is larger than the configured limit",
+    415: "The body is not of the media type this route takes",
     500: "An unexpected error; the log has the details under the request id",
     503: "The storage backend (or the key server) cannot be reached",
 }
@@ -1254,6 +1710,8 @@ def openapi_document(app: web.Application) -> dict[str, Any]:
     """OpenAPI 3 for every route of `app`, from the marshmallow schemas the handlers use."""
     marshmallow = MarshmallowPlugin()
     spec = APISpec(title="job-service", version=service_version(), openapi_version="3.0.3", plugins=[marshmallow])
+    for name, description in TAGS.items():
+        spec.tag({"name": name, "description": description})
     marshmallow.map_to_openapi_type(CommaSeparatedOperations, "string", None)
     marshmallow.map_to_openapi_type(QueryFlag, "string", None)
     for route in app.router.routes():
@@ -1277,18 +1735,23 @@ def openapi_operation(path: str, operation: Operation) -> dict[str, Any]:
         parameters.append({"in": "query", "schema": operation.query})
     answer = {"schema": operation.response} if operation.response is not None else {}
     responses = {"200": {"description": "OK", "content": {operation.media_type: answer}}}
-    for status in (*operation.errors, 500):
+    scoped = operation.scoped_errors if "{rdn}" in path else ()
+    for status in sorted({*operation.errors, *scoped, 500}):
         responses[str(status)] = {
             "description": ERROR_MEANINGS[status],
             "content": {"application/json": {"schema": MessageSchema}},
         }
-    documented_operation: dict[str, Any] = {"summary": operation.summary, "responses": responses}
+    documented_operation: dict[str, Any] = {
+        "summary": operation.summary,
+        "tags": [operation.tag],
+        "responses": responses,
+    }
     if parameters:
         documented_operation["parameters"] = parameters
     if operation.body is not None:
         documented_operation["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": operation.body}},
+            "content": {operation.body_media_type: {"schema": operation.body}},
         }
     return documented_operation
 
@@ -1343,59 +1806,120 @@ def query_arguments(query: MultiMapping[str]) -> dict[str, str]:
     return arguments
 
 
+def path_rdn(request: web.Request) -> str:
+    """The rdn a `/datastores/{rdn}/...` path names, once it is a valid one."""
+    rdn = request.match_info["rdn"]
+    if not is_datastore_rdn(rdn):
+        raise ApiError(400, invalid_rdn_message(rdn))
+    return rdn
+
+
+async def live_datastore(request: web.Request, rdn: str) -> Datastore:
+    """The datastore with this rdn: the default, or a registered one not deleted."""
+    config = request.app[CONFIG]
+    if rdn == config.datastores.default:
+        return default_datastore(config)
+    datastore = await store_of(request).get_datastore(rdn)
+    if datastore is None or datastore["deleted"]:
+        raise ApiError(404, f"No datastore found for datastore_rdn: {rdn}")
+    return datastore
+
+
+async def acting_on(request: web.Request, *, write: bool) -> tuple[Datastore, User]:
+    """The datastore a route acts on and who acts: on an original route the default
+    datastore (writes need an administrator, reads are open); on a datastore's own
+    route that datastore, for its administrators alone, reads included."""
+    if "rdn" not in request.match_info:
+        config = request.app[CONFIG]
+        user = await require_administrator(request) if write else local_user(config)
+        return default_datastore(config), user
+    rdn = path_rdn(request)
+    user = await require_administrator(request, rdn)
+    return await live_datastore(request, rdn), user
+
+
 @routes.get("/jobs")
-@documented("Jobs, oldest first, filtered", many(JobSchema), errors=(400, 503), query=JobsQuerySchema)
+@routes.get("/datastores/{rdn}/jobs")
+@documented(
+    "Jobs, oldest first, filtered: of every datastore, or of one",
+    many(JobSchema),
+    "jobs",
+    errors=(400, 401, 403, 503),
+    scoped_errors=SCOPED,
+    query=JobsQuerySchema,
+)
 async def list_jobs(request: web.Request) -> web.StreamResponse:
+    if "rdn" in request.match_info:
+        datastore, _ = await acting_on(request, write=False)
+        scope: str | None = datastore["rdn"]
+    else:
+        await require_job_reader(request)
+        scope = None
     query = JOBS_QUERY_SCHEMA.load(query_arguments(request.query))
-    return await respond_jobs(request, store_of(request).find_jobs(query))
+    return await respond_jobs(request, store_of(request).find_jobs(dataclasses.replace(query, datastore=scope)))
 
 
 @routes.get("/jobs/{jobId}")
-@documented("One job", JobSchema, errors=(404, 503))
+@routes.get("/datastores/{rdn}/jobs/{jobId}")
+@documented("One job", JobSchema, "jobs", errors=(401, 403, 404, 503), scoped_errors=SCOPED)
 async def get_job(request: web.Request) -> web.Response:
+    if "rdn" in request.match_info:
+        datastore, _ = await acting_on(request, write=False)
+        scope: str | None = datastore["rdn"]
+    else:
+        await require_job_reader(request)
+        scope = None
     job_id = request.match_info["jobId"]
     job = await store_of(request).get_job(job_id)
-    if job is None:
+    if job is None or scope not in (None, job["datastoreRdn"]):
         raise JobNotFound(job_id)
     return respond_encoded(request.app[ENCODED_JOBS].encode(job))
 
 
-async def create_job(request: web.Request, entry: Any, user: User) -> dict[str, str]:
+def new_job(datastore: Datastore, parameters: dict[str, Any], user: User) -> Job:
+    """A job as it starts: queued, with an empty log, created now by `user`."""
+    return Job(
+        jobId=str(uuid.uuid4()),
+        datastoreRdn=datastore["rdn"],
+        status="queued",
+        parameters=parameters,
+        log=[],
+        createdAt=now_iso(),
+        createdBy=user,
+    )
+
+
+async def create_job(request: web.Request, entry: Any, user: User, datastore: Datastore) -> dict[str, str]:
     """Judge one posted entry on its own and store it; the result says which."""
     try:
         parameters = JOB_PARAMETERS_SCHEMA.load(entry)
     except ValidationError as exc:
         return {"status": "FAILED", "msg": f"FAILED: {describe(exc.messages)}"}
-    if parameters["operation"] == "BUMP" and not request.app[CONFIG].jobs.bump_enabled:
+    if parameters["operation"] == "BUMP" and not datastore["bumpEnabled"]:
         return {"status": "FAILED", "msg": "FAILED: Bumping the datastore is disabled"}
-    created_at = now_iso()
-    job = Job(
-        jobId=str(uuid.uuid4()),
-        status="queued",
-        parameters=parameters,
-        log=[],
-        createdAt=created_at,
-        createdBy=user,
-    )
+    job = new_job(datastore, parameters, user)
     try:
         await store_of(request).insert_job(job)
     except TargetBusy as exc:
         return {"status": "FAILED", "msg": f"FAILED: {exc}"}
-    await store_of(request).save_target(target_of(job, created_at))
+    await store_of(request).save_target(target_of(job, job["createdAt"]))
     return {"status": "queued", "msg": "CREATED", "job_id": job["jobId"]}
 
 
 @routes.post("/jobs")
+@routes.post("/datastores/{rdn}/jobs")
 @documented(
     "Post new jobs; each entry gets its own result, in order",
     many(PostJobResultSchema),
+    "jobs",
     errors=(400, 401, 403, 413, 503),
+    scoped_errors=SCOPED,
     body=NEW_JOBS_BODY,
 )
 async def post_jobs(request: web.Request) -> web.Response:
-    user = await require_administrator(request)
+    datastore, user = await acting_on(request, write=True)
     entries = NEW_JOBS_SCHEMA.load(await read_json_object(request))["jobs"]
-    results = [await create_job(request, entry, user) for entry in entries]
+    results = [await create_job(request, entry, user, datastore) for entry in entries]
     return respond(POST_JOB_RESULT_SCHEMA, results, many=True)
 
 
@@ -1403,11 +1927,12 @@ async def post_jobs(request: web.Request) -> web.Response:
 @documented(
     "Move a job on: a new status and/or description, and a log line",
     MessageSchema,
+    "jobs",
     errors=(400, 401, 404, 409, 413, 503),
     body=JobUpdateSchema,
 )
 async def update_job(request: web.Request) -> web.Response:
-    require_service_token(request)
+    require_api_key(request)
     job_id = request.match_info["jobId"]
     update = JOB_UPDATE_SCHEMA.load(await read_json_object(request))
     at = now_iso()
@@ -1429,9 +1954,12 @@ async def update_job(request: web.Request) -> web.Response:
 
 
 @routes.get("/targets")
-@documented("Every target, by name", many(TargetSchema), errors=(503,))
+@routes.get("/datastores/{rdn}/targets")
+@documented("Every target, by name", many(TargetSchema), "targets", errors=(503,), scoped_errors=SCOPED)
 async def list_targets(request: web.Request) -> web.Response:
-    return respond_encoded(request.app[ENCODED_TARGETS].encode_list(await store_of(request).list_targets()))
+    datastore, _ = await acting_on(request, write=False)
+    targets = await store_of(request).list_targets(datastore["rdn"])
+    return respond_encoded(request.app[ENCODED_TARGETS].encode_list(targets))
 
 
 def target_name(request: web.Request) -> str:
@@ -1442,48 +1970,96 @@ def target_name(request: web.Request) -> str:
 
 
 @routes.get("/targets/{name}")
-@documented("One target: the last action on a dataset", TargetSchema, errors=(400, 404, 503))
+@routes.get("/datastores/{rdn}/targets/{name}")
+@documented(
+    "One target: the last action on a dataset",
+    TargetSchema,
+    "targets",
+    errors=(400, 404, 503),
+    scoped_errors=SCOPED,
+)
 async def get_target(request: web.Request) -> web.Response:
+    datastore, _ = await acting_on(request, write=False)
     name = target_name(request)
-    target = await store_of(request).get_target(name)
+    target = await store_of(request).get_target(datastore["rdn"], name)
     if target is None:
         raise ApiError(404, f"No target named {name}")
     return respond(TARGET_SCHEMA, target)
 
 
 @routes.get("/targets/{name}/jobs")
-@documented("Every job on a target, BUMPs listing it included", many(JobSchema), errors=(400, 503))
+@routes.get("/datastores/{rdn}/targets/{name}/jobs")
+@documented(
+    "Every job on a target, BUMPs listing it included",
+    many(JobSchema),
+    "targets",
+    errors=(400, 503),
+    scoped_errors=SCOPED,
+)
 async def list_target_jobs(request: web.Request) -> web.StreamResponse:
-    return await respond_jobs(request, store_of(request).jobs_for_target(target_name(request)))
+    datastore, _ = await acting_on(request, write=False)
+    return await respond_jobs(request, store_of(request).jobs_for_target(datastore["rdn"], target_name(request)))
+
+
+def input_directory(config: Config, datastore: Datastore) -> Path:
+    """Where a datastore's archives wait: the configured directory for the default
+    datastore (as before datastores), `<directory>_input` for the others."""
+    if datastore["rdn"] == config.datastores.default:
+        return config.input.dir
+    return Path(f"{datastore['directory']}_input")
+
+
+async def targets_in_progress(store: Store, datastore: str) -> set[str]:
+    return {job["parameters"]["target"] async for job in store.find_jobs(JobQuery(datastore, ignore_completed=True))}
 
 
 @routes.get("/importable-datasets")
-@documented("Dataset archives waiting in the input directory", many(ImportableDatasetSchema))
+@routes.get("/datastores/{rdn}/importable-datasets")
+@documented(
+    "Dataset archives waiting in the input directory",
+    many(ImportableDatasetSchema),
+    "importable datasets",
+    scoped_errors=(*SCOPED, 503),
+)
 async def list_importable_datasets(request: web.Request) -> web.Response:
-    datasets = await asyncio.to_thread(request.app[ARCHIVES].scan, request.app[CONFIG].input.dir)
+    datastore, _ = await acting_on(request, write=False)
+    directory = input_directory(request.app[CONFIG], datastore)
+    datasets = await asyncio.to_thread(request.app[ARCHIVES].scan, directory)
+    if "rdn" in request.match_info:  # as the platform's API: what a job works on is not importable meanwhile
+        busy = await targets_in_progress(store_of(request), datastore["rdn"])
+        datasets = [dataset for dataset in datasets if dataset["datasetName"] not in busy]
     return respond(IMPORTABLE_DATASET_SCHEMA, datasets, many=True)
 
 
 @routes.delete("/importable-datasets/{name}")
-@documented("Delete an archive from the input directory", MessageSchema, errors=(400, 401, 403, 404, 409, 503))
+@routes.delete("/datastores/{rdn}/importable-datasets/{name}")
+@documented(
+    "Delete an archive from the input directory",
+    MessageSchema,
+    "importable datasets",
+    errors=(400, 401, 403, 404, 409, 503),
+    scoped_errors=SCOPED,
+)
 async def delete_importable_dataset(request: web.Request) -> web.Response:
-    await require_administrator(request)
+    datastore, _ = await acting_on(request, write=True)
     name = target_name(request)
-    if await store_of(request).target_in_progress(name):
+    if await store_of(request).target_in_progress(datastore["rdn"], name):
         raise ApiError(409, f"Cannot delete {name}: a job for it is in progress")
-    await asyncio.to_thread(delete_archive, request.app[CONFIG].input.dir, name)
+    await asyncio.to_thread(delete_archive, input_directory(request.app[CONFIG], datastore), name)
     return respond_message(f"OK, {name} deleted")
 
 
 @routes.post("/maintenance-status")
+@routes.post("/maintenance-statuses")
 @documented(
-    "Set the maintenance flag",
+    "Set the maintenance flag (the executor's key or an administrator)",
     MaintenanceStatusSchema,
+    "maintenance",
     errors=(400, 401, 403, 413, 503),
     body=MaintenanceRequestSchema,
 )
 async def set_maintenance_status(request: web.Request) -> web.Response:
-    await require_administrator(request)
+    await require_api_key_or_administrator(request)
     status = MAINTENANCE_REQUEST_SCHEMA.load(await read_json_object(request))
     status["timestamp"] = now_iso()
     await store_of(request).add_maintenance(status)
@@ -1491,7 +2067,8 @@ async def set_maintenance_status(request: web.Request) -> web.Response:
 
 
 @routes.get("/maintenance-status")
-@documented("The maintenance flag", MaintenanceStatusSchema, errors=(503,))
+@routes.get("/maintenance-statuses/latest")
+@documented("The maintenance flag", MaintenanceStatusSchema, "maintenance", errors=(503,))
 async def get_maintenance_status(request: web.Request) -> web.Response:
     latest = await store_of(request).latest_maintenance()
     if latest is None:  # the service stores the initial status at start: only a hand can remove it
@@ -1500,47 +2077,181 @@ async def get_maintenance_status(request: web.Request) -> web.Response:
 
 
 @routes.get("/maintenance-history")
-@documented("Every maintenance status, newest first", many(MaintenanceStatusSchema), errors=(503,))
+@routes.get("/maintenance-statuses")
+@documented("Every maintenance status, newest first", many(MaintenanceStatusSchema), "maintenance", errors=(503,))
 async def get_maintenance_history(request: web.Request) -> web.Response:
     return respond(MAINTENANCE_STATUS_SCHEMA, await store_of(request).maintenance_history(), many=True)
 
 
+@routes.get("/datastores/rdns")
+@documented(
+    "The rdns of the live datastores, sorted", {"type": "array", "items": {"type": "string"}}, "datastores", errors=(503,)
+)
+async def list_datastore_rdns(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps(await live_rdns(request)), headers={"Content-Type": JSON_CONTENT_TYPE})
+
+
+async def live_datastores(request: web.Request) -> list[Datastore]:
+    registered = [datastore for datastore in await store_of(request).list_datastores() if not datastore["deleted"]]
+    return sorted([default_datastore(request.app[CONFIG]), *registered], key=lambda datastore: datastore["rdn"])
+
+
+async def live_rdns(request: web.Request) -> list[str]:
+    return [datastore["rdn"] for datastore in await live_datastores(request)]
+
+
+@routes.get("/datastores")
+@documented("The live datastores, by rdn", many(DatastoreSchema), "datastores", errors=(401, 403, 503))
+async def list_datastores(request: web.Request) -> web.Response:
+    await require_provisioner(request)
+    return respond(DATASTORE_SCHEMA, await live_datastores(request), many=True)
+
+
+@routes.post("/datastores")
+@documented(
+    "Provision a datastore: its directories and files, then the job that makes its keys",
+    PostJobResultSchema,
+    "datastores",
+    errors=(400, 401, 403, 409, 413, 503),
+    body=NewDatastoreSchema,
+)
+async def post_datastore(request: web.Request) -> web.Response:
+    user = await require_provisioner(request)
+    new = NEW_DATASTORE_SCHEMA.load(await read_json_object(request))
+    config = request.app[CONFIG]
+    datastore = Datastore(
+        rdn=new["rdn"],
+        name=new["name"],
+        description=new["description"],
+        directory=str(datastore_directory(config.datastores.root, new["rdn"])),
+        bumpEnabled=new["bumpEnabled"],
+        deleted=False,
+    )
+    keys_job = new_job(datastore, {"operation": "GENERATE_RSA_KEYS", "target": DATASTORE}, user)
+    async with request.app[PROVISIONING]:
+        await provision(request.app, datastore, keys_job)
+    return respond(POST_JOB_RESULT_SCHEMA, {"status": "queued", "msg": "CREATED", "job_id": keys_job["jobId"]})
+
+
+@routes.get("/datastores/{rdn}")
+@documented("One live datastore", DatastoreSchema, "datastores", errors=(400, 401, 403, 404, 503))
+async def get_datastore(request: web.Request) -> web.Response:
+    await require_provisioner(request)
+    return respond(DATASTORE_SCHEMA, await live_datastore(request, path_rdn(request)))
+
+
+@routes.delete("/datastores/{rdn}")
+@documented(
+    "Delete a datastore: it leaves every list, its jobs and files are kept",
+    MessageSchema,
+    "datastores",
+    errors=(400, 401, 403, 404, 409, 503),
+)
+async def delete_datastore(request: web.Request) -> web.Response:
+    await require_provisioner(request)
+    rdn = path_rdn(request)
+    if rdn == request.app[CONFIG].datastores.default:
+        raise ApiError(409, f"{rdn} is the default datastore, which cannot be deleted")
+    await live_datastore(request, rdn)
+    await store_of(request).delete_datastore(rdn)
+    return respond_message(f"Deleted datastore {rdn}")
+
+
+@routes.get("/datastores/{rdn}/directory")
+@documented(
+    "The datastore's directory, as a JSON string", {"type": "string"}, "datastores", errors=(400, 401, 404, 503)
+)
+async def get_datastore_directory(request: web.Request) -> web.Response:
+    require_api_key(request)
+    datastore = await live_datastore(request, path_rdn(request))
+    return web.Response(body=orjson.dumps(datastore["directory"]), headers={"Content-Type": JSON_CONTENT_TYPE})
+
+
+@routes.post("/datastores/{rdn}/public-key")
+@documented(
+    "Store the datastore's public key (once)",
+    MessageSchema,
+    "datastores",
+    errors=(400, 401, 404, 409, 413, 415, 503),
+    body={"type": "string"},
+    body_media_type=PEM_CONTENT_TYPE,
+)
+async def post_public_key(request: web.Request) -> web.Response:
+    require_api_key(request)
+    datastore = await live_datastore(request, path_rdn(request))
+    if request.content_type != PEM_CONTENT_TYPE:
+        raise ApiError(415, f"A public key is sent as {PEM_CONTENT_TYPE}")
+    pem = await read_body(request)
+    await asyncio.to_thread(store_public_key, Path(datastore["directory"]), pem)
+    return respond_message(f"Stored the public key of {datastore['rdn']}")
+
+
+@routes.get("/datastores/{rdn}/public-key")
+@documented(
+    "The datastore's public key, as PEM",
+    {"type": "string"},
+    "datastores",
+    errors=(*SCOPED, 503),
+    media_type=PEM_CONTENT_TYPE,
+)
+async def get_public_key(request: web.Request) -> web.Response:
+    datastore, _ = await acting_on(request, write=False)
+    pem = await asyncio.to_thread(read_public_key, Path(datastore["directory"]))
+    return web.Response(body=pem, headers={"Content-Type": PEM_CONTENT_TYPE})
+
+
 @routes.get("/metrics")
-@documented("Prometheus metrics", {"type": "string"}, errors=(503,), media_type="text/plain")
+@documented("Prometheus metrics", {"type": "string"}, "operations", errors=(503,), media_type="text/plain")
 async def get_metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
-    metrics.record_store(await store_of(request).stats())
+    metrics.record_store(await store_of(request).stats(), request.app[CONFIG].datastores.default)
     body = prometheus_client.generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
 @routes.get("/health/alive")
-@documented("200 while the process serves", MessageSchema)
+@routes.get("/datastores/{rdn}/health/alive")
+@documented("200 while the process serves", MessageSchema, "operations", scoped_errors=(400, 404, 503))
 async def health_alive(request: web.Request) -> web.Response:
+    if "rdn" in request.match_info:  # open, like the original: probes send no token
+        await live_datastore(request, path_rdn(request))
     return respond_message("I'm alive!")
 
 
 @routes.get("/health/ready")
-@documented("200 while the storage backend answers", MessageSchema, errors=(503,))
+@routes.get("/datastores/{rdn}/health/ready")
+@documented(
+    "200 while the storage backend answers", MessageSchema, "operations", errors=(503,), scoped_errors=(400, 404)
+)
 async def health_ready(request: web.Request) -> web.Response:
     await store_of(request).ping()
+    if "rdn" in request.match_info:
+        await live_datastore(request, path_rdn(request))
     return respond_message("I'm ready!")
 
 
 @routes.get("/openapi.json")
-@documented("This API's OpenAPI 3 document", {"type": "object"})
+@documented("This API's OpenAPI 3 document", {"type": "object"}, "operations")
 async def get_openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], headers={"Content-Type": JSON_CONTENT_TYPE})
 
 
 @routes.get("/docs")
-@documented("Interactive documentation of this API (Swagger UI)", {"type": "string"}, media_type="text/html")
+@documented(
+    "Interactive documentation of this API (Swagger UI)", {"type": "string"}, "operations", media_type="text/html"
+)
 async def get_docs(request: web.Request) -> web.Response:
     return web.Response(text=DOCS_PAGE, content_type="text/html")
 
 
 @routes.get("/docs/assets/{filename}")
-@documented("The files of the documentation page, served from the package", None, errors=(404,), media_type="*/*")
+@documented(
+    "The files of the documentation page, served from the package",
+    None,
+    "operations",
+    errors=(404,),
+    media_type="*/*",
+)
 async def get_docs_asset(request: web.Request) -> web.FileResponse:
     filename = request.match_info["filename"]
     if filename not in SWAGGER_UI_FILES:
@@ -1622,11 +2333,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return respond_message(text, status)
 
 
+async def finish_or_undo_provisionings(app: web.Application) -> None:
+    """Provisionings a crash cut short, dealt with at start; while the store cannot
+    be reached they wait for the next attempt to provision the same rdn."""
+    root = app[CONFIG].datastores.root
+    for directory in await asyncio.to_thread(unfinished_provisionings, root):
+        try:
+            await finish_or_undo_provisioning(app, directory)
+        except (ApiError, StoreError) as exc:
+            log.warning("Cannot deal with the unfinished provisioning of %s now: %s", directory.name, exc)
+
+
 async def storage_context(app: web.Application) -> Any:
     """Open the backend inside the app's lifetime: some drivers bind to the running loop."""
     config = app[CONFIG]
     initial = MaintenanceStatus(msg=INITIAL_MAINTENANCE_MSG, paused=False, timestamp=now_iso())
-    app[STORE] = InstrumentedStore(await open_store(config.storage.selected, initial), app[METRICS])
+    store = await open_store(config.storage.selected, config.datastores.default, initial)
+    app[STORE] = InstrumentedStore(store, app[METRICS])
+    await finish_or_undo_provisionings(app)
     yield
     await app[STORE].close()
 
@@ -1654,6 +2378,7 @@ def create_app(config: Config) -> web.Application:
     app[ENCODED_JOBS] = EncodedCache(JOB_SCHEMA, job_identity, revision_of, max_bytes=ENCODED_JOBS_MAX_BYTES)
     app[ENCODED_TARGETS] = EncodedCache(TARGET_SCHEMA, target_identity, target_version, max_bytes=8 << 20)
     app[ARCHIVES] = ArchiveInspections()
+    app[PROVISIONING] = asyncio.Lock()
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(signing_keys_context)
     app.add_routes(routes)
@@ -1707,10 +2432,12 @@ def main(argv: list[str] | None = None) -> None:
         configure_process(config.logging)
         prepare_directories(config)
         if args.command == "export":
-            exported = asyncio.run(export_documents(config.storage.selected, args.to))
+            exported = asyncio.run(export_documents(config.storage.selected, config.datastores.default, args.to))
             print(f"exported {exported} documents to {args.to}")
         elif args.command == "import":
-            imported = asyncio.run(import_documents(config.storage.selected, args.source, args.replace))
+            imported = asyncio.run(
+                import_documents(config.storage.selected, config.datastores.default, args.source, args.replace)
+            )
             print(f"imported {imported} documents from {args.source}")
         else:
             web.run_app(

@@ -1,10 +1,18 @@
 """The production backend: MongoDB through PyMongo's native async client.
 
 Several service processes may share one database, so nothing here relies on
-in-process locking: the unique index on the in-progress target is what keeps
-one job in progress per target, and finishing a job is a sequence of single-
-document writes ordered so that a crash between any two of them loses nothing.
-No step needs a multi-document transaction, which a standalone mongod lacks.
+in-process locking: the unique index on the in-progress (datastore, target) is
+what keeps one job in progress per target in each datastore, and finishing a job
+is a sequence of single-document writes ordered so that a crash between any two
+of them loses nothing. No step needs a multi-document transaction, which a
+standalone mongod lacks.
+
+A database written before datastores existed is upgraded as it is prepared, by
+steps that are each idempotent, so an upgrade cut short is finished by the next
+start: its jobs and targets are put in the default datastore, the new unique
+indexes are built, then the old ones (on the target or name alone) are dropped.
+Processes of the old release must be stopped first: they would write documents
+without a datastore, and their rule would be gone.
 """
 
 from __future__ import annotations
@@ -19,11 +27,14 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncCursor
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from .base import (
     COLLECTIONS,
     FINAL_STATUSES,
+    Datastore,
+    DatastoreBusy,
+    DatastoreTaken,
     Job,
     JobChange,
     JobFinal,
@@ -48,25 +59,37 @@ MANIFESTO_NAME = "parameters.bumpManifesto.dataStructureUpdates.name"
 HISTORY_SORT = [("timestamp", DESCENDING), ("_id", DESCENDING)]
 INITIAL_MAINTENANCE_ID = "initial-status"
 
+#: Documents of these belong to a datastore.
+IN_DATASTORES = ("inprogress", "completed", "targets")
+#: Both job collections': a job by id, and what the job queries filter and sort on
+#: (status, datastore, operation, job order, the datasets of a BUMP manifesto).
+JOB_QUERY_INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
+    ([("jobId", ASCENDING)], {"unique": True}),
+    ([("status", ASCENDING)], {}),
+    (JOB_SORT, {}),
+    ([("datastoreRdn", ASCENDING), *JOB_SORT], {}),
+    ([("parameters.operation", ASCENDING)], {}),
+    ([(MANIFESTO_NAME, ASCENDING)], {}),
+]
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "inprogress": [
-        # The rule itself: one document per target in this collection, across processes.
-        ([("parameters.target", ASCENDING)], {"unique": True, "name": "one_job_per_target"}),
-        ([("jobId", ASCENDING)], {"unique": True}),
-        ([("status", ASCENDING)], {}),
-        (JOB_SORT, {}),
-        ([(MANIFESTO_NAME, ASCENDING)], {}),
+        # The rule itself: one document per target and datastore in this collection, across processes.
+        (
+            [("datastoreRdn", ASCENDING), ("parameters.target", ASCENDING)],
+            {"unique": True, "name": "one_job_per_target_per_datastore"},
+        ),
+        *JOB_QUERY_INDEXES,
     ],
-    "completed": [
-        ([("jobId", ASCENDING)], {"unique": True}),
-        ([("status", ASCENDING)], {}),
-        (JOB_SORT, {}),
-        ([("parameters.target", ASCENDING)], {}),
-        ([(MANIFESTO_NAME, ASCENDING)], {}),
-    ],
-    "targets": [([("name", ASCENDING)], {"unique": True})],
+    "completed": [*JOB_QUERY_INDEXES, ([("parameters.target", ASCENDING)], {})],
+    "targets": [([("datastoreRdn", ASCENDING), ("name", ASCENDING)], {"unique": True})],
+    "datastores": [([("rdn", ASCENDING)], {"unique": True})],
     "maintenance": [(HISTORY_SORT, {})],
 }
+#: The rules from before datastores (one job per target, one target per name, across
+#: all datastores), which the new ones replace.
+OLD_INDEXES = {"inprogress": "one_job_per_target", "targets": "name_1"}
+#: MongoDB's error code for dropping an index that is not there.
+INDEX_NOT_FOUND = 27
 
 
 @contextlib.asynccontextmanager
@@ -112,6 +135,8 @@ async def merge_in_order(stream: AsyncIterator[Job], jobs: list[Job]) -> AsyncIt
 
 def job_filter(query: JobQuery) -> dict[str, Any]:
     conditions: dict[str, Any] = {}
+    if query.datastore is not None:
+        conditions["datastoreRdn"] = query.datastore
     if query.status is not None:
         conditions["status"] = query.status
     if query.operations is not None:
@@ -131,15 +156,32 @@ def job_updates(change: JobChange) -> dict[str, Any]:
     return updates
 
 
+async def drop_index_if_present(collection: AsyncCollection, name: str) -> None:
+    """Drop an index; another process preparing the same database may have dropped it first."""
+    try:
+        await collection.drop_index(name)
+    except OperationFailure as exc:
+        if exc.code != INDEX_NOT_FOUND:
+            raise
+
+
 class MongoStore:
     """The Store protocol on one MongoDB database."""
 
-    def __init__(self, client: AsyncMongoClient, database: str, initial_maintenance: MaintenanceStatus | None) -> None:
+    def __init__(
+        self,
+        client: AsyncMongoClient,
+        database: str,
+        default_datastore: str,
+        initial_maintenance: MaintenanceStatus | None,
+    ) -> None:
         self._client = client
+        self._default = default_datastore
         self._initial_maintenance = initial_maintenance
         self.prepared = False
         db = client[database]
         self._collections: dict[str, AsyncCollection] = {name: db[name] for name in COLLECTIONS}
+        self._datastores = db["datastores"]
         self._inprogress = db["inprogress"]
         self._completed = db["completed"]
         self._targets = db["targets"]
@@ -153,9 +195,12 @@ class MongoStore:
         timeout_seconds: float,
         username: str | None = None,
         password: str | None = None,
+        *,
+        default_datastore: str,
         initial_maintenance: MaintenanceStatus | None = None,
     ) -> MongoStore:
-        """Connect and prepare the database.
+        """Connect and prepare the database, whose jobs and targets from before
+        datastores belong to `default_datastore`.
 
         The client binds to the running event loop, so this runs inside the
         app's lifetime, never at import time. A server that is down at start is
@@ -169,7 +214,7 @@ class MongoStore:
             serverSelectionTimeoutMS=int(timeout_seconds * 1000),
             **(credentials if username else {}),
         )
-        store = cls(client, database, initial_maintenance)
+        store = cls(client, database, default_datastore, initial_maintenance)
         with contextlib.suppress(StoreUnavailable):
             await store.ping()
         return store
@@ -179,12 +224,20 @@ class MongoStore:
             await self.prepare()
 
     async def prepare(self) -> None:
-        """Idempotent start-up work, before any other operation: the indexes the
-        rules and queries rely on, any job move a crash cut short, and the
-        initial maintenance status of a service's first start."""
+        """Idempotent start-up work, before any other operation: documents from
+        before datastores put in the default one, the indexes the rules and
+        queries rely on (the new rules built before the old ones go, so that one
+        always holds), any job move a crash cut short, and the initial
+        maintenance status of a service's first start."""
+        for name in IN_DATASTORES:
+            await self._collections[name].update_many(
+                {"datastoreRdn": {"$exists": False}}, {"$set": {"datastoreRdn": self._default}}
+            )
         for name, indexes in INDEXES.items():
             for keys, options in indexes:
                 await self._collections[name].create_index(keys, **options)
+        for name, index in OLD_INDEXES.items():
+            await drop_index_if_present(self._collections[name], index)
         async for job in self._inprogress.find({"status": {"$in": sorted(FINAL_STATUSES)}}, NO_ID):
             await self._finish(job)
         if self._initial_maintenance is not None:
@@ -218,12 +271,13 @@ class MongoStore:
 
     @store_operation
     async def insert_job(self, job: Job) -> None:
+        held = {"datastoreRdn": job["datastoreRdn"], "parameters.target": job["parameters"]["target"]}
         for _ in range(2):
             try:
                 await self._inprogress.insert_one(dict(job))  # insert_one adds _id to what it is given
                 return
             except DuplicateKeyError:
-                holder = await self._inprogress.find_one({"parameters.target": job["parameters"]["target"]}, NO_ID)
+                holder = await self._inprogress.find_one(held, NO_ID)
                 if holder is None or holder["status"] not in FINAL_STATUSES:
                     break
                 # The target is held by a finished job whose move a crash cut short.
@@ -273,9 +327,15 @@ class MongoStore:
         for job in jobs:
             yield job
 
-    def jobs_for_target(self, name: str) -> AsyncIterator[Job]:
+    def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[Job]:
+        # The datastore in each branch, so that each can use its own index.
         return self._find_both(
-            {"$or": [{"parameters.target": name}, {"parameters.operation": "BUMP", MANIFESTO_NAME: name}]}
+            {
+                "$or": [
+                    {"datastoreRdn": datastore, "parameters.target": name},
+                    {"datastoreRdn": datastore, "parameters.operation": "BUMP", MANIFESTO_NAME: name},
+                ]
+            }
         )
 
     @store_operation
@@ -304,20 +364,51 @@ class MongoStore:
         raise JobFinal(job_id, job["status"])
 
     @store_operation
-    async def target_in_progress(self, name: str) -> bool:
-        return await self._inprogress.find_one({"parameters.target": name, "status": NOT_FINAL}) is not None
+    async def target_in_progress(self, datastore: str, name: str) -> bool:
+        held = {"datastoreRdn": datastore, "parameters.target": name, "status": NOT_FINAL}
+        return await self._inprogress.find_one(held) is not None
 
     @store_operation
     async def save_target(self, target: Target) -> None:
-        await self._targets.replace_one({"name": target["name"]}, target, upsert=True)
+        await self._targets.replace_one(
+            {"datastoreRdn": target["datastoreRdn"], "name": target["name"]}, target, upsert=True
+        )
 
     @store_operation
-    async def get_target(self, name: str) -> Target | None:
-        return await self._targets.find_one({"name": name}, NO_ID)
+    async def get_target(self, datastore: str, name: str) -> Target | None:
+        return await self._targets.find_one({"datastoreRdn": datastore, "name": name}, NO_ID)
 
     @store_operation
-    async def list_targets(self) -> list[Target]:
-        return await self._targets.find({}, NO_ID).sort("name", ASCENDING).to_list()
+    async def list_targets(self, datastore: str) -> list[Target]:
+        return await self._targets.find({"datastoreRdn": datastore}, NO_ID).sort("name", ASCENDING).to_list()
+
+    @store_operation
+    async def add_datastore(self, datastore: Datastore) -> None:
+        try:
+            await self._datastores.insert_one(dict(datastore))  # insert_one adds _id to what it is given
+        except DuplicateKeyError:
+            raise DatastoreTaken(datastore["rdn"]) from None
+
+    @store_operation
+    async def get_datastore(self, rdn: str) -> Datastore | None:
+        return await self._datastores.find_one({"rdn": rdn}, NO_ID)
+
+    @store_operation
+    async def list_datastores(self) -> list[Datastore]:
+        return await self._datastores.find({}, NO_ID).sort("rdn", ASCENDING).to_list()
+
+    @store_operation
+    async def delete_datastore(self, rdn: str) -> None:
+        # A job posted between the check and the mark is tolerated: the datastore
+        # keeps its jobs and files when deleted, so that job still runs to its end
+        # on a directory that exists, and shows in the job lists like any other.
+        if await self._inprogress.find_one({"datastoreRdn": rdn, "status": NOT_FINAL}) is not None:
+            raise DatastoreBusy(rdn)
+        await self._datastores.update_one({"rdn": rdn}, {"$set": {"deleted": True}})
+
+    @store_operation
+    async def remove_datastore(self, rdn: str) -> None:
+        await self._datastores.delete_one({"rdn": rdn})
 
     @store_operation
     async def add_maintenance(self, status: MaintenanceStatus) -> None:
@@ -335,37 +426,61 @@ class MongoStore:
     async def stats(self) -> StoreStats:
         by_status: list[dict[str, Any]] = [
             {"$match": {"status": NOT_FINAL}},
-            {"$group": {"_id": "$status", "count": {"$sum": 1}}},
+            {"$group": {"_id": {"datastore": "$datastoreRdn", "status": "$status"}, "count": {"$sum": 1}}},
         ]
         rows = await (await self._inprogress.aggregate(by_status)).to_list()
-        in_progress = {row["_id"]: row["count"] for row in rows}
+        in_progress = {(row["_id"]["datastore"], row["_id"]["status"]): row["count"] for row in rows}
         latest = await self._maintenance.find_one({}, NO_ID, sort=HISTORY_SORT)
         completed = await self._completed.estimated_document_count()
         return StoreStats(in_progress, completed, bool(latest and latest["paused"]))
 
     @store_operation
     async def dump_collection(self, name: str) -> list[dict[str, Any]]:
-        order = {"targets": [("name", ASCENDING)], "maintenance": [(key, ASCENDING) for key, _ in HISTORY_SORT]}
+        order = {
+            "datastores": [("rdn", ASCENDING)],
+            "targets": [("datastoreRdn", ASCENDING), ("name", ASCENDING)],
+            "maintenance": [(key, ASCENDING) for key, _ in HISTORY_SORT],
+        }
         return await self._collections[name].find({}, NO_ID).sort(order.get(name, JOB_SORT)).to_list()
 
     @store_operation
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
+        # insert_many adds an _id to each document it is given: give it copies.
+        if name in IN_DATASTORES:
+            documents = [{"datastoreRdn": self._default, **document} for document in documents]
+        else:
+            documents = [dict(document) for document in documents]
         if name == "inprogress":
             await self._check_one_per_target(cast(list[Job], documents))
+        if name == "datastores":
+            await self._check_rdns_free(documents)
         if documents:
-            # insert_many adds an _id to each document it is given: give it copies.
-            await self._collections[name].insert_many([dict(document) for document in documents])
+            await self._collections[name].insert_many(documents)
 
     async def _check_one_per_target(self, jobs: list[Job]) -> None:
         """Refuse an import that would break the rule before writing any of it
         (the unique index would refuse it too, but only halfway through)."""
-        targets = Counter(job["parameters"]["target"] for job in jobs)
-        twice = [target for target, count in targets.items() if count > 1]
-        held = await self._inprogress.find_one({"parameters.target": {"$in": list(targets)}}, NO_ID)
+        held = Counter((job["datastoreRdn"], job["parameters"]["target"]) for job in jobs)
+        twice = [target for (_, target), count in held.items() if count > 1]
         if twice:
             raise TargetBusy(twice[0])
-        if held is not None:
-            raise TargetBusy(held["parameters"]["target"])
+        candidates = {
+            "datastoreRdn": {"$in": sorted({datastore for datastore, _ in held})},
+            "parameters.target": {"$in": sorted({target for _, target in held})},
+        }
+        async for job in self._inprogress.find(candidates, NO_ID):
+            if (job["datastoreRdn"], job["parameters"]["target"]) in held:
+                raise TargetBusy(job["parameters"]["target"])
+
+    async def _check_rdns_free(self, datastores: list[dict[str, Any]]) -> None:
+        """Refuse an import of an rdn twice, or of one registered already, before writing any."""
+        rdns = Counter(datastore["rdn"] for datastore in datastores)
+        twice = [rdn for rdn, count in rdns.items() if count > 1]
+        if twice:
+            raise DatastoreTaken(twice[0])
+        registered = await self._datastores.find_one({"rdn": {"$in": list(rdns)}}, NO_ID)
+        if registered is not None:
+            raise DatastoreTaken(registered["rdn"])
 
     @store_operation
     async def is_empty(self) -> bool:

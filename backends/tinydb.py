@@ -6,8 +6,14 @@ no write costs more as history grows. TinyDB itself is neither thread-safe nor
 indexed, so every change runs on one dedicated worker thread, which serialises
 them ("check the target is free, then insert" is atomic) and keeps file I/O off
 the event loop. What the hot reads need (a job by id, the in-progress jobs, the
-targets) the worker also publishes as in-memory snapshots that are replaced,
-never changed, so the event loop reads them without waiting for the worker.
+targets, the datastores) the worker also publishes as in-memory snapshots that
+are replaced, never changed, so the event loop reads them without waiting for the
+worker.
+
+A data directory written before datastores existed holds jobs and targets without
+`datastoreRdn`: each is given the default datastore as it is read into memory, so
+opening such a directory rewrites nothing, and a document gains the field on disk
+only when it is next written anyway.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import os
 import sys
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
@@ -33,6 +39,9 @@ from tinydb.storages import Storage
 
 from .base import (
     FINAL_STATUSES,
+    Datastore,
+    DatastoreBusy,
+    DatastoreTaken,
     Job,
     JobChange,
     JobFinal,
@@ -52,6 +61,8 @@ from .base import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+M = TypeVar("M", bound=Mapping[str, Any])
 LOCK_FILE = "job-service.lock"
 TMP_SUFFIX = ".tmp"
 #: Jobs per completed segment: a completion rewrites at most this many.
@@ -59,6 +70,8 @@ SEGMENT_SIZE = 500
 #: Jobs decoded per step of a listing, so a listing of years of history never
 #: holds every job as objects at once.
 JOBS_PER_STEP = 500
+#: The collections whose documents belong to a datastore.
+IN_DATASTORES = frozenset({"inprogress", "completed", "targets"})
 
 
 def fsync_directory(path: Path) -> None:
@@ -151,7 +164,34 @@ def apply_change(job: Job, change: JobChange) -> Job:
     return job
 
 
-def wanted(status: str, operation: str, query: JobQuery) -> bool:
+def in_datastore(document: M, default: str) -> M:
+    """`document` as read today: a job or target written before datastores existed
+    belongs to the default datastore. A new dict when it lacks one; never changed in place."""
+    return document if "datastoreRdn" in document else cast(M, {**document, "datastoreRdn": default})
+
+
+def held_target(job: Job) -> tuple[str, str]:
+    """What an in-progress job holds: its target, in its datastore."""
+    return job["datastoreRdn"], job["parameters"]["target"]
+
+
+def target_key(target: Mapping[str, Any]) -> tuple[str, str]:
+    return target["datastoreRdn"], target["name"]
+
+
+def refuse_repeats(keys: Iterable[K], taken: Iterable[K], refusal: Callable[[K], StoreAnswer]) -> None:
+    """Raise `refusal` of the first key already `taken` or repeated: an import keeps
+    the rules that inserting one document at a time keeps."""
+    seen = set(taken)
+    for key in keys:
+        if key in seen:
+            raise refusal(key)
+        seen.add(key)
+
+
+def wanted(datastore: str, status: str, operation: str, query: JobQuery) -> bool:
+    if query.datastore is not None and datastore != query.datastore:
+        return False
     if query.status is not None and status != query.status:
         return False
     return query.operations is None or operation in query.operations
@@ -162,6 +202,7 @@ class JobFacts(NamedTuple):
 
     created_at: str
     job_id: str
+    datastore: str
     status: str
     operation: str
     target: str
@@ -169,11 +210,12 @@ class JobFacts(NamedTuple):
 
 def facts_of(job: Job) -> JobFacts:
     parameters = job["parameters"]
-    # Statuses, operations and targets repeat across history: one string object each.
-    status, operation, target = (
-        sys.intern(value) for value in (job["status"], parameters["operation"], parameters["target"])
+    # Datastores, statuses, operations and targets repeat across history: one string object each.
+    datastore, status, operation, target = (
+        sys.intern(value)
+        for value in (job["datastoreRdn"], job["status"], parameters["operation"], parameters["target"])
     )
-    return JobFacts(job["createdAt"], job["jobId"], status, operation, target)
+    return JobFacts(job["createdAt"], job["jobId"], datastore, status, operation, target)
 
 
 class CompletedJobs:
@@ -184,18 +226,21 @@ class CompletedJobs:
     a completion costs the same at any history size; memory holds each job as
     its JSON bytes, about a third of its size as Python objects. Reads of one
     job by id are single dict lookups, safe from any thread; everything that
-    iterates runs on the store's worker thread.
+    iterates runs on the store's worker thread. A job from before datastores is
+    remembered in `default_datastore`, its file left as it is.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, default_datastore: str) -> None:
         directory.mkdir(exist_ok=True)
         self._directory = directory
+        self._default = default_datastore
         self._load()
 
     def _load(self) -> None:
         self._encoded: dict[str, bytes] = {}
         self._facts: dict[str, JobFacts] = {}
-        self._by_dataset: defaultdict[str, list[str]] = defaultdict(list)
+        #: Job ids by (datastore, dataset): the target and any dataset a BUMP manifesto lists.
+        self._by_dataset: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
         directory = self._directory
         segments = sorted(directory.glob("*.json"))
         for path in segments[:-1]:
@@ -208,14 +253,15 @@ class CompletedJobs:
         return self._directory / f"{number:08d}.json"
 
     def _remember(self, jobs: Iterable[Job]) -> None:
-        for job in jobs:
+        for stored in jobs:
+            job = in_datastore(stored, self._default)
             job_id = job["jobId"]
             # A copy of exactly its length: orjson's own bytes keep their whole
             # working buffer, four times the size, for as long as they live.
             self._encoded[job_id] = bytes(memoryview(orjson.dumps(job)))
-            self._facts[job_id] = facts_of(job)
-            for name in {job["parameters"]["target"], *manifesto_datasets(job)}:
-                self._by_dataset[name].append(job_id)
+            facts = self._facts[job_id] = facts_of(job)
+            for name in {facts.target, *manifesto_datasets(job)}:
+                self._by_dataset[facts.datastore, name].append(job_id)
 
     def add(self, jobs: list[Job]) -> None:
         """Append `jobs` durably, starting a new segment whenever the newest is full."""
@@ -247,10 +293,12 @@ class CompletedJobs:
     def facts(self, query: JobQuery) -> list[JobFacts]:
         if self.excluded_by(query):
             return []
-        return [facts for facts in self._facts.values() if wanted(facts.status, facts.operation, query)]
+        return [
+            facts for facts in self._facts.values() if wanted(facts.datastore, facts.status, facts.operation, query)
+        ]
 
-    def facts_for_dataset(self, name: str) -> list[JobFacts]:
-        return [self._facts[job_id] for job_id in self._by_dataset.get(name, ())]
+    def facts_for_dataset(self, datastore: str, name: str) -> list[JobFacts]:
+        return [self._facts[job_id] for job_id in self._by_dataset.get((datastore, name), ())]
 
     def clear(self) -> None:
         self._active.close()
@@ -266,21 +314,30 @@ class CompletedJobs:
 class TinyDBStore:
     """The Store protocol on TinyDB files in one data directory."""
 
-    def __init__(self, path: Path, initial_maintenance: MaintenanceStatus | None) -> None:
+    def __init__(self, path: Path, default_datastore: str, initial_maintenance: MaintenanceStatus | None) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._lock = DirectoryLock(path / LOCK_FILE)
         for leftover in path.rglob("*" + TMP_SUFFIX):
             leftover.unlink()
+        self._default = default_datastore
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tinydb")
+        self._registry = TinyDB(path / "datastores.json", storage=AtomicJSONStorage)
         self._inprogress = TinyDB(path / "inprogress.json", storage=AtomicJSONStorage)
         self._targets = TinyDB(path / "targets.json", storage=AtomicJSONStorage)
         self._maintenance = TinyDB(path / "maintenance.json", storage=AtomicJSONStorage)
-        self._completed = CompletedJobs(path / "completed")
-        self._tables = {"inprogress": self._inprogress, "targets": self._targets, "maintenance": self._maintenance}
+        self._completed = CompletedJobs(path / "completed", default_datastore)
+        self._tables = {
+            "datastores": self._registry,
+            "inprogress": self._inprogress,
+            "targets": self._targets,
+            "maintenance": self._maintenance,
+        }
         # Snapshots for the event loop: replaced by the worker after each change, never changed.
         self._current: Mapping[str, Job] = MappingProxyType({})
-        self._targets_by_name: Mapping[str, Target] = MappingProxyType({})
-        self._targets_in_order: tuple[Target, ...] = ()
+        self._targets_by_key: Mapping[tuple[str, str], Target] = MappingProxyType({})
+        self._targets_by_datastore: Mapping[str, tuple[Target, ...]] = MappingProxyType({})
+        #: Ordered by rdn.
+        self._datastores: Mapping[str, Datastore] = MappingProxyType({})
         self._latest_maintenance: MaintenanceStatus | None = None
         self._out_of_step = False
         self._closed = False
@@ -290,10 +347,13 @@ class TinyDBStore:
             self._latest_maintenance = MaintenanceStatus(**initial_maintenance)
 
     @classmethod
-    async def open(cls, path: str | Path, initial_maintenance: MaintenanceStatus | None = None) -> TinyDBStore:
-        """Open (creating) the data directory; a service also stores `initial_maintenance`
-        there when no maintenance status was ever set."""
-        return await asyncio.to_thread(cls, Path(path), initial_maintenance)
+    async def open(
+        cls, path: str | Path, default_datastore: str, initial_maintenance: MaintenanceStatus | None = None
+    ) -> TinyDBStore:
+        """Open (creating) the data directory, whose jobs and targets from before
+        datastores belong to `default_datastore`; a service also stores
+        `initial_maintenance` there when no maintenance status was ever set."""
+        return await asyncio.to_thread(cls, Path(path), default_datastore, initial_maintenance)
 
     def _finish_interrupted_moves(self) -> None:
         """A crash between "add to completed" and "remove from in-progress" leaves a
@@ -323,16 +383,29 @@ class TinyDBStore:
                 self._recover()
             raise
 
+    def _read(self, document: M) -> M:
+        """A stored job or target as the snapshots hold it: the store's own copy, in its datastore."""
+        return in_datastore(copy_document(document), self._default)
+
     def _publish(self) -> None:
         history = self._maintenance.all()
         latest = max(history, key=lambda status: status.doc_id) if history else None
         self._latest_maintenance = None if latest is None else cast(MaintenanceStatus, dict(latest))
-        self._current = MappingProxyType({job["jobId"]: copy_document(job) for job in self._inprogress.all()})
-        self._publish_targets({target["name"]: copy_document(target) for target in self._targets.all()})
+        jobs: list[Job] = [self._read(job) for job in self._inprogress.all()]
+        self._current = MappingProxyType({job["jobId"]: job for job in jobs})
+        targets: list[Target] = [self._read(target) for target in self._targets.all()]
+        self._publish_targets({target_key(target): target for target in targets})
+        self._publish_datastores({datastore["rdn"]: copy_document(datastore) for datastore in self._registry.all()})
 
-    def _publish_targets(self, targets: dict[str, Target]) -> None:
-        self._targets_by_name = MappingProxyType(targets)
-        self._targets_in_order = tuple(targets[name] for name in sorted(targets))
+    def _publish_targets(self, targets: dict[tuple[str, str], Target]) -> None:
+        self._targets_by_key = MappingProxyType(targets)
+        by_datastore: defaultdict[str, list[Target]] = defaultdict(list)
+        for datastore, name in sorted(targets):
+            by_datastore[datastore].append(targets[datastore, name])
+        self._targets_by_datastore = MappingProxyType({rdn: tuple(listed) for rdn, listed in by_datastore.items()})
+
+    def _publish_datastores(self, datastores: dict[str, Datastore]) -> None:
+        self._datastores = MappingProxyType({rdn: datastores[rdn] for rdn in sorted(datastores)})
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         # In the caller's context, so that the worker's log lines carry the request's id.
@@ -357,18 +430,21 @@ class TinyDBStore:
         await self._run(close_files)
         self._executor.shutdown()
 
-    def _doc_id(self, table: TinyDB, key: str, value: str) -> int:
-        """The TinyDB id of the document whose `key` is `value` (the tables it is used on are small)."""
-        [document] = table.search(lambda stored: stored[key] == value)
+    def _doc_id(self, table: TinyDB, matches: Callable[[Mapping[str, Any]], bool]) -> int:
+        """The TinyDB id of the one document that `matches` (the tables it is used on are small)."""
+        [document] = table.search(matches)
         return document.doc_id
+
+    def _job_doc_id(self, job_id: str) -> int:
+        return self._doc_id(self._inprogress, lambda stored: stored["jobId"] == job_id)
 
     async def insert_job(self, job: Job) -> None:
         job = copy_document(job)
 
         def insert() -> None:
-            target = job["parameters"]["target"]
-            if any(current["parameters"]["target"] == target for current in self._current.values()):
-                raise TargetBusy(target)
+            held = held_target(job)
+            if any(held_target(current) == held for current in self._current.values()):
+                raise TargetBusy(held[1])
             self._inprogress.insert(job)
             self._current = MappingProxyType({**self._current, job["jobId"]: job})
 
@@ -395,20 +471,21 @@ class TinyDBStore:
             current: list[JobFacts | Job] = [
                 copy_document(job)
                 for job in self._current.values()
-                if wanted(job["status"], job["parameters"]["operation"], query)
+                if wanted(job["datastoreRdn"], job["status"], job["parameters"]["operation"], query)
             ]
             return sorted([*current, *self._completed.facts(query)], key=entry_order)
 
         return self._stream(snapshot, on_loop=self._completed.excluded_by(query))
 
-    def jobs_for_target(self, name: str) -> AsyncIterator[Job]:
+    def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[Job]:
         def snapshot() -> list[JobFacts | Job]:
             current: list[JobFacts | Job] = [
                 copy_document(job)
                 for job in self._current.values()
-                if job["parameters"]["target"] == name or name in manifesto_datasets(job)
+                if job["datastoreRdn"] == datastore
+                and (job["parameters"]["target"] == name or name in manifesto_datasets(job))
             ]
-            return sorted([*current, *self._completed.facts_for_dataset(name)], key=entry_order)
+            return sorted([*current, *self._completed.facts_for_dataset(datastore, name)], key=entry_order)
 
         return self._stream(snapshot)
 
@@ -426,37 +503,84 @@ class TinyDBStore:
                 # Completed set first: a crash between the two writes leaves the
                 # job in both, which the next open resolves; never in neither.
                 self._completed.add([job])
-                self._inprogress.remove(doc_ids=[self._doc_id(self._inprogress, "jobId", job_id)])
+                self._inprogress.remove(doc_ids=[self._job_doc_id(job_id)])
                 self._current = MappingProxyType(remaining)
             else:
-                self._inprogress.update(job, doc_ids=[self._doc_id(self._inprogress, "jobId", job_id)])
+                self._inprogress.update(job, doc_ids=[self._job_doc_id(job_id)])
                 self._current = MappingProxyType({**remaining, job_id: job})
             return copy_document(job)
 
         return await self._run(update)
 
-    async def target_in_progress(self, name: str) -> bool:
-        return any(job["parameters"]["target"] == name for job in self._current.values())
+    async def target_in_progress(self, datastore: str, name: str) -> bool:
+        return any(held_target(job) == (datastore, name) for job in self._current.values())
 
     async def save_target(self, target: Target) -> None:
         target = copy_document(target)
 
         def save() -> None:
-            name = target["name"]
-            if name in self._targets_by_name:
-                self._targets.update(target, doc_ids=[self._doc_id(self._targets, "name", name)])
+            key = target_key(target)
+            if key in self._targets_by_key:
+                self._targets.update(target, doc_ids=[self._target_doc_id(key)])
             else:
                 self._targets.insert(target)
-            self._publish_targets({**self._targets_by_name, name: target})
+            self._publish_targets({**self._targets_by_key, key: target})
 
         await self._run(save)
 
-    async def get_target(self, name: str) -> Target | None:
-        target = self._targets_by_name.get(name)
+    def _target_doc_id(self, key: tuple[str, str]) -> int:
+        """A target from before datastores is found in the default datastore too
+        (and gains its `datastoreRdn` on disk as it is written)."""
+        return self._doc_id(self._targets, lambda stored: target_key(in_datastore(stored, self._default)) == key)
+
+    async def get_target(self, datastore: str, name: str) -> Target | None:
+        target = self._targets_by_key.get((datastore, name))
         return None if target is None else copy_document(target)
 
-    async def list_targets(self) -> list[Target]:
-        return copy_document(list(self._targets_in_order))
+    async def list_targets(self, datastore: str) -> list[Target]:
+        return copy_document(list(self._targets_by_datastore.get(datastore, ())))
+
+    async def add_datastore(self, datastore: Datastore) -> None:
+        datastore = copy_document(datastore)
+
+        def add() -> None:
+            rdn = datastore["rdn"]
+            if rdn in self._datastores:
+                raise DatastoreTaken(rdn)
+            self._registry.insert(datastore)
+            self._publish_datastores({**self._datastores, rdn: datastore})
+
+        await self._run(add)
+
+    async def get_datastore(self, rdn: str) -> Datastore | None:
+        datastore = self._datastores.get(rdn)
+        return None if datastore is None else copy_document(datastore)
+
+    async def list_datastores(self) -> list[Datastore]:
+        return copy_document(list(self._datastores.values()))
+
+    def _datastore_doc_id(self, rdn: str) -> int:
+        return self._doc_id(self._registry, lambda stored: stored["rdn"] == rdn)
+
+    async def delete_datastore(self, rdn: str) -> None:
+        def delete() -> None:
+            # On the worker, like every insert: no job can start between this check and the mark.
+            if any(job["datastoreRdn"] == rdn for job in self._current.values()):
+                raise DatastoreBusy(rdn)
+            registered = self._datastores.get(rdn)
+            if registered is not None:
+                self._registry.update({"deleted": True}, doc_ids=[self._datastore_doc_id(rdn)])
+                self._publish_datastores({**self._datastores, rdn: {**registered, "deleted": True}})
+
+        await self._run(delete)
+
+    async def remove_datastore(self, rdn: str) -> None:
+        def remove() -> None:
+            if rdn in self._datastores:
+                self._registry.remove(doc_ids=[self._datastore_doc_id(rdn)])
+                self._publish_datastores({key: value for key, value in self._datastores.items() if key != rdn})
+
+        await self._run(remove)
 
     async def add_maintenance(self, status: MaintenanceStatus) -> None:
         def add() -> None:
@@ -483,7 +607,7 @@ class TinyDBStore:
 
     async def stats(self) -> StoreStats:
         def count() -> StoreStats:
-            in_progress = Counter(job["status"] for job in self._current.values())
+            in_progress = Counter((job["datastoreRdn"], job["status"]) for job in self._current.values())
             latest = self._latest_maintenance
             return StoreStats(dict(in_progress), len(self._completed), bool(latest and latest["paused"]))
 
@@ -496,17 +620,25 @@ class TinyDBStore:
             if name == "inprogress":
                 return sorted((copy_document(job) for job in self._current.values()), key=job_order)
             if name == "targets":
-                return [copy_document(self._targets_by_name[target]) for target in sorted(self._targets_by_name)]
+                return [copy_document(self._targets_by_key[key]) for key in sorted(self._targets_by_key)]
+            if name == "datastores":
+                return copy_document(list(self._datastores.values()))
             return [dict(status) for status in sorted(self._maintenance.all(), key=lambda s: s.doc_id)]
 
         return await self._run(dump)
 
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
         documents = copy_document(documents)
+        if name in IN_DATASTORES:
+            documents = [in_datastore(document, self._default) for document in documents]
 
         def load() -> None:
             if name == "inprogress":
-                self._check_one_per_target(cast(list[Job], documents))
+                taken = map(held_target, self._current.values())
+                jobs = cast(list[Job], documents)
+                refuse_repeats(map(held_target, jobs), taken, lambda key: TargetBusy(key[1]))
+            if name == "datastores":
+                refuse_repeats((datastore["rdn"] for datastore in documents), self._datastores, DatastoreTaken)
             if name == "completed":
                 self._completed.add(cast(list[Job], documents))
             else:
@@ -514,15 +646,6 @@ class TinyDBStore:
             self._publish()
 
         await self._run(load)
-
-    def _check_one_per_target(self, jobs: list[Job]) -> None:
-        """The rule holds for imported jobs too: refuse a second in-progress job on a target."""
-        targets = [job["parameters"]["target"] for job in self._current.values()]
-        for job in jobs:
-            target = job["parameters"]["target"]
-            if target in targets:
-                raise TargetBusy(target)
-            targets.append(target)
 
     async def is_empty(self) -> bool:
         def empty() -> bool:

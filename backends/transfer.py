@@ -19,9 +19,9 @@ class TransferError(Exception):
     """An export or import that cannot be done; its text is the one line printed."""
 
 
-async def export_documents(options: TinyDBOptions | MongoDBOptions, path: Path) -> int:
+async def export_documents(options: TinyDBOptions | MongoDBOptions, default_datastore: str, path: Path) -> int:
     """Write every document of the store to `path` as JSON Lines; how many."""
-    store = await open_store(options)
+    store = await open_store(options, default_datastore)
     count = 0
     try:
         with open(path, "w", encoding="utf-8") as out:
@@ -59,10 +59,13 @@ def read_export(path: Path) -> dict[str, list[dict[str, Any]]]:
     return documents
 
 
-async def import_documents(options: TinyDBOptions | MongoDBOptions, path: Path, replace: bool) -> int:
-    """Load an export into the store, which must be empty unless `replace`; how many."""
+async def import_documents(
+    options: TinyDBOptions | MongoDBOptions, default_datastore: str, path: Path, replace: bool
+) -> int:
+    """Load an export into the store, which must be empty unless `replace`; how many.
+    Jobs and targets of an export from before datastores go to `default_datastore`."""
     documents = read_export(path)
-    store = await open_store(options)
+    store = await open_store(options, default_datastore)
     try:
         if replace:
             await store.clear()

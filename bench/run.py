@@ -41,7 +41,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from helpers import service_config, store_options  # noqa: E402
+from helpers import DEFAULT_DATASTORE, service_config, store_options  # noqa: E402
 from mongo_server import MongoServer, free_port, secantusd  # noqa: E402
 from service_process import ServiceProcess, stop_process, wait_ready  # noqa: E402
 
@@ -108,7 +108,7 @@ def completed_jobs(count: int) -> Iterator[dict]:
 
 async def seed(storage: dict, size: int) -> str:
     """Fill a store (a `[storage]` section); the id of its oldest completed job."""
-    store = await open_store(store_options(storage))
+    store = await open_store(store_options(storage), DEFAULT_DATASTORE)
     oldest = None
     batch: list[dict] = []
     for job in completed_jobs(size):

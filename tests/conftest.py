@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from helpers import OBSERVED_STATUSES, REPORT, service_config
+from helpers import OBSERVED_STATUSES, REPORT, KeyServer, service_config
 from mongo_server import MongoServer, secantusd
 from pymongo import MongoClient
 
@@ -113,3 +113,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 async def client(make_client: Callable[..., Any]) -> TestClient:
     return await make_client()
+
+
+@pytest.fixture
+async def key_server(aiohttp_server: Any) -> tuple[KeyServer, str]:
+    """A JWKS endpoint on loopback, and its URL."""
+    keys = KeyServer()
+    app = web.Application()
+    app.router.add_get("/jwks", keys.serve)
+    server = await aiohttp_server(app)
+    return keys, str(server.make_url("/jwks"))
+
+
+@pytest.fixture
+async def auth_client(make_client: Callable[..., Any], key_server: tuple[KeyServer, str]) -> Callable[..., Any]:
+    """A client of a service with auth on, its keys from `key_server`; keyword arguments are `[auth]` keys."""
+    _, url = key_server
+
+    async def make(**auth: Any) -> TestClient:
+        return await make_client(auth={"enabled": True, "jwks_url": url, **auth})
+
+    return make

@@ -6,12 +6,16 @@ without importing another test module.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import jwt
 import tomli_w
+from aiohttp import web
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from backends import MongoDBOptions, TinyDBOptions
 
@@ -35,8 +39,10 @@ def write_config(path: Path, sections: dict[str, Any]) -> Path:
 
 
 def service_config(storage: dict[str, Any], input_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
-    """A service's config on `storage` (a `[storage]` section, as the fixture gives), plus `sections`."""
-    return {"storage": storage, "input": {"dir": str(input_dir)}, **sections}
+    """A service's config on `storage` (a `[storage]` section, as the fixture gives), plus `sections`;
+    datastores are provisioned in `datastores/` beside the input directory."""
+    datastores = {"root": str(input_dir.parent / "datastores")}
+    return {"storage": storage, "input": {"dir": str(input_dir)}, "datastores": datastores, **sections}
 
 
 def store_options(storage: dict[str, Any]) -> TinyDBOptions | MongoDBOptions:
@@ -115,3 +121,60 @@ async def create_job(client: TestClient, **job: Any) -> str:
 async def put_job(client: TestClient, job_id: str, **body: Any) -> None:
     response = await client.put(f"/jobs/{job_id}", json=body)
     assert response.status == 200, await response.text()
+
+
+# --- tokens, as the platform's auth service signs them ---------------------------------
+
+USER = "6f1a0e6c-0000-4000-8000-000000000001"
+ADMIN_ROLE = "role/dataadministrator"
+
+
+class KeyServer:
+    """A JWKS endpoint the tests can rotate keys on, counting its fetches."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, rsa.RSAPrivateKey] = {"key-1": new_key()}
+        self.fetches = 0
+
+    async def serve(self, request: web.Request) -> web.Response:
+        self.fetches += 1
+        return web.json_response({"keys": [public_jwk(kid, key) for kid, key in self.keys.items()]})
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def public_jwk(kid: str, key: rsa.RSAPrivateKey) -> dict[str, Any]:
+    jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    return {**jwk, "kid": kid, "use": "sig"}
+
+
+def token(key: rsa.RSAPrivateKey, kid: str = "key-1", algorithm: str = "RS256", **claims: Any) -> str:
+    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
+
+
+def access_claims(**overrides: Any) -> dict[str, Any]:
+    claims = {
+        "sub": USER,
+        "aud": "datastore",
+        "exp": int(time.time()) + 300,
+        "accreditation/role": ADMIN_ROLE,
+        "user/uuid": USER,
+    }
+    claims.update(overrides)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def info_claims(**overrides: Any) -> dict[str, Any]:
+    claims = {"user/uuid": USER, "user/firstName": "Ola", "user/lastName": "Nordmann"}
+    claims.update(overrides)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def cookies_for(keys: KeyServer, access: dict | None = None, info: dict | None = None) -> dict[str, str]:
+    key = keys.keys["key-1"]
+    return {
+        "authorization": token(key, **(access_claims() if access is None else access)),
+        "user-info": token(key, **(info_claims() if info is None else info)),
+    }

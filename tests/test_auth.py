@@ -8,93 +8,18 @@ import hashlib
 import hmac
 import json
 import time
-from typing import Any
 
 import jwt
 import pytest
-from aiohttp import web
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from helpers import USER, KeyServer, access_claims, cookies_for, info_claims, new_key, public_jwk, token
 
 from job_service import INITIAL_MAINTENANCE_MSG
-
-USER = "6f1a0e6c-0000-4000-8000-000000000001"
-ADMIN_ROLE = "role/dataadministrator"
-
-
-class KeyServer:
-    """A JWKS endpoint the tests can rotate keys on, counting its fetches."""
-
-    def __init__(self) -> None:
-        self.keys: dict[str, rsa.RSAPrivateKey] = {"key-1": new_key()}
-        self.fetches = 0
-
-    async def serve(self, request: web.Request) -> web.Response:
-        self.fetches += 1
-        return web.json_response({"keys": [public_jwk(kid, key) for kid, key in self.keys.items()]})
-
-
-def new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def public_jwk(kid: str, key: rsa.RSAPrivateKey) -> dict[str, Any]:
-    jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    return {**jwk, "kid": kid, "use": "sig"}
-
-
-def token(key: rsa.RSAPrivateKey, kid: str = "key-1", algorithm: str = "RS256", **claims: Any) -> str:
-    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
-
-
-def access_claims(**overrides: Any) -> dict[str, Any]:
-    claims = {
-        "sub": USER,
-        "aud": "datastore",
-        "exp": int(time.time()) + 300,
-        "accreditation/role": ADMIN_ROLE,
-        "user/uuid": USER,
-    }
-    claims.update(overrides)
-    return {name: value for name, value in claims.items() if value is not None}
-
-
-def info_claims(**overrides: Any) -> dict[str, Any]:
-    claims = {"user/uuid": USER, "user/firstName": "Ola", "user/lastName": "Nordmann"}
-    claims.update(overrides)
-    return {name: value for name, value in claims.items() if value is not None}
 
 
 @pytest.fixture
 def backend() -> str:
     return "tinydb"
-
-
-@pytest.fixture
-async def key_server(aiohttp_server) -> tuple[KeyServer, str]:
-    keys = KeyServer()
-    app = web.Application()
-    app.router.add_get("/jwks", keys.serve)
-    server = await aiohttp_server(app)
-    return keys, str(server.make_url("/jwks"))
-
-
-@pytest.fixture
-async def auth_client(make_client, key_server):
-    _, url = key_server
-
-    async def make(**auth: Any):
-        return await make_client(auth={"enabled": True, "jwks_url": url, **auth})
-
-    return make
-
-
-def cookies_for(keys: KeyServer, access: dict | None = None, info: dict | None = None) -> dict[str, str]:
-    key = keys.keys["key-1"]
-    return {
-        "authorization": token(key, **(access_claims() if access is None else access)),
-        "user-info": token(key, **(info_claims() if info is None else info)),
-    }
 
 
 NEW_JOB = {"jobs": [{"operation": "ADD", "target": "MY_DATASET"}]}
@@ -106,7 +31,7 @@ async def test_an_administrator_creates_jobs_as_themselves(auth_client, key_serv
     response = await client.post("/jobs", json=NEW_JOB, cookies=cookies_for(keys))
     assert response.status == 200
     [result] = await response.json()
-    job = await (await client.get(f"/jobs/{result['job_id']}")).json()
+    job = await (await client.get(f"/jobs/{result['job_id']}", cookies=cookies_for(keys))).json()
     assert job["createdBy"] == {"userId": USER, "firstName": "Ola", "lastName": "Nordmann"}
 
 
@@ -169,7 +94,7 @@ async def test_a_bad_authorization_token_is_a_401_and_creates_nothing(auth_clien
     response = await client.post("/jobs", json=NEW_JOB, cookies=cookies)
     assert response.status == 401, await response.text()
     assert "message" in await response.json()
-    assert await (await client.get("/jobs")).json() == []
+    assert await (await client.get("/jobs", cookies=cookies_for(keys))).json() == []
 
 
 @pytest.mark.parametrize(
@@ -247,8 +172,18 @@ async def test_every_writing_route_of_the_admin_ui_needs_an_administrator(auth_c
 
 async def test_reading_needs_no_token(auth_client):
     client = await auth_client()
-    for path in ("/jobs", "/targets", "/importable-datasets", "/maintenance-status", "/maintenance-history"):
+    for path in ("/targets", "/importable-datasets", "/maintenance-status", "/maintenance-history"):
         assert (await client.get(path)).status == 200, path
+
+
+async def test_reading_jobs_needs_a_token_unless_configured_open(auth_client, key_server):
+    keys, _ = key_server
+    closed = await auth_client()
+    assert (await closed.get("/jobs")).status == 401
+    assert (await closed.get("/jobs", cookies=cookies_for(keys))).status == 200
+    await closed.close()  # the next service takes over its data directory
+    opened = await auth_client(open_job_reads=True)
+    assert (await opened.get("/jobs")).status == 200
 
 
 async def test_a_rotated_key_is_picked_up_while_the_service_runs(auth_client, key_server):

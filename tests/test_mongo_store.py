@@ -36,7 +36,9 @@ async def open_store(storage):
 
     async def open_one() -> MongoStore:
         options = storage["mongodb"]
-        store = await MongoStore.open(options["url"], options["database"], options["timeout_seconds"])
+        store = await MongoStore.open(
+            options["url"], options["database"], options["timeout_seconds"], default_datastore="local"
+        )
         stores.append(store)
         return store
 
@@ -47,11 +49,11 @@ async def open_store(storage):
 
 async def test_the_indexes_are_created_at_start_and_again_without_harm(open_store, database):
     await (await open_store()).ping()
-    await (await open_store()).list_targets()  # the first operation prepares the database
-    await (await open_store()).list_targets()
+    await (await open_store()).list_targets("local")  # the first operation prepares the database
+    await (await open_store()).list_targets("local")
     indexes = await database["inprogress"].index_information()
-    assert indexes["one_job_per_target"]["unique"] is True
-    assert indexes["one_job_per_target"]["key"] == [("parameters.target", 1)]
+    assert indexes["one_job_per_target_per_datastore"]["unique"] is True
+    assert indexes["one_job_per_target_per_datastore"]["key"] == [("datastoreRdn", 1), ("parameters.target", 1)]
     assert any(index.get("unique") and index["key"] == [("jobId", 1)] for index in indexes.values())
     completed_keys = [index["key"] for index in (await database["completed"].index_information()).values()]
     assert [("parameters.bumpManifesto.dataStructureUpdates.name", 1)] in completed_keys
@@ -59,16 +61,16 @@ async def test_the_indexes_are_created_at_start_and_again_without_harm(open_stor
 
 async def test_a_crash_after_the_final_status_before_the_move(open_store, database):
     """The service set `completed` in inprogress and died before copying the job."""
-    await (await open_store()).list_targets()
+    await (await open_store()).list_targets("local")
     await database["inprogress"].insert_one(stored_job("1", status="completed"))
 
     store = await open_store()  # the other process, still running, reads it once and as completed
     assert [(j["jobId"], j["status"]) for j in await listed(store.find_jobs(JobQuery()))] == [("1", "completed")]
     assert await listed(store.find_jobs(JobQuery(ignore_completed=True))) == []
-    assert not await store.target_in_progress("MY_DATASET")
+    assert not await store.target_in_progress("local", "MY_DATASET")
 
     restarted = await open_store()
-    await restarted.list_targets()
+    await restarted.list_targets("local")
     assert await database["inprogress"].count_documents({}) == 0
     assert await database["completed"].count_documents({"jobId": "1", "status": "completed"}) == 1
 
@@ -76,13 +78,13 @@ async def test_a_crash_after_the_final_status_before_the_move(open_store, databa
 async def test_a_crash_after_the_copy_before_the_delete(open_store, database):
     """The job is in both collections: reads show it once, and the next touch finishes the move."""
     store = await open_store()
-    await store.list_targets()
+    await store.list_targets("local")
     await database["inprogress"].insert_one(stored_job("1", status="failed"))
     await database["completed"].insert_one(stored_job("1", status="failed"))
 
     assert [j["jobId"] for j in await listed(store.find_jobs(JobQuery()))] == ["1"]
     assert [j["jobId"] for j in await listed(store.find_jobs(JobQuery(status="failed")))] == ["1"]
-    assert [j["jobId"] for j in await listed(store.jobs_for_target("MY_DATASET"))] == ["1"]
+    assert [j["jobId"] for j in await listed(store.jobs_for_target("local", "MY_DATASET"))] == ["1"]
     with pytest.raises(JobFinal):
         await store.update_job("1", JobChange(status="queued"))
     assert await database["inprogress"].count_documents({}) == 0
@@ -91,7 +93,7 @@ async def test_a_crash_after_the_copy_before_the_delete(open_store, database):
 
 async def test_a_target_held_by_an_unfinished_move_is_freed_by_the_next_job(open_store, database):
     store = await open_store()
-    await store.list_targets()
+    await store.list_targets("local")
     await database["inprogress"].insert_one(stored_job("1", status="completed"))
     await store.insert_job(stored_job("2"))
     assert [(j["jobId"], j["status"]) for j in await listed(store.find_jobs(JobQuery()))] == [
@@ -185,12 +187,12 @@ async def test_an_outage_is_a_503_and_the_service_recovers_without_restart(aioht
 
 async def test_a_server_down_at_start_is_a_503_until_it_comes_up(own_server):
     own_server.stop()
-    store = await MongoStore.open(own_server.url, f"test_{uuid.uuid4().hex[:8]}", 0.5)
+    store = await MongoStore.open(own_server.url, f"test_{uuid.uuid4().hex[:8]}", 0.5, default_datastore="local")
     try:
         with pytest.raises(StoreUnavailable):
-            await store.list_targets()
+            await store.list_targets("local")
         own_server.start()
-        assert await store.list_targets() == []
+        assert await store.list_targets("local") == []
         assert store.prepared
     finally:
         await store.close()

@@ -107,8 +107,8 @@ async def test_metrics_parse_and_move_as_requests_are_made(client):
     assert delta("http_requests_total", route="/jobs/{jobId}", method="PUT", status="200") == 1
     assert delta("http_requests_total", route="unmatched", method="GET", status="404") == 1
     assert delta("http_request_duration_seconds_count", route="/jobs", method="POST") == 2
-    assert after[("jobs_in_progress", (("status", "queued"),))] == 1
-    assert after[("jobs_in_progress", (("status", "built"),))] == 0
+    assert after[("jobs_in_progress", (("datastore", "local"), ("status", "queued")))] == 1
+    assert after[("jobs_in_progress", (("datastore", "local"), ("status", "built")))] == 0
     assert after[("jobs_completed", ())] == 1
     assert after[("maintenance_paused", ())] == 1
     assert delta("store_operation_duration_seconds_count", operation="insert_job") == 2

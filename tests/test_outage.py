@@ -29,6 +29,32 @@ STORE_ROUTES = [
     ("GET", "/maintenance-history", None),
     ("GET", "/metrics", None),
     ("GET", "/health/ready", None),
+    ("GET", "/datastores/rdns", None),
+    ("GET", "/datastores", None),
+    ("POST", "/datastores", {"rdn": "no.ssb.new", "name": "New", "description": ""}),
+    ("POST", "/maintenance-statuses", {"msg": "Upgrading", "paused": True}),
+    ("GET", "/maintenance-statuses", None),
+    ("GET", "/maintenance-statuses/latest", None),
+    *(
+        (method, f"/datastores/no.ssb.fdb{path}", body)
+        for method, path, body in [
+            ("GET", "", None),
+            ("DELETE", "", None),
+            ("GET", "/directory", None),
+            ("POST", "/public-key", None),
+            ("GET", "/public-key", None),
+            ("GET", "/jobs", None),
+            ("POST", "/jobs", {"jobs": []}),
+            ("GET", "/jobs/some-job", None),
+            ("GET", "/targets", None),
+            ("GET", "/targets/MY_DATASET", None),
+            ("GET", "/targets/MY_DATASET/jobs", None),
+            ("GET", "/importable-datasets", None),
+            ("DELETE", "/importable-datasets/MY_DATASET", None),
+            ("GET", "/health/alive", None),
+            ("GET", "/health/ready", None),
+        ]
+    ),
 ]
 
 

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from helpers import create_job, store_options, stored_job
+from helpers import DEFAULT_DATASTORE, create_job, store_options, stored_job
 
 from backends import (
     JobChange,
@@ -27,7 +27,7 @@ async def open_stores(storage):
     opened = []
 
     async def open_one(initial_maintenance=None):
-        store = await open_store(store_options(storage), initial_maintenance)
+        store = await open_store(store_options(storage), DEFAULT_DATASTORE, initial_maintenance)
         opened.append(store)
         return store
 
@@ -136,7 +136,7 @@ async def test_a_job_handed_out_is_the_callers_own(store):
     handed_out = [
         await store.get_job("1"),
         *[job async for job in store.find_jobs(JobQuery())],
-        *[job async for job in store.jobs_for_target("MINE")],
+        *[job async for job in store.jobs_for_target(DEFAULT_DATASTORE, "MINE")],
     ]
     for job in handed_out:
         job["log"].append({"at": "now", "message": "not through the store"})
@@ -150,6 +150,7 @@ async def test_a_job_handed_out_is_the_callers_own(store):
 
 async def test_a_store_keeps_no_part_of_a_target_and_hands_out_none_of_its_own(store):
     target = {
+        "datastoreRdn": DEFAULT_DATASTORE,
         "name": "MINE",
         "lastUpdatedAt": "2026-11-30T00:00:00.000000+00:00",
         "status": "queued",
@@ -158,12 +159,12 @@ async def test_a_store_keeps_no_part_of_a_target_and_hands_out_none_of_its_own(s
     }
     await store.save_target(target)
     target["action"].append("CHANGED")
-    given_back = await store.get_target("MINE")
+    given_back = await store.get_target(DEFAULT_DATASTORE, "MINE")
     assert given_back["action"] == ["ADD"]
     given_back["action"].append("CHANGED")
-    [listed] = await store.list_targets()
+    [listed] = await store.list_targets(DEFAULT_DATASTORE)
     listed["lastUpdatedBy"]["userId"] = "someone else"
-    assert await store.get_target("MINE") == {**target, "action": ["ADD"]}
+    assert await store.get_target(DEFAULT_DATASTORE, "MINE") == {**target, "action": ["ADD"]}
 
 
 async def test_a_store_keeps_no_part_of_a_maintenance_status(store):
@@ -173,3 +174,21 @@ async def test_a_store_keeps_no_part_of_a_maintenance_status(store):
     latest = await store.latest_maintenance()
     latest["msg"] = "changed"
     assert await store.latest_maintenance() == INITIAL
+
+
+async def test_a_store_keeps_no_part_of_a_datastore_and_hands_out_none_of_its_own(store):
+    datastore = {
+        "rdn": "no.ssb.fdb",
+        "name": "Forskningsdata",
+        "description": "d",
+        "directory": "/srv/datastores/no.ssb.fdb",
+        "bumpEnabled": False,
+        "deleted": False,
+    }
+    await store.add_datastore(datastore)
+    datastore["name"] = "Changed"
+    given_back = await store.get_datastore("no.ssb.fdb")
+    given_back["bumpEnabled"] = True
+    [listed] = await store.list_datastores()
+    listed["deleted"] = True
+    assert await store.get_datastore("no.ssb.fdb") == {**datastore, "name": "Forskningsdata"}

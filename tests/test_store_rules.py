@@ -1,18 +1,80 @@
-"""Rules every backend keeps on its own, whatever path a document takes in."""
+"""Rules every backend keeps on its own, whatever path a document takes in.
+
+Each test runs on every backend and reads as an example of the storage protocol:
+jobs and targets live in datastores, the registry of datastores lives in the store.
+"""
 
 from __future__ import annotations
 
-import pytest
-from helpers import listed, store_options, stored_job
+import asyncio
 
-from backends import JobQuery, TargetBusy, open_store
+import pytest
+from helpers import DEFAULT_DATASTORE, bump_job, listed, store_options, stored_job
+
+from backends import (
+    DatastoreBusy,
+    DatastoreTaken,
+    JobChange,
+    JobQuery,
+    TargetBusy,
+    open_store,
+)
+
+FDB = "no.ssb.fdb"
+USER = {"userId": "u", "firstName": "F", "lastName": "L"}
 
 
 @pytest.fixture
-async def store(storage):
-    opened = await open_store(store_options(storage))
-    yield opened
-    await opened.close()
+async def open_stores(storage):
+    """Open stores on the one fresh store of the test; all closed at its end."""
+    opened = []
+
+    async def open_one():
+        store = await open_store(store_options(storage), DEFAULT_DATASTORE)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(open_stores):
+    return await open_stores()
+
+
+def datastore(rdn: str, **overrides) -> dict:
+    """A registry entry as the service provisions it."""
+    return {
+        "rdn": rdn,
+        "name": "Forskningsdata",
+        "description": f"The datastore {rdn}",
+        "directory": f"/srv/datastores/{rdn}",
+        "bumpEnabled": False,
+        "deleted": False,
+        **overrides,
+    }
+
+
+def target(name: str, datastore: str = DEFAULT_DATASTORE, status: str = "queued") -> dict:
+    return {
+        "datastoreRdn": datastore,
+        "name": name,
+        "lastUpdatedAt": "2026-11-30T00:00:00.000000+00:00",
+        "status": status,
+        "lastUpdatedBy": USER,
+        "action": ["ADD"],
+    }
+
+
+def bump_in(job_id: str, datastore: str) -> dict:
+    """A BUMP job whose manifesto lists NEW_DATASET, OLD_DATASET and DRAFT_DATASET."""
+    return {**stored_job(job_id, "DATASTORE", datastore=datastore), "parameters": bump_job()}
+
+
+async def ids(jobs) -> list[str]:
+    return [job["jobId"] for job in await listed(jobs)]
 
 
 async def test_an_import_cannot_put_two_jobs_in_progress_on_one_target(store):
@@ -26,3 +88,242 @@ async def test_an_import_cannot_take_a_target_already_in_progress(store):
     with pytest.raises(TargetBusy):
         await store.load_collection("inprogress", [stored_job("2", "FREE"), stored_job("3", "TAKEN")])
     assert [found["jobId"] for found in await listed(store.find_jobs(JobQuery()))] == ["1"]
+
+
+async def test_an_import_may_put_one_target_in_progress_in_two_datastores(store):
+    await store.insert_job(stored_job("1", "MY_DATASET"))
+    await store.load_collection("inprogress", [stored_job("2", "MY_DATASET", datastore=FDB)])
+    assert await ids(store.find_jobs(JobQuery())) == ["1", "2"]
+    with pytest.raises(TargetBusy):
+        await store.load_collection("inprogress", [stored_job("3", "MY_DATASET", datastore=FDB)])
+
+
+async def test_one_target_may_have_a_job_in_progress_in_each_datastore(store):
+    await store.insert_job(stored_job("1", "MY_DATASET"))
+    await store.insert_job(stored_job("2", "MY_DATASET", datastore=FDB))
+    with pytest.raises(TargetBusy):
+        await store.insert_job(stored_job("3", "MY_DATASET", datastore=FDB))
+    with pytest.raises(TargetBusy):
+        await store.insert_job(stored_job("4", "MY_DATASET"))
+
+    assert await store.target_in_progress(DEFAULT_DATASTORE, "MY_DATASET")
+    assert await store.target_in_progress(FDB, "MY_DATASET")
+    assert not await store.target_in_progress("no.ssb", "MY_DATASET")
+    assert await ids(store.find_jobs(JobQuery())) == ["1", "2"]
+
+
+async def test_a_finished_job_frees_its_target_in_its_datastore_only(store):
+    await store.insert_job(stored_job("1", "MY_DATASET"))
+    await store.insert_job(stored_job("2", "MY_DATASET", datastore=FDB))
+    await store.update_job("2", JobChange(status="completed"))
+
+    await store.insert_job(stored_job("3", "MY_DATASET", datastore=FDB))
+    with pytest.raises(TargetBusy):
+        await store.insert_job(stored_job("4", "MY_DATASET"))
+
+
+async def test_concurrent_inserts_on_one_target_store_exactly_one_per_datastore(store):
+    attempts = [stored_job(str(n), "MY_DATASET", datastore=(FDB if n % 2 else DEFAULT_DATASTORE)) for n in range(40)]
+    results = await asyncio.gather(*(store.insert_job(job) for job in attempts), return_exceptions=True)
+
+    assert sum(result is None for result in results) == 2
+    assert all(result is None or isinstance(result, TargetBusy) for result in results)
+    in_progress = await listed(store.find_jobs(JobQuery(ignore_completed=True)))
+    assert sorted(job["datastoreRdn"] for job in in_progress) == [DEFAULT_DATASTORE, FDB]
+
+
+@pytest.mark.parametrize("backend", ["mongodb"])
+async def test_two_stores_on_one_database_store_exactly_one_per_target_and_datastore(open_stores):
+    stores = [await open_stores(), await open_stores()]
+    attempts = [stored_job(str(n), "SHARED", datastore=(FDB if n % 4 < 2 else DEFAULT_DATASTORE)) for n in range(40)]
+    results = await asyncio.gather(
+        *(stores[n % 2].insert_job(job) for n, job in enumerate(attempts)), return_exceptions=True
+    )
+
+    assert sum(result is None for result in results) == 2
+    assert all(result is None or isinstance(result, TargetBusy) for result in results)
+    for store in stores:
+        in_progress = await listed(store.find_jobs(JobQuery()))
+        assert sorted(job["datastoreRdn"] for job in in_progress) == [DEFAULT_DATASTORE, FDB]
+
+
+async def test_a_query_of_one_datastore_finds_only_its_jobs_and_none_finds_all(store):
+    await store.load_collection(
+        "completed", [stored_job("1", "A", "completed"), stored_job("2", "A", "failed", datastore=FDB)]
+    )
+    await store.insert_job(stored_job("3", "A"))
+    await store.insert_job(stored_job("4", "A", datastore=FDB))
+
+    assert await ids(store.find_jobs(JobQuery(datastore=DEFAULT_DATASTORE))) == ["1", "3"]
+    assert await ids(store.find_jobs(JobQuery(datastore=FDB))) == ["2", "4"]
+    assert await ids(store.find_jobs(JobQuery(datastore="no.ssb"))) == []
+    assert await ids(store.find_jobs(JobQuery())) == ["1", "2", "3", "4"]
+    assert await ids(store.find_jobs(JobQuery(datastore=FDB, status="failed"))) == ["2"]
+    assert await ids(store.find_jobs(JobQuery(datastore=FDB, ignore_completed=True))) == ["4"]
+    assert await ids(store.find_jobs(JobQuery(status="queued"))) == ["3", "4"]
+    assert (await store.get_job("4"))["datastoreRdn"] == FDB  # by id, in any datastore
+
+
+async def test_the_jobs_of_a_target_are_those_of_its_datastore(store):
+    await store.load_collection(
+        "completed", [stored_job("1", "NEW_DATASET", "completed"), bump_in("2", FDB) | {"status": "completed"}]
+    )
+    await store.insert_job(stored_job("3", "NEW_DATASET", datastore=FDB))
+    await store.insert_job(bump_in("4", DEFAULT_DATASTORE))
+
+    assert await ids(store.jobs_for_target(DEFAULT_DATASTORE, "NEW_DATASET")) == ["1", "4"]
+    assert await ids(store.jobs_for_target(FDB, "NEW_DATASET")) == ["2", "3"]
+    assert await ids(store.jobs_for_target("no.ssb", "NEW_DATASET")) == []
+
+
+async def test_targets_are_kept_per_datastore(store):
+    await store.save_target(target("MY_DATASET", status="completed"))
+    await store.save_target(target("MY_DATASET", FDB, status="queued"))
+    await store.save_target(target("ANOTHER", FDB))
+    await store.save_target(target("MY_DATASET", FDB, status="validating"))
+
+    assert await store.get_target(DEFAULT_DATASTORE, "MY_DATASET") == target("MY_DATASET", status="completed")
+    assert await store.get_target(FDB, "MY_DATASET") == target("MY_DATASET", FDB, status="validating")
+    assert await store.get_target("no.ssb", "MY_DATASET") is None
+    assert [found["name"] for found in await store.list_targets(FDB)] == ["ANOTHER", "MY_DATASET"]
+    assert await store.list_targets(DEFAULT_DATASTORE) == [target("MY_DATASET", status="completed")]
+    assert await store.list_targets("no.ssb") == []
+
+
+async def test_datastores_are_registered_and_listed_by_rdn(store):
+    await store.add_datastore(datastore(FDB))
+    await store.add_datastore(datastore("no.ssb"))  # a prefix of a taken rdn is another rdn
+    await store.add_datastore(datastore("no.ssb.fdbx", name="Another"))
+
+    assert await store.get_datastore(FDB) == datastore(FDB)
+    assert await store.get_datastore("no.ss") is None
+    assert [found["rdn"] for found in await store.list_datastores()] == ["no.ssb", FDB, "no.ssb.fdbx"]
+
+
+async def test_an_rdn_is_taken_for_good_once_registered_live_or_deleted(store):
+    await store.add_datastore(datastore(FDB))
+    with pytest.raises(DatastoreTaken):
+        await store.add_datastore(datastore(FDB, name="Again"))
+    await store.delete_datastore(FDB)
+    with pytest.raises(DatastoreTaken):
+        await store.add_datastore(datastore(FDB))
+    assert await store.list_datastores() == [datastore(FDB, deleted=True)]
+
+
+async def test_deleting_a_datastore_marks_it_and_keeps_its_jobs_and_targets(store):
+    await store.add_datastore(datastore(FDB))
+    await store.insert_job(stored_job("1", "MY_DATASET", datastore=FDB))
+    await store.update_job("1", JobChange(status="completed"))
+    await store.save_target(target("MY_DATASET", FDB, status="completed"))
+
+    await store.delete_datastore(FDB)
+
+    assert await store.get_datastore(FDB) == datastore(FDB, deleted=True)
+    assert await store.list_datastores() == [datastore(FDB, deleted=True)]
+    assert await ids(store.find_jobs(JobQuery(datastore=FDB))) == ["1"]
+    assert await store.list_targets(FDB) == [target("MY_DATASET", FDB, status="completed")]
+
+
+async def test_a_datastore_with_a_job_in_progress_cannot_be_deleted(store):
+    await store.add_datastore(datastore(FDB))
+    await store.add_datastore(datastore("no.ssb"))
+    await store.insert_job(stored_job("1", "MY_DATASET", datastore=FDB))
+
+    with pytest.raises(DatastoreBusy):
+        await store.delete_datastore(FDB)
+    assert not (await store.get_datastore(FDB))["deleted"]
+    await store.delete_datastore("no.ssb")  # a job in another datastore holds nothing here
+
+    await store.update_job("1", JobChange(status="failed"))
+    await store.delete_datastore(FDB)
+    assert (await store.get_datastore(FDB))["deleted"]
+
+
+async def test_removing_a_datastore_forgets_it_so_that_its_rdn_can_be_registered_again(store):
+    await store.add_datastore(datastore(FDB))
+    await store.add_datastore(datastore("no.ssb"))
+    await store.remove_datastore(FDB)
+    await store.remove_datastore("no.such.datastore")
+
+    assert await store.get_datastore(FDB) is None
+    assert await store.list_datastores() == [datastore("no.ssb")]
+    await store.add_datastore(datastore(FDB, name="Second try"))
+    assert (await store.get_datastore(FDB))["name"] == "Second try"
+
+
+async def test_the_registry_is_there_after_reopening(storage):
+    store = await open_store(store_options(storage), DEFAULT_DATASTORE)
+    await store.add_datastore(datastore(FDB))
+    await store.add_datastore(datastore("no.ssb"))
+    await store.delete_datastore("no.ssb")
+    await store.close()
+
+    store = await open_store(store_options(storage), DEFAULT_DATASTORE)
+    try:
+        assert await store.list_datastores() == [datastore("no.ssb", deleted=True), datastore(FDB)]
+        with pytest.raises(DatastoreTaken):
+            await store.add_datastore(datastore(FDB))
+    finally:
+        await store.close()
+
+
+async def test_stats_count_jobs_in_progress_by_datastore_and_status(store):
+    await store.insert_job(stored_job("1", "A"))
+    await store.insert_job(stored_job("2", "B"))
+    await store.insert_job(stored_job("3", "A", datastore=FDB))
+    await store.update_job("3", JobChange(status="validating"))
+    await store.insert_job(stored_job("4", "B", datastore=FDB))
+    await store.update_job("4", JobChange(status="completed"))
+
+    stats = await store.stats()
+    assert stats.in_progress == {(DEFAULT_DATASTORE, "queued"): 2, (FDB, "validating"): 1}
+    assert stats.completed == 1
+
+
+async def test_datastores_are_dumped_by_rdn_and_loaded_as_they_are(store):
+    exported = [datastore("no.ssb", deleted=True), datastore(FDB)]
+    await store.load_collection("datastores", list(reversed(exported)))
+    assert await store.dump_collection("datastores") == exported
+    assert await store.list_datastores() == exported
+
+
+async def test_an_import_cannot_register_an_rdn_twice(store):
+    await store.add_datastore(datastore(FDB))
+    with pytest.raises(DatastoreTaken):
+        await store.load_collection("datastores", [datastore("no.ssb"), datastore(FDB)])
+    with pytest.raises(DatastoreTaken):
+        await store.load_collection("datastores", [datastore("no.ssb"), datastore("no.ssb")])
+    assert await store.list_datastores() == [datastore(FDB)]
+
+
+async def test_targets_are_dumped_by_datastore_then_name(store):
+    for name, rdn in [("B", FDB), ("B", DEFAULT_DATASTORE), ("A", FDB), ("C", DEFAULT_DATASTORE)]:
+        await store.save_target(target(name, rdn))
+    dumped = await store.dump_collection("targets")
+    assert [(found["datastoreRdn"], found["name"]) for found in dumped] == [
+        ("local", "B"),
+        ("local", "C"),
+        (FDB, "A"),
+        (FDB, "B"),
+    ]
+
+
+async def test_jobs_and_targets_imported_without_a_datastore_land_in_the_default(store):
+    """What an export of the release before datastores holds."""
+
+    def from_before(document: dict) -> dict:
+        return {key: value for key, value in document.items() if key != "datastoreRdn"}
+
+    await store.load_collection("completed", [from_before(stored_job("1", "OLD", "completed"))])
+    await store.load_collection("inprogress", [from_before(stored_job("2", "HELD"))])
+    await store.load_collection("targets", [from_before(target("HELD"))])
+
+    assert await listed(store.find_jobs(JobQuery(datastore=DEFAULT_DATASTORE))) == [
+        stored_job("1", "OLD", "completed"),
+        stored_job("2", "HELD"),
+    ]
+    assert await store.list_targets(DEFAULT_DATASTORE) == [target("HELD")]
+    assert [job["datastoreRdn"] for job in await store.dump_collection("inprogress")] == [DEFAULT_DATASTORE]
+    with pytest.raises(TargetBusy):
+        await store.insert_job(stored_job("3", "HELD"))
+    await store.insert_job(stored_job("3", "HELD", datastore=FDB))

@@ -24,28 +24,28 @@ def backend() -> str:
 
 
 async def test_everything_written_is_there_after_reopening(tmp_path):
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     await store.insert_job(stored_job("1"))
     await store.insert_job(stored_job("2", target="OTHER"))
     await store.update_job("2", JobChange(status="completed"))
-    await store.save_target({"name": "MY_DATASET", "status": "queued"})
+    await store.save_target({"datastoreRdn": "local", "name": "MY_DATASET", "status": "queued"})
     await store.add_maintenance({"msg": "m", "paused": True, "timestamp": "t"})
     await store.close()
 
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == ["1", "2"]
     assert (await store.get_job("2"))["status"] == "completed"
-    assert await store.list_targets() == [{"name": "MY_DATASET", "status": "queued"}]
+    assert await store.list_targets("local") == [{"datastoreRdn": "local", "name": "MY_DATASET", "status": "queued"}]
     assert await store.maintenance_history() == [{"msg": "m", "paused": True, "timestamp": "t"}]
     await store.close()
 
 
 async def test_a_second_owner_of_the_data_directory_is_refused(tmp_path):
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     with pytest.raises(StoreLocked, match=str(tmp_path)):
-        await TinyDBStore.open(tmp_path)
+        await TinyDBStore.open(tmp_path, "local")
     await store.close()
-    await (await TinyDBStore.open(tmp_path)).close()
+    await (await TinyDBStore.open(tmp_path, "local")).close()
 
 
 def test_a_second_service_process_refuses_to_start_with_one_clear_line(tmp_path):
@@ -57,7 +57,8 @@ def test_a_second_service_process_refuses_to_start_with_one_clear_line(tmp_path)
             sys.executable,
             "-c",
             "import asyncio, sys; from backends.tinydb import TinyDBStore;"
-            "store = asyncio.run(TinyDBStore.open(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
+            "store = asyncio.run(TinyDBStore.open(sys.argv[1], 'local'));"
+            "print('locked', flush=True); sys.stdin.read()",
             str(tmp_path / "data"),
         ],
         stdin=subprocess.PIPE,
@@ -99,12 +100,12 @@ def test_a_write_interrupted_before_the_rename_leaves_the_previous_state(tmp_pat
 
 
 async def test_a_leftover_temporary_file_is_ignored_and_removed(tmp_path):
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     await store.insert_job(stored_job("1"))
     await store.close()
     (tmp_path / "inprogress.json.tmp").write_text('{"_default": {"1": {"jobId": "tor')
 
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == ["1"]
     assert not (tmp_path / "inprogress.json.tmp").exists()
     await store.close()
@@ -112,25 +113,25 @@ async def test_a_leftover_temporary_file_is_ignored_and_removed(tmp_path):
 
 async def test_a_crash_between_the_two_writes_of_a_completion_loses_nothing(tmp_path):
     """Completion writes the completed file, then the in-progress file: stop after the first."""
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     await store.insert_job(stored_job("1"))
     await store.close()
     inprogress_before = (tmp_path / "inprogress.json").read_bytes()
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     await store.update_job("1", JobChange(status="completed"))
     await store.close()
     (tmp_path / "inprogress.json").write_bytes(inprogress_before)  # the second write never happened
 
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     jobs = await listed(store.find_jobs(JobQuery()))
     assert [(job["jobId"], job["status"]) for job in jobs] == [("1", "completed")]
     assert await listed(store.find_jobs(JobQuery(ignore_completed=True))) == []
-    assert not await store.target_in_progress("MY_DATASET")
+    assert not await store.target_in_progress("local", "MY_DATASET")
     await store.close()
 
 
 async def test_concurrent_inserts_on_one_target_store_exactly_one(tmp_path):
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     results = await asyncio.gather(*(store.insert_job(stored_job(str(n))) for n in range(20)), return_exceptions=True)
     assert sum(result is None for result in results) == 1
     assert sum(isinstance(result, TargetBusy) for result in results) == 19
@@ -139,7 +140,7 @@ async def test_concurrent_inserts_on_one_target_store_exactly_one(tmp_path):
 
 
 async def test_returned_jobs_are_copies_the_store_does_not_share(tmp_path):
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     await store.insert_job(stored_job("1"))
     job = await store.get_job("1")
     await store.update_job("1", JobChange(status="built", log=[{"at": "t", "message": "Set status: built"}]))
@@ -149,7 +150,7 @@ async def test_returned_jobs_are_copies_the_store_does_not_share(tmp_path):
 
 def test_files_are_plain_json_per_collection(tmp_path):
     async def write():
-        store = await TinyDBStore.open(Path(tmp_path))
+        store = await TinyDBStore.open(Path(tmp_path), "local")
         await store.insert_job(stored_job("1"))
         await store.close()
 
@@ -197,34 +198,37 @@ async def test_a_completion_cut_short_by_a_failing_disk_is_finished_not_repeated
     assert again["msg"] == "CREATED"
     await client.close()
 
-    store = await TinyDBStore.open(tmp_path / "data")
-    assert [job["status"] for job in await listed(store.jobs_for_target("MY_DATASET"))] == ["completed", "queued"]
+    store = await TinyDBStore.open(tmp_path / "data", "local")
+    assert [job["status"] for job in await listed(store.jobs_for_target("local", "MY_DATASET"))] == [
+        "completed",
+        "queued",
+    ]
     await store.close()
 
 
 async def test_the_completed_set_spreads_over_segments_and_reopens_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(tinydb_backend, "SEGMENT_SIZE", 3)
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     for n in range(10):
         await store.insert_job(stored_job(f"{n:06d}", target=f"T{n}"))
         await store.update_job(f"{n:06d}", JobChange(status="completed" if n % 2 else "failed"))
     await store.close()
     assert len(list((tmp_path / "completed").glob("*.json"))) == 4
 
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == [f"{n:06d}" for n in range(10)]
     assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery(status="failed")))] == [
         f"{n:06d}" for n in range(0, 10, 2)
     ]
     assert (await store.get_job("000007"))["status"] == "completed"
-    assert [job["jobId"] for job in await listed(store.jobs_for_target("T4"))] == ["000004"]
+    assert [job["jobId"] for job in await listed(store.jobs_for_target("local", "T4"))] == ["000004"]
     assert (await store.stats()).completed == 10
     await store.close()
 
 
 async def test_a_completion_rewrites_only_the_newest_segment(tmp_path, monkeypatch):
     monkeypatch.setattr(tinydb_backend, "SEGMENT_SIZE", 2)
-    store = await TinyDBStore.open(tmp_path)
+    store = await TinyDBStore.open(tmp_path, "local")
     for n in range(4):
         await store.insert_job(stored_job(f"{n:06d}", target=f"T{n}"))
         await store.update_job(f"{n:06d}", JobChange(status="completed"))

@@ -47,10 +47,12 @@ import socket
 import stat
 import sys
 import tarfile
+import threading
 import time
 import tomllib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +60,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 import aiohttp
+import aiohttp.http_exceptions
 import jwt
 import orjson
 import prometheus_client
@@ -92,6 +95,7 @@ from backends import (
     Store,
     StoreAnswer,
     StoreError,
+    StoreFull,
     StoreStats,
     StoreUnavailable,
     Target,
@@ -117,9 +121,12 @@ OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")
 ENCODED_JOBS: web.AppKey[EncodedCache] = web.AppKey("encoded_jobs")
 ENCODED_TARGETS: web.AppKey[EncodedCache] = web.AppKey("encoded_targets")
 ARCHIVES: web.AppKey[ArchiveInspections] = web.AppKey("archives")
+ENCODED_LISTINGS: web.AppKey[EncodedCache] = web.AppKey("encoded_listings")
 #: Held while a datastore is provisioned: one at a time in a process.
 PROVISIONING: web.AppKey[asyncio.Lock] = web.AppKey("provisioning")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+#: Set on a request whose answer was cut off after its headers went out.
+ABORTED_MID_STREAM: web.RequestKey[bool] = web.RequestKey("aborted_mid_stream")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -168,6 +175,9 @@ DATASET_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,127}")
 #: The same rule for the OpenAPI document (a JavaScript regular expression).
 DATASET_NAME_PATTERN = "^[A-Z][A-Z0-9_]{0,127}$"
 MAX_JOBS_PER_POST = 1000
+#: The longest log line or description a job takes: ample for a person's words
+#: or an error's, while a job stays small enough to keep and rewrite whole.
+MAX_TEXT_LENGTH = 16_384
 INITIAL_MAINTENANCE_MSG = "Initial status inserted by job service at startup."
 #: Lower-case letters in dot-separated parts: `no.ssb.fdb`.
 DATASTORE_RDN = re.compile(r"[a-z]+(\.[a-z]+)*")
@@ -213,6 +223,8 @@ class ServerConfig:
     host: str
     port: int
     max_body_bytes: int
+    #: How long a request body may take to arrive before the request is answered 408.
+    body_timeout: float
     shutdown_timeout: float
 
 
@@ -220,6 +232,8 @@ class ServerConfig:
 class LoggingConfig:
     format: str
     level: str
+    #: Whether successful reads get an access line at INFO; else at DEBUG (writes and errors always at INFO).
+    access_reads: bool
 
 
 @dataclass(frozen=True)
@@ -269,6 +283,8 @@ class AuthConfig:
     #: Opens GET /jobs and GET /jobs/{jobId} to callers without a credential (an executor that sends none).
     open_job_reads: bool
     jwks_refetch_seconds: float
+    #: The JWKS is fetched again this often, so that a revoked key stops working without a restart.
+    jwks_refresh_seconds: float
 
 
 @dataclass(frozen=True)
@@ -322,6 +338,7 @@ class ServerSection(ConfigSection):
     host = fields.String(load_default="127.0.0.1")
     port = fields.Integer(strict=True, validate=validate.Range(1, 65535), load_default=8000)
     max_body_bytes = fields.Integer(strict=True, validate=validate.Range(min=1), load_default=1 << 20)
+    body_timeout = fields.Float(validate=validate.Range(min=0, min_inclusive=False), load_default=30.0)
     #: On SIGTERM, how long requests in flight may take to finish before the process exits.
     shutdown_timeout = fields.Float(validate=validate.Range(min=0), load_default=30.0)
 
@@ -330,6 +347,7 @@ class LoggingSection(ConfigSection):
     model = LoggingConfig
     format = fields.String(validate=validate.OneOf(["text", "json"]), load_default="text")
     level = fields.String(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]), load_default="INFO")
+    access_reads = StrictBoolean(load_default=False)
 
 
 class TinyDBSection(ConfigSection):
@@ -400,6 +418,7 @@ class AuthSection(ConfigSection):
     #: A token naming an unknown key id refetches the JWKS at most this often,
     #: so that made-up key ids cannot make the service hammer the key server.
     jwks_refetch_seconds = fields.Float(validate=validate.Range(min=0), load_default=30.0)
+    jwks_refresh_seconds = fields.Float(validate=validate.Range(min=0, min_inclusive=False), load_default=300.0)
 
     @validates_schema
     def check_key_source(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -561,7 +580,7 @@ class JobParametersSchema(Schema):
     operation = fields.String(required=True, validate=validate.OneOf(OPERATIONS))
     target = dataset_name_field()
     releaseStatus = fields.String(validate=validate.OneOf(RELEASE_STATUSES))
-    description = fields.String()
+    description = fields.String(validate=validate.Length(max=MAX_TEXT_LENGTH))
     bumpManifesto = fields.Nested(BumpManifestoSchema)
     bumpFromVersion = fields.String()
     bumpToVersion = fields.String()
@@ -620,6 +639,13 @@ class JobUpdateSchema(Schema):
     def check_something_changes(self, data: dict[str, Any], **kwargs: Any) -> None:
         if "status" not in data and "description" not in data:
             raise ValidationError("An update needs a status or a description (or both).")
+
+    @validates_schema
+    def check_sizes(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """A job is kept whole and rewritten on every change: what one update may add is bounded."""
+        for name in ("log", "description"):
+            if len(data.get(name, "")) > MAX_TEXT_LENGTH:
+                raise ApiError(413, f"{name} is longer than the limit of {MAX_TEXT_LENGTH:,} characters")
 
 
 class QueryFlag(fields.Field):
@@ -774,7 +800,7 @@ class ApiError(Exception):
 #: Backend failures that have a meaning in HTTP, looked up along the class
 #: hierarchy: a subclass means what its base means. A store's answers (busy,
 #: not found, final) carry their own status; anything else is a 500.
-STORE_FAILURE_STATUS: dict[type[StoreError], int] = {StoreUnavailable: 503}
+STORE_FAILURE_STATUS: dict[type[StoreError], int] = {StoreUnavailable: 503, StoreFull: 507}
 
 
 def error_status(exc: Exception) -> int | None:
@@ -805,11 +831,16 @@ def field_path(path: str, key: Any) -> str:
 
 
 async def read_body(request: web.Request) -> bytes:
+    """The whole body, within the size limit and the time limit: a client that
+    sends a byte now and then cannot hold its connection, and a worker, for long."""
+    server = request.app[CONFIG].server
     try:
-        return await request.read()
+        async with asyncio.timeout(server.body_timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[CONFIG].server.max_body_bytes
-        raise ApiError(413, f"Request body is larger than the limit of {limit} bytes") from None
+        raise ApiError(413, f"Request body is larger than the limit of {server.max_body_bytes} bytes") from None
+    except TimeoutError:
+        raise ApiError(408, f"The request body did not arrive within {server.body_timeout:g} seconds") from None
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -829,7 +860,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+JSON_MEDIA_TYPE = "application/json"
+JSON_CONTENT_TYPE = f"{JSON_MEDIA_TYPE}; charset=utf-8"
 #: Jobs serialised per write of a streamed job list.
 JOBS_PER_WRITE = 500
 #: What the encoded jobs may take in memory; enough for the jobs the executor polls many times over.
@@ -910,6 +942,14 @@ def job_identity(job: Job) -> Hashable:
     return job["jobId"]
 
 
+def listed_dataset_identity(dataset: Mapping[str, Any]) -> Hashable:
+    return dataset["datasetName"], dataset["isArchived"]
+
+
+def listed_dataset_version(dataset: Mapping[str, Any]) -> Hashable:
+    return dataset["hasMetadata"], dataset["hasData"]
+
+
 def target_identity(target: Target) -> Hashable:
     return target["datastoreRdn"], target["name"]
 
@@ -929,68 +969,65 @@ async def respond_jobs(request: web.Request, jobs: AsyncIterator[Job]) -> web.St
     years of history are never in memory whole, as objects or as JSON."""
     encoded = request.app[ENCODED_JOBS]
     chunk = await take(jobs, JOBS_PER_WRITE)  # before any header: a failure here still gets its status
-    if len(chunk) < JOBS_PER_WRITE:
-        return respond_encoded(encoded.encode_list(chunk))
+    if len(chunk) < JOBS_PER_WRITE or request.method == "HEAD":
+        # HEAD: the headers alone, framed, never a streamed body after them.
+        return respond_encoded(encoded.encode_list(chunk) if request.method != "HEAD" else b"")
     response = web.StreamResponse(headers={"Content-Type": JSON_CONTENT_TYPE})
     await response.prepare(request)
-    separator = b"["
-    while chunk:
-        await response.write(separator + encoded.encode_list(chunk)[1:-1])
-        separator = b","
-        chunk = await take(jobs, JOBS_PER_WRITE)
-    await response.write(b"]")
+    try:
+        separator = b"["
+        while chunk:
+            await response.write(separator + encoded.encode_list(chunk)[1:-1])
+            separator = b","
+            chunk = await take(jobs, JOBS_PER_WRITE)
+        await response.write(b"]")
+    except ConnectionResetError:
+        raise  # the client left: nobody to tell
+    except Exception:
+        abort_mid_stream(request)
     return response
 
 
-# --- targets ----------------------------------------------------------------
-
-
-def job_action(parameters: Mapping[str, Any]) -> list[str]:
-    operation = parameters["operation"]
-    if operation == "SET_STATUS":
-        return [operation, parameters["releaseStatus"]]
-    if operation == "BUMP":
-        return [operation, parameters["bumpFromVersion"], parameters["bumpToVersion"]]
-    return [operation]
-
-
-def target_of(job: Job, at: str) -> Target:
-    """The target as the last job that touched it leaves it."""
-    return Target(
-        datastoreRdn=job["datastoreRdn"],
-        name=job["parameters"]["target"],
-        lastUpdatedAt=at,
-        status=job["status"],
-        lastUpdatedBy=job["createdBy"],
-        action=job_action(job["parameters"]),
-    )
-
-
-def targets_released_by(bump: Job, at: str) -> Iterator[Target]:
-    """The datasets a completed BUMP released or removed; its drafts stay untouched."""
-    parameters = bump["parameters"]
-    for update in parameters["bumpManifesto"]["dataStructureUpdates"]:
-        if update["releaseStatus"] == "DRAFT":
-            continue
-        outcome = "RELEASED" if update["releaseStatus"] == "PENDING_RELEASE" else "REMOVED"
-        yield Target(
-            datastoreRdn=bump["datastoreRdn"],
-            name=update["name"],
-            lastUpdatedAt=at,
-            status="completed",
-            lastUpdatedBy=bump["createdBy"],
-            action=[outcome, parameters["bumpToVersion"]],
-        )
+def abort_mid_stream(request: web.Request) -> None:
+    """A failure once the 200 has begun: no status can follow it, and no second
+    response may be written into its body. Cut the connection, so that the client
+    sees a truncated transfer at once, and say so in the log and the metrics."""
+    log.exception("%s %s aborted mid-stream, after its 200 had begun", request.method, request.rel_url)
+    request[ABORTED_MID_STREAM] = True
+    if request.transport is not None:
+        request.transport.abort()
 
 
 # --- the input directory ------------------------------------------------------
 
+#: What one archive may cost to inspect. The platform uploads plain tar files of a
+#: metadata file and data chunks: a longer member list is no upload of its.
+MAX_ARCHIVE_MEMBERS = 20_000
+#: Inspections run on threads of their own, so that a slow archive never holds up
+#: the request paths (store calls, deletes, key fetches) on the default pool.
+INSPECTION_THREADS = 2
+#: How long a listing of an input directory whose folders have not changed is
+#: answered from memory: the admin UI may poll it, and a scan stats every file.
+LISTING_FRESH_SECONDS = 1.0
 
-def inspect_archive(path: str, name: str) -> tuple[bool, bool]:
-    """Whether the archive holds `<name>.json` at its top and any data chunks."""
+
+class UnreadableArchive(Exception):
+    """An archive a listing skips; its text says why, once, in the log."""
+
+
+def inspect_archive(path: str, name: str, stopping: threading.Event) -> tuple[bool, bool]:
+    """Whether the archive holds `<name>.json` at its top and any data chunks.
+
+    Plain tar only ("r:"): a compressed file is not what the platform uploads,
+    and one megabyte of it may decompress to a gigabyte at every listing.
+    """
     has_metadata = has_data = False
-    with tarfile.open(path) as archive:
-        for member in archive:
+    with tarfile.open(path, "r:") as archive:
+        for count, member in enumerate(archive, start=1):
+            if count > MAX_ARCHIVE_MEMBERS:
+                raise UnreadableArchive(f"more than {MAX_ARCHIVE_MEMBERS:,} members")
+            if stopping.is_set():
+                raise UnreadableArchive("the service is stopping")
             member_name = member.name.removeprefix("./").rstrip("/")
             has_metadata = has_metadata or member_name == f"{name}.json"
             has_data = has_data or member_name == "chunks" or member_name.startswith("chunks/")
@@ -999,64 +1036,142 @@ def inspect_archive(path: str, name: str) -> tuple[bool, bool]:
     return has_metadata, has_data
 
 
+def inspect_or_skip(path: str, name: str, stopping: threading.Event) -> tuple[bool, bool] | None:
+    try:
+        return inspect_archive(path, name, stopping)
+    except Exception as exc:  # tarfile and its codecs raise many kinds
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("Skipping %s: cannot read it as a plain tar archive: %s", path, reason)
+        return None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A `<NAME>.tar` file that may be an importable dataset, and what identifies its contents."""
+
+    name: str
+    path: str
+    is_archived: bool
+    key: tuple[Any, ...]
+
+
+def folders_of(input_dir: Path) -> list[tuple[Path, bool]]:
+    """The input directory and its `archive/` folder, unless that is not a folder
+    of its own (a file, or a link, which would lead reads out of the input directory)."""
+    folders = [(input_dir, False)]
+    archive = input_dir / "archive"
+    try:
+        if stat.S_ISDIR(os.lstat(archive).st_mode):
+            folders.append((archive, True))
+        else:
+            log.warning("Skipping %s: not a folder (links are not followed)", archive)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("Skipping %s: %s", archive, exc.strerror)
+    return folders
+
+
+def find_candidates(input_dir: Path) -> list[Candidate]:
+    """Every regular `<NAME>.tar` with a valid name (blocking: run it in a thread).
+    Anything unreadable is skipped and logged: one bad entry hides nothing else."""
+    candidates = []
+    for folder, is_archived in folders_of(input_dir):
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("Skipping %s: %s", folder, exc.strerror)
+            continue
+        for entry in entries:
+            name, dot_tar, rest = entry.name.rpartition(".tar")
+            if not dot_tar or rest:
+                continue
+            if not is_dataset_name(name):
+                log.info("Skipping %s: not a valid dataset name", entry.path)
+                continue
+            # Not following links keeps every read inside the input directory.
+            if not entry.is_file(follow_symlinks=False):
+                log.info("Skipping %s: not a regular file", entry.path)
+                continue
+            info = entry.stat(follow_symlinks=False)
+            key = (entry.path, info.st_ino, info.st_size, info.st_mtime_ns)
+            candidates.append(Candidate(name, entry.path, is_archived, key))
+    return candidates
+
+
+def folders_stamp(input_dir: Path) -> tuple[int, ...]:
+    """The change times of the folders a listing reads: a file added, removed or
+    renamed changes them."""
+    stamp = []
+    for folder in (input_dir, input_dir / "archive"):
+        try:
+            stamp.append(os.stat(folder).st_mtime_ns)
+        except OSError:
+            stamp.append(-1)
+    return tuple(stamp)
+
+
 class ArchiveInspections:
-    """What each archive holds, remembered while its file is unchanged: a listing
-    then opens only the archives that are new or changed since the last one, and
-    a broken one is logged once, not at every listing."""
+    """What each archive holds, remembered while its file is unchanged, so that a
+    listing opens only the archives that are new or changed since the last one,
+    and a broken one is logged once, not at every listing. Concurrent listings
+    share one inspection of each archive, on a small pool of their own."""
 
     def __init__(self) -> None:
         # By input directory: each datastore has its own.
         self._known: dict[Path, dict[tuple[Any, ...], tuple[bool, bool] | None]] = {}
+        self._listed: dict[Path, tuple[float, tuple[int, ...], tuple[dict[str, Any], ...]]] = {}
+        self._pending: dict[tuple[Any, ...], asyncio.Future[tuple[bool, bool] | None]] = {}
+        self._pool = ThreadPoolExecutor(INSPECTION_THREADS, thread_name_prefix="archives")
+        self._stopping = threading.Event()
 
-    def scan(self, input_dir: Path) -> list[dict[str, Any]]:
-        """Every readable `<NAME>.tar` in the input directory and its `archive/` folder.
-
-        Blocking file I/O: run it in a thread. Anything unreadable is skipped and
-        logged; one broken upload must not hide the others from the admin UI.
-        """
-        datasets = []
+    async def scan(self, input_dir: Path) -> tuple[dict[str, Any], ...]:
+        """Every readable `<NAME>.tar` in the input directory and its `archive/`
+        folder, by name; the same tuple again while nothing there has changed."""
+        loop = asyncio.get_running_loop()
+        stamp = folders_stamp(input_dir)  # two stats on the loop: cheaper than any hop to a thread
+        listed = self._listed.get(input_dir)
+        if listed is not None and listed[1] == stamp and time.monotonic() - listed[0] < LISTING_FRESH_SECONDS:
+            return listed[2]
+        # In the request's context, so that what the threads log carries its id.
+        candidates = await loop.run_in_executor(self._pool, contextvars.copy_context().run, find_candidates, input_dir)
         known = self._known.get(input_dir, {})
-        seen: dict[tuple[Any, ...], tuple[bool, bool] | None] = {}
-        for folder, is_archived in ((input_dir, False), (input_dir / "archive", True)):
-            try:
-                entries = list(os.scandir(folder))
-            except FileNotFoundError:
-                continue
-            for entry in entries:
-                name, dot_tar, rest = entry.name.rpartition(".tar")
-                if not dot_tar or rest:
-                    continue
-                if not is_dataset_name(name):
-                    log.info("Skipping %s: not a valid dataset name", entry.path)
-                    continue
-                # Not following links keeps every read inside the input directory.
-                if not entry.is_file(follow_symlinks=False):
-                    log.info("Skipping %s: not a regular file", entry.path)
-                    continue
-                info = entry.stat(follow_symlinks=False)
-                key = (entry.path, info.st_ino, info.st_size, info.st_mtime_ns)
-                seen[key] = contents = known[key] if key in known else self._inspect(entry.path, name)
-                if contents is not None:
-                    has_metadata, has_data = contents
-                    datasets.append(
-                        {
-                            "datasetName": name,
-                            "hasMetadata": has_metadata,
-                            "hasData": has_data,
-                            "isArchived": is_archived,
-                        }
-                    )
-        self._known[input_dir] = seen  # forget files that are gone or changed
-        return sorted(datasets, key=lambda dataset: (dataset["datasetName"], dataset["isArchived"]))
+        inspections = {c.key: self._inspection(c) for c in candidates if c.key not in known}
+        # Shielded: a listing whose client goes away must not cancel what others wait for too.
+        inspected = await asyncio.gather(*(asyncio.shield(future) for future in inspections.values()))
+        found_now = dict(zip(inspections, inspected, strict=True))
+        contents = [known[c.key] if c.key in known else found_now[c.key] for c in candidates]
+        self._known[input_dir] = {candidate.key: found for candidate, found in zip(candidates, contents, strict=True)}
+        datasets = tuple(
+            sorted(
+                (
+                    {"datasetName": c.name, "hasMetadata": found[0], "hasData": found[1], "isArchived": c.is_archived}
+                    for c, found in zip(candidates, contents, strict=True)
+                    if found is not None
+                ),
+                key=lambda dataset: (dataset["datasetName"], dataset["isArchived"]),
+            )
+        )
+        self._listed[input_dir] = (time.monotonic(), stamp, datasets)
+        return datasets
 
-    @staticmethod
-    def _inspect(path: str, name: str) -> tuple[bool, bool] | None:
-        try:
-            return inspect_archive(path, name)
-        except Exception as exc:  # tarfile and its codecs raise many kinds
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("Skipping %s: cannot read it as a tar archive: %s", path, reason)
-            return None
+    def _inspection(self, candidate: Candidate) -> asyncio.Future[tuple[bool, bool] | None]:
+        pending = self._pending.get(candidate.key)
+        if pending is None:
+            work = self._pool.submit(
+                contextvars.copy_context().run, inspect_or_skip, candidate.path, candidate.name, self._stopping
+            )
+            pending = self._pending[candidate.key] = asyncio.wrap_future(work)
+            pending.add_done_callback(lambda _: self._pending.pop(candidate.key, None))
+        return pending
+
+    def close(self) -> None:
+        """Stop what is under way at its next member and start nothing more, so
+        that shutdown keeps its time limit whatever archives are being read."""
+        self._stopping.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def delete_archive(input_dir: Path, name: str) -> None:
@@ -1068,6 +1183,8 @@ def delete_archive(input_dir: Path, name: str) -> None:
         path.unlink()
     except FileNotFoundError:
         raise ApiError(404, f"No importable dataset named {name}") from None
+    except PermissionError:
+        raise ApiError(500, f"The service may not delete {path}: permission denied") from None
 
 
 # --- datastores' files --------------------------------------------------------------
@@ -1212,8 +1329,7 @@ async def finish_or_undo_provisioning(app: web.Application, directory: Path) -> 
     log.warning("Finishing the provisioning of %s, which was cut short", directory.name)
     if await store.get_job(keys_job["jobId"]) is None:
         with contextlib.suppress(TargetBusy):
-            await store.insert_job(keys_job)
-        await store.save_target(target_of(keys_job, keys_job["createdAt"]))
+            await store.insert_job(keys_job)  # with its target, in the same change
     await asyncio.to_thread(finish_provisioning, directory)
 
 
@@ -1240,8 +1356,7 @@ async def provision(app: web.Application, datastore: Datastore, keys_job: Job) -
         await asyncio.to_thread(remove_datastore_files, directory)
         raise
     try:
-        await store.insert_job(keys_job)
-        await store.save_target(target_of(keys_job, keys_job["createdAt"]))
+        await store.insert_job(keys_job)  # with its target, in the same change
     except BaseException:
         await store.remove_datastore(datastore["rdn"])
         await asyncio.to_thread(remove_datastore_files, directory)
@@ -1303,6 +1418,36 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
+#: Characters that could end a log line or move a terminal's cursor: a file name
+#: or a header holding them must not forge a line of its own.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    return CONTROL_CHARACTERS.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
+
+
+class TextFormatter(logging.Formatter):
+    """One line an event (a traceback follows on lines of its own), whatever its values hold."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request its parser refuses as an ERROR with a traceback; it
+    is a client's mistake, answered 400, so it becomes one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], aiohttp.http_exceptions.HttpProcessingError):
+            error = record.exc_info[1]
+            record.msg, record.args = "%s: malformed request: %s", (record.getMessage(), error.message)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line, in the platform's field set."""
 
@@ -1336,9 +1481,10 @@ def configure_process(config: LoggingConfig) -> None:
     if config.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(xRequestId)s] %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s [%(xRequestId)s] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
     root.setLevel(config.level)
     # Neither format shows threads, processes or source lines: skip collecting them
     # for every record, as the logging HOWTO's "Optimization" section describes.
@@ -1469,17 +1615,25 @@ class SigningKeys:
             raise ApiError(503, "The key server cannot be reached to verify the token")
         raise ApiError(401, "The token is signed with an unknown key")
 
-    async def _refetch(self) -> None:
+    async def _refetch(self, *, scheduled: bool = False) -> None:
         async with self._fetching:
-            if time.monotonic() - self._fetched_at < self._auth.jwks_refetch_seconds:
+            if not scheduled and time.monotonic() - self._fetched_at < self._auth.jwks_refetch_seconds:
                 return
             self._fetched_at = time.monotonic()
             try:
                 key_set = jwt.PyJWKSet.from_dict(await self._fetch())
             except (OSError, ValueError, aiohttp.ClientError, TimeoutError, jwt.PyJWTError) as exc:
-                log.warning("Cannot fetch the JWKS: %s", exc)
+                log.warning("Cannot fetch the JWKS, keeping the last good key set: %s", exc)
                 return
             self._keys = {key.key_id: key for key in key_set.keys if key.key_id}
+
+    async def refresh_forever(self) -> None:
+        """Fetch the key set anew every `jwks_refresh_seconds`: a key the key server
+        no longer lists (revoked) stops being trusted; while it cannot be reached,
+        the last good set stays."""
+        while True:
+            await asyncio.sleep(self._auth.jwks_refresh_seconds)
+            await self._refetch(scheduled=True)
 
     async def _fetch(self) -> Any:
         if self._session is None or self._auth.jwks_url is None:
@@ -1542,7 +1696,10 @@ async def verified_caller(request: web.Request, audience: str) -> Caller:
         audience=audience,
     )
     info = await verified_claims(
-        request, "user-info", request.cookies.get("user-info"), ("user/uuid", "user/firstName", "user/lastName")
+        request,
+        "user-info",
+        request.cookies.get("user-info"),
+        ("exp", "user/uuid", "user/firstName", "user/lastName"),
     )
     if access["user/uuid"] != info["user/uuid"]:
         raise ApiError(401, "The authorization and user-info tokens are for different users")
@@ -1688,9 +1845,11 @@ ERROR_MEANINGS = {
     404: "No such resource",
     409: "The request conflicts with the current state",
     413: "The body is larger than the configured limit",
+    408: "The request body did not arrive in time",
     415: "The body is not of the media type this route takes",
     500: "An unexpected error; the log has the details under the request id",
-    503: "The storage backend (or the key server) cannot be reached",
+    503: "The storage backend (or the key server) cannot be reached, or cannot store a change now",
+    507: "The disk of the data directory is full (TinyDB): nothing was stored; send it again once there is room",
 }
 #: A new-jobs body: `NewJobsSchema` keeps its entries raw so that each is judged on
 #: its own by `JobParametersSchema`, which is what an entry should be.
@@ -1736,7 +1895,9 @@ def openapi_operation(path: str, operation: Operation) -> dict[str, Any]:
     answer = {"schema": operation.response} if operation.response is not None else {}
     responses = {"200": {"description": "OK", "content": {operation.media_type: answer}}}
     scoped = operation.scoped_errors if "{rdn}" in path else ()
-    for status in sorted({*operation.errors, *scoped, 500}):
+    # A route that takes a body also refuses one too slow, too large or of another media type.
+    with_body = (408, 413, 415) if operation.body is not None else ()
+    for status in sorted({*operation.errors, *scoped, *with_body, 500}):
         responses[str(status)] = {
             "description": ERROR_MEANINGS[status],
             "content": {"application/json": {"schema": MessageSchema}},
@@ -1804,6 +1965,19 @@ def query_arguments(query: MultiMapping[str]) -> dict[str, str]:
             raise ApiError(400, f"Query parameter {name} is given more than once")
         arguments[name] = ",".join(values)
     return arguments
+
+
+async def expect_within_limit(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: a body announced over the limit is refused before the
+    client sends it (aiohttp asks this before any middleware runs); else go on."""
+    limit = request.app[CONFIG].server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return respond_message(f"Request body is larger than the limit of {limit} bytes", 413)
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return respond_message("The only expectation this service meets is 100-continue", 417)
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the answer proper has not begun
+    return None
 
 
 def path_rdn(request: web.Request) -> str:
@@ -1889,25 +2063,48 @@ def new_job(datastore: Datastore, parameters: dict[str, Any], user: User) -> Job
     )
 
 
-async def create_job(request: web.Request, entry: Any, user: User, datastore: Datastore) -> dict[str, str]:
-    """Judge one posted entry on its own and store it; the result says which."""
+def judge_entry(entry: Any, user: User, datastore: Datastore) -> Job | str:
+    """One posted entry judged on its own: the job to store, or why it is refused."""
     try:
         parameters = JOB_PARAMETERS_SCHEMA.load(entry)
     except ValidationError as exc:
-        return {"status": "FAILED", "msg": f"FAILED: {describe(exc.messages)}"}
+        return f"FAILED: {describe(exc.messages)}"
     if parameters["operation"] == "BUMP" and not datastore["bumpEnabled"]:
-        return {"status": "FAILED", "msg": "FAILED: Bumping the datastore is disabled"}
-    job = new_job(datastore, parameters, user)
-    try:
-        await store_of(request).insert_job(job)
-    except TargetBusy as exc:
-        return {"status": "FAILED", "msg": f"FAILED: {exc}"}
-    await store_of(request).save_target(target_of(job, job["createdAt"]))
-    return {"status": "queued", "msg": "CREATED", "job_id": job["jobId"]}
+        return "FAILED: Bumping the datastore is disabled"
+    return new_job(datastore, parameters, user)
 
 
-@routes.post("/jobs")
-@routes.post("/datastores/{rdn}/jobs")
+async def create_jobs(
+    request: web.Request, entries: list[Any], user: User, datastore: Datastore
+) -> list[dict[str, str]]:
+    """Judge each posted entry on its own and store those that pass, each with its
+    target; the results, in order, say which. The store takes them in one call, so
+    that a backend can write them all at once (TinyDB: one fsync for a POST)."""
+    judged = [judge_entry(entry, user, datastore) for entry in entries]
+    jobs = [job for job in judged if not isinstance(job, str)]
+    store = store_of(request)
+    refusals: list[TargetBusy | None] = [None] * len(jobs)
+    if len(jobs) == 1:
+        try:
+            await store.insert_job(jobs[0])
+        except TargetBusy as exc:
+            refusals = [exc]
+    elif jobs:
+        refusals = await store.insert_jobs(jobs)
+    refused = dict(zip((job["jobId"] for job in jobs), refusals, strict=True))
+    results = []
+    for job in judged:
+        if isinstance(job, str):
+            results.append({"status": "FAILED", "msg": job})
+        elif (refusal := refused[job["jobId"]]) is not None:
+            results.append({"status": "FAILED", "msg": f"FAILED: {refusal}"})
+        else:
+            results.append({"status": "queued", "msg": "CREATED", "job_id": job["jobId"]})
+    return results
+
+
+@routes.post("/jobs", expect_handler=expect_within_limit)
+@routes.post("/datastores/{rdn}/jobs", expect_handler=expect_within_limit)
 @documented(
     "Post new jobs; each entry gets its own result, in order",
     many(PostJobResultSchema),
@@ -1919,16 +2116,16 @@ async def create_job(request: web.Request, entry: Any, user: User, datastore: Da
 async def post_jobs(request: web.Request) -> web.Response:
     datastore, user = await acting_on(request, write=True)
     entries = NEW_JOBS_SCHEMA.load(await read_json_object(request))["jobs"]
-    results = [await create_job(request, entry, user, datastore) for entry in entries]
+    results = await create_jobs(request, entries, user, datastore)
     return respond(POST_JOB_RESULT_SCHEMA, results, many=True)
 
 
-@routes.put("/jobs/{jobId}")
+@routes.put("/jobs/{jobId}", expect_handler=expect_within_limit)
 @documented(
     "Move a job on: a new status and/or description, and a log line",
     MessageSchema,
     "jobs",
-    errors=(400, 401, 404, 409, 413, 503),
+    errors=(400, 401, 404, 409, 413, 503, 507),
     body=JobUpdateSchema,
 )
 async def update_job(request: web.Request) -> web.Response:
@@ -1943,13 +2140,10 @@ async def update_job(request: web.Request) -> web.Response:
         log_entries.append({"at": at, "message": "Added update description"})
     if "log" in update:
         log_entries.append({"at": at, "message": update["log"]})
-    change = JobChange(status=update.get("status"), description=update.get("description"), log=log_entries)
-    store = store_of(request)
-    job = await store.update_job(job_id, change)
-    await store.save_target(target_of(job, at))
-    if job["parameters"]["operation"] == "BUMP" and job["status"] == "completed":
-        for target in targets_released_by(job, at):
-            await store.save_target(target)
+    change = JobChange(status=update.get("status"), description=update.get("description"), log=log_entries, at=at)
+    # The change, the job's move when it is final, its target and every target a
+    # completed BUMP releases or removes: one change of the store.
+    await store_of(request).update_job(job_id, change)
     return respond_message(f"Updated job with jobId {job_id}")
 
 
@@ -2023,12 +2217,11 @@ async def targets_in_progress(store: Store, datastore: str) -> set[str]:
 )
 async def list_importable_datasets(request: web.Request) -> web.Response:
     datastore, _ = await acting_on(request, write=False)
-    directory = input_directory(request.app[CONFIG], datastore)
-    datasets = await asyncio.to_thread(request.app[ARCHIVES].scan, directory)
+    datasets = await request.app[ARCHIVES].scan(input_directory(request.app[CONFIG], datastore))
     if "rdn" in request.match_info:  # as the platform's API: what a job works on is not importable meanwhile
         busy = await targets_in_progress(store_of(request), datastore["rdn"])
-        datasets = [dataset for dataset in datasets if dataset["datasetName"] not in busy]
-    return respond(IMPORTABLE_DATASET_SCHEMA, datasets, many=True)
+        datasets = tuple(dataset for dataset in datasets if dataset["datasetName"] not in busy)
+    return respond_encoded(request.app[ENCODED_LISTINGS].encode_list(datasets))
 
 
 @routes.delete("/importable-datasets/{name}")
@@ -2049,8 +2242,8 @@ async def delete_importable_dataset(request: web.Request) -> web.Response:
     return respond_message(f"OK, {name} deleted")
 
 
-@routes.post("/maintenance-status")
-@routes.post("/maintenance-statuses")
+@routes.post("/maintenance-status", expect_handler=expect_within_limit)
+@routes.post("/maintenance-statuses", expect_handler=expect_within_limit)
 @documented(
     "Set the maintenance flag (the executor's key or an administrator)",
     MaintenanceStatusSchema,
@@ -2085,7 +2278,10 @@ async def get_maintenance_history(request: web.Request) -> web.Response:
 
 @routes.get("/datastores/rdns")
 @documented(
-    "The rdns of the live datastores, sorted", {"type": "array", "items": {"type": "string"}}, "datastores", errors=(503,)
+    "The rdns of the live datastores, sorted",
+    {"type": "array", "items": {"type": "string"}},
+    "datastores",
+    errors=(503,),
 )
 async def list_datastore_rdns(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(await live_rdns(request)), headers={"Content-Type": JSON_CONTENT_TYPE})
@@ -2107,7 +2303,7 @@ async def list_datastores(request: web.Request) -> web.Response:
     return respond(DATASTORE_SCHEMA, await live_datastores(request), many=True)
 
 
-@routes.post("/datastores")
+@routes.post("/datastores", expect_handler=expect_within_limit)
 @documented(
     "Provision a datastore: its directories and files, then the job that makes its keys",
     PostJobResultSchema,
@@ -2167,7 +2363,7 @@ async def get_datastore_directory(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(datastore["directory"]), headers={"Content-Type": JSON_CONTENT_TYPE})
 
 
-@routes.post("/datastores/{rdn}/public-key")
+@routes.post("/datastores/{rdn}/public-key", expect_handler=expect_within_limit)
 @documented(
     "Store the datastore's public key (once)",
     MessageSchema,
@@ -2288,21 +2484,41 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:  # only redirects get past the error middleware
         status = exc.status
         raise
+    except (ConnectionResetError, asyncio.CancelledError):
+        status = CLIENT_CLOSED_REQUEST
+        raise
     finally:
         elapsed = time.perf_counter() - start
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        request.app[METRICS].requests.labels(route, method, str(status)).inc()
+        outcome = "aborted" if request.get(ABORTED_MID_STREAM) else str(status)
+        request.app[METRICS].requests.labels(route, method, outcome).inc()
         request.app[METRICS].request_seconds.labels(route, method).observe(elapsed)
-        access_log.info(
-            "%s %s %s",
-            request.method,
-            request.rel_url,
-            status,
-            extra={"statusCode": status, "responseTime": round(elapsed * 1000, 3)},
-        )
+        level = logging.INFO if outcome == "aborted" else access_level(request, status)
+        if access_log.isEnabledFor(level):  # the polled reads, at DEBUG, cost nothing more
+            access_log.log(
+                level,
+                "%s %s %s",
+                request.method,
+                request.rel_url,
+                outcome,
+                extra={"statusCode": status, "responseTime": round(elapsed * 1000, 3)},
+            )
         log_context.reset(context)
+
+
+#: What nginx logs for a client that went away before its answer.
+CLIENT_CLOSED_REQUEST = 499
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def access_level(request: web.Request, status: int) -> int:
+    """Writes and errors at INFO; successful reads, which the executor makes every
+    few seconds, at DEBUG unless `[logging] access_reads` asks for them."""
+    if request.method in READ_METHODS and status < 400 and not request.app[CONFIG].logging.access_reads:
+        return logging.DEBUG
+    return logging.INFO
 
 
 async def send_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -2312,11 +2528,33 @@ async def send_request_id(request: web.Request, response: web.StreamResponse) ->
 
 
 @web.middleware
+async def body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A body is refused before it is read when it is of a media type its route
+    does not take (a `text/plain` post would let another site's page send an
+    administrator's cookies along), or announced larger than the limit (so an
+    `Expect: 100-continue` gets its 413 before it sends anything)."""
+    routed = request.match_info.http_exception is None
+    if routed and (request.body_exists or request.content_length):
+        operation: Operation | None = getattr(request.match_info.handler, "openapi", None)
+        accepted = operation.body_media_type if operation is not None else JSON_MEDIA_TYPE
+        if request.content_type != accepted:
+            raise ApiError(415, f"The body must be {accepted}, not {request.content_type}")
+        limit = request.app[CONFIG].server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, f"Request body is larger than the limit of {limit} bytes")
+    return await handler(request)
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one error path: every failure becomes `{"message"}` with its status,
-    and one nobody expected is logged with its traceback and answered 500."""
+    and one nobody expected is logged with its traceback and answered 500. A
+    client that went away is nobody's error: there is no one to answer."""
     try:
         return await handler(request)
+    except ConnectionResetError:
+        log.info("The client closed the connection before its answer")
+        raise
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -2331,6 +2569,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return respond_message("Internal Server Error", 500)
         text = describe(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         return respond_message(text, status)
+
+
+async def stop_inspections(app: web.Application) -> None:
+    app[ARCHIVES].close()
 
 
 async def finish_or_undo_provisionings(app: web.Application) -> None:
@@ -2359,15 +2601,20 @@ async def signing_keys_context(app: web.Application) -> Any:
     """The JWKS cache, with an HTTP session for a key server when there is one."""
     auth = app[CONFIG].auth
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) if auth.jwks_url else None
-    app[SIGNING_KEYS] = SigningKeys(auth, session)
+    keys = app[SIGNING_KEYS] = SigningKeys(auth, session)
+    refreshing = asyncio.create_task(keys.refresh_forever()) if auth.enabled else None
     yield
+    if refreshing is not None:
+        refreshing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refreshing
     if session is not None:
         await session.close()
 
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware],
+        middlewares=[observe_middleware, error_middleware, body_middleware],
         client_max_size=config.server.max_body_bytes,
         # The admin UI sends two JWTs in one Cookie header, which can outgrow
         # aiohttp's 8 KiB default for a header line.
@@ -2378,6 +2625,10 @@ def create_app(config: Config) -> web.Application:
     app[ENCODED_JOBS] = EncodedCache(JOB_SCHEMA, job_identity, revision_of, max_bytes=ENCODED_JOBS_MAX_BYTES)
     app[ENCODED_TARGETS] = EncodedCache(TARGET_SCHEMA, target_identity, target_version, max_bytes=8 << 20)
     app[ARCHIVES] = ArchiveInspections()
+    app.on_shutdown.append(stop_inspections)
+    app[ENCODED_LISTINGS] = EncodedCache(
+        IMPORTABLE_DATASET_SCHEMA, listed_dataset_identity, listed_dataset_version, max_bytes=8 << 20
+    )
     app[PROVISIONING] = asyncio.Lock()
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(signing_keys_context)

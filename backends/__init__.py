@@ -19,14 +19,18 @@ from .base import (
     MaintenanceStatus,
     Store,
     StoreAnswer,
+    StoreCorrupt,
     StoreError,
+    StoreFull,
     StoreLocked,
     StoreStats,
     StoreUnavailable,
     Target,
     TargetBusy,
     User,
+    change_time,
     revision_of,
+    targets_of,
 )
 
 __all__ = [
@@ -45,7 +49,9 @@ __all__ = [
     "MongoDBOptions",
     "Store",
     "StoreAnswer",
+    "StoreCorrupt",
     "StoreError",
+    "StoreFull",
     "StoreLocked",
     "StoreStats",
     "StoreUnavailable",
@@ -53,8 +59,10 @@ __all__ = [
     "TargetBusy",
     "TinyDBOptions",
     "User",
+    "change_time",
     "open_store",
     "revision_of",
+    "targets_of",
 ]
 
 

@@ -11,8 +11,9 @@ exceptions below; the service's error middleware turns each into its HTTP status
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar, NotRequired, Protocol, TypedDict, TypeVar
 
 import orjson
@@ -118,8 +119,18 @@ class StoreUnavailable(StoreError):
     """The backend cannot be reached right now; the request may be retried."""
 
 
+class StoreFull(StoreUnavailable):
+    """The disk the store writes to is full: nothing of the change was stored, and
+    the same write succeeds once there is room again."""
+
+
 class StoreLocked(StoreError):
     """Another process owns the store, and sharing it would corrupt it."""
+
+
+class StoreCorrupt(StoreError):
+    """A file of the store is damaged or not the store's: it is not opened, and
+    nothing is changed. The text names the file and what is wrong with it."""
 
 
 class TargetBusy(StoreAnswer):
@@ -183,6 +194,21 @@ class JobChange:
     status: str | None = None
     description: str | None = None
     log: list[LogEntry] = field(default_factory=list)
+    #: When the change happened: what the job's targets show as `lastUpdatedAt`.
+    #: None means the time of its last log entry, or now if it adds none.
+    at: str | None = None
+
+
+def now_iso() -> str:
+    """Now, as every time is written: UTC with microseconds, so that the strings sort as the instants do."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def change_time(change: JobChange) -> str:
+    """The time a change happened at (see `JobChange.at`)."""
+    if change.at is not None:
+        return change.at
+    return change.log[-1]["at"] if change.log else now_iso()
 
 
 @dataclass(frozen=True)
@@ -212,6 +238,58 @@ def manifesto_datasets(job: Job) -> list[str]:
     return [update["name"] for update in parameters["bumpManifesto"]["dataStructureUpdates"]]
 
 
+# --- targets: what a job leaves its targets showing ---------------------------------
+
+
+def job_action(parameters: Mapping[str, Any]) -> list[str]:
+    operation = parameters["operation"]
+    if operation == "SET_STATUS":
+        return [operation, parameters["releaseStatus"]]
+    if operation == "BUMP":
+        return [operation, parameters["bumpFromVersion"], parameters["bumpToVersion"]]
+    return [operation]
+
+
+def target_of(job: Job, at: str) -> Target:
+    """The target as the last job that touched it leaves it."""
+    return Target(
+        datastoreRdn=job["datastoreRdn"],
+        name=job["parameters"]["target"],
+        lastUpdatedAt=at,
+        status=job["status"],
+        lastUpdatedBy=job["createdBy"],
+        action=job_action(job["parameters"]),
+    )
+
+
+def targets_released_by(bump: Job, at: str) -> Iterator[Target]:
+    """The datasets a completed BUMP released or removed; its drafts stay untouched."""
+    parameters = bump["parameters"]
+    for update in parameters["bumpManifesto"]["dataStructureUpdates"]:
+        if update["releaseStatus"] == "DRAFT":
+            continue
+        outcome = "RELEASED" if update["releaseStatus"] == "PENDING_RELEASE" else "REMOVED"
+        yield Target(
+            datastoreRdn=bump["datastoreRdn"],
+            name=update["name"],
+            lastUpdatedAt=at,
+            status="completed",
+            lastUpdatedBy=bump["createdBy"],
+            action=[outcome, parameters["bumpToVersion"]],
+        )
+
+
+def targets_of(job: Job, at: str) -> list[Target]:
+    """Every target a job shows as it is now, its change made at `at`: its own, and
+    once it is a completed BUMP with a manifesto, every dataset it released or removed.
+    What a store records with each insert and update of the job, in the same change."""
+    targets = [target_of(job, at)]
+    parameters = job["parameters"]
+    if parameters["operation"] == "BUMP" and job["status"] == "completed" and "bumpManifesto" in parameters:
+        targets.extend(targets_released_by(job, at))
+    return targets
+
+
 class Store(Protocol):
     """The async interface every backend implements, and all the handlers use.
 
@@ -223,12 +301,20 @@ class Store(Protocol):
     """
 
     async def ping(self) -> None:
-        """Return when the backend answers; raise StoreUnavailable otherwise."""
+        """Return when the backend answers and can store a change; raise
+        StoreUnavailable (StoreFull for a full disk) otherwise."""
 
     async def close(self) -> None: ...
 
     async def insert_job(self, job: Job) -> None:
-        """Store a new in-progress job; raise TargetBusy if its target has one in its datastore."""
+        """Store a new in-progress job and its target (`targets_of(job, job["createdAt"])`)
+        as one change; raise TargetBusy if its target has one in its datastore."""
+
+    async def insert_jobs(self, jobs: list[Job]) -> list[TargetBusy | None]:
+        """Insert each job as `insert_job` does, in order, each judged on its own: a job
+        whose target is held (in progress, or by an earlier job of the list) is refused
+        alone, its place in the answer holding the TargetBusy, the others' None. A
+        backend may store them all as one change (TinyDB: one write for all)."""
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with this id, in any datastore."""
@@ -242,12 +328,15 @@ class Store(Protocol):
 
     async def update_job(self, job_id: str, change: JobChange) -> Job:
         """Apply `change` and return the job; move it to the completed set when
-        its new status is final. Raise JobNotFound or JobFinal."""
+        its new status is final; record every target the job now shows
+        (`targets_of(job, change_time(change))`): all of it as one change.
+        Raise JobNotFound or JobFinal."""
 
     async def target_in_progress(self, datastore: str, name: str) -> bool: ...
 
     async def save_target(self, target: Target) -> None:
-        """Insert or replace the target with the same datastore and name."""
+        """Insert or replace the target with the same datastore and name. The service
+        never needs it (jobs record their targets); it is for tools and tests."""
 
     async def get_target(self, datastore: str, name: str) -> Target | None: ...
 

@@ -7,6 +7,13 @@ is a sequence of single-document writes ordered so that a crash between any two
 of them loses nothing. No step needs a multi-document transaction, which a
 standalone mongod lacks.
 
+A change of a job and the targets it shows are written the same way: the job is
+written first, marked `targetsDueAt` (the time of the change), then its targets
+(each only over an older one), then the mark is removed. A job still marked is a
+change whose targets a crash may have cut short: the next start, or the next touch
+of the job or its target, records them again from the job itself and removes the
+mark. Readers never see the mark.
+
 A database written before datastores existed is upgraded as it is prepared, by
 steps that are each idempotent, so an upgrade cut short is finished by the next
 start: its jobs and targets are put in the default datastore, the new unique
@@ -24,10 +31,10 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncCursor
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from .base import (
     COLLECTIONS,
@@ -45,7 +52,9 @@ from .base import (
     StoreUnavailable,
     Target,
     TargetBusy,
+    change_time,
     job_order,
+    targets_of,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 NOT_FINAL = {"$nin": sorted(FINAL_STATUSES)}
 NO_ID = {"_id": False}
+#: On a job whose targets may not be recorded yet: the time of its change.
+TARGETS_DUE = "targetsDueAt"
+#: What readers of jobs get: neither MongoDB's id nor the store's own mark.
+JOB_FIELDS = {"_id": False, TARGETS_DUE: False}
+#: MongoDB's error code for a duplicate key.
+DUPLICATE_KEY = 11000
 JOB_SORT = [("createdAt", ASCENDING), ("jobId", ASCENDING)]
 MANIFESTO_NAME = "parameters.bumpManifesto.dataStructureUpdates.name"
 #: Newest first; `_id` breaks ties in insertion order within one process.
@@ -70,6 +85,8 @@ JOB_QUERY_INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
     ([("datastoreRdn", ASCENDING), *JOB_SORT], {}),
     ([("parameters.operation", ASCENDING)], {}),
     ([(MANIFESTO_NAME, ASCENDING)], {}),
+    # The few jobs whose targets a crash may have cut short, found at start.
+    ([(TARGETS_DUE, ASCENDING)], {"sparse": True}),
 ]
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "inprogress": [
@@ -144,16 +161,29 @@ def job_filter(query: JobQuery) -> dict[str, Any]:
     return conditions
 
 
-def job_updates(change: JobChange) -> dict[str, Any]:
-    updates: dict[str, Any] = {"$push": {"log": {"$each": change.log}}, "$inc": {"revision": 1}}
-    fields = {}
+def job_updates(change: JobChange, at: str) -> dict[str, Any]:
+    """The update of `change`, which marks the job's targets due as of `at`."""
+    fields: dict[str, Any] = {TARGETS_DUE: at}
     if change.status is not None:
         fields["status"] = change.status
     if change.description is not None:
         fields["parameters.description"] = change.description
-    if fields:
-        updates["$set"] = fields
-    return updates
+    return {"$push": {"log": {"$each": change.log}}, "$inc": {"revision": 1}, "$set": fields}
+
+
+def as_read(job: dict[str, Any]) -> Job:
+    """A job as readers see it: without the store's mark."""
+    job.pop(TARGETS_DUE, None)
+    return cast(Job, job)
+
+
+def newer_than_stored(target: Target) -> dict[str, Any]:
+    """The target of the same datastore and name, if it shows an older change than `target`."""
+    return {
+        "datastoreRdn": target["datastoreRdn"],
+        "name": target["name"],
+        "$or": [{"lastUpdatedAt": {"$lte": target["lastUpdatedAt"]}}, {"lastUpdatedAt": {"$exists": False}}],
+    }
 
 
 async def drop_index_if_present(collection: AsyncCollection, name: str) -> None:
@@ -240,6 +270,9 @@ class MongoStore:
             await drop_index_if_present(self._collections[name], index)
         async for job in self._inprogress.find({"status": {"$in": sorted(FINAL_STATUSES)}}, NO_ID):
             await self._finish(job)
+        for collection in (self._inprogress, self._completed):
+            async for job in collection.find({TARGETS_DUE: {"$exists": True}}, NO_ID):
+                await self._record_targets(job)
         if self._initial_maintenance is not None:
             await self._insert_initial_maintenance(self._initial_maintenance)
         self.prepared = True
@@ -260,7 +293,7 @@ class MongoStore:
         await self._client.close()
 
     async def _finish(self, job: Job) -> None:
-        """Move a final job to the completed set.
+        """Move a final job to the completed set (with its mark, if it has one).
 
         Each step is idempotent and readers look in `inprogress` before
         `completed`, so whatever step a crash stops at, the job is found, and
@@ -269,26 +302,67 @@ class MongoStore:
         await self._completed.replace_one({"jobId": job["jobId"]}, job, upsert=True)
         await self._inprogress.delete_one({"jobId": job["jobId"]})
 
+    async def _record_targets(self, job: dict[str, Any]) -> None:
+        """Record what a marked job's targets show, each over an older one only, then
+        remove the mark (unless a later change has marked the job again). Idempotent:
+        the repair of a change a crash cut short, and the last steps of every change."""
+        at = job[TARGETS_DUE]
+        targets = targets_of(cast(Job, job), at)
+        requests = [ReplaceOne(newer_than_stored(target), target, upsert=True) for target in targets]
+        for _ in range(2):
+            try:
+                await self._targets.bulk_write(requests, ordered=False)
+                break
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(error["code"] != DUPLICATE_KEY for error in errors):
+                    raise
+                # A duplicate key: a newer target is there, or another process inserted
+                # one first; once more, for the second case.
+                requests = [requests[error["index"]] for error in errors]
+        mark = {"jobId": job["jobId"], TARGETS_DUE: at}
+        collection = self._completed if job["status"] in FINAL_STATUSES else self._inprogress
+        await collection.update_one(mark, {"$unset": {TARGETS_DUE: ""}})
+
     @store_operation
     async def insert_job(self, job: Job) -> None:
         held = {"datastoreRdn": job["datastoreRdn"], "parameters.target": job["parameters"]["target"]}
+        marked = {**job, TARGETS_DUE: job["createdAt"]}
         for _ in range(2):
             try:
-                await self._inprogress.insert_one(dict(job))  # insert_one adds _id to what it is given
+                await self._inprogress.insert_one(marked)  # insert_one adds _id to what it is given
+                await self._record_targets(marked)
                 return
             except DuplicateKeyError:
                 holder = await self._inprogress.find_one(held, NO_ID)
-                if holder is None or holder["status"] not in FINAL_STATUSES:
+                if holder is None:
                     break
-                # The target is held by a finished job whose move a crash cut short.
-                await self._finish(holder)
+                if holder["status"] in FINAL_STATUSES:
+                    # The target is held by a finished job whose move a crash cut short.
+                    await self._finish(holder)
+                if TARGETS_DUE in holder:
+                    await self._record_targets(holder)  # a change of the holder a crash cut short
+                if holder["status"] not in FINAL_STATUSES:
+                    break
+                marked = {**job, TARGETS_DUE: job["createdAt"]}
         raise TargetBusy(job["parameters"]["target"])
+
+    async def insert_jobs(self, jobs: list[Job]) -> list[TargetBusy | None]:
+        """One after the other: each is a change of its own, repairable as `insert_job`'s is."""
+        answers: list[TargetBusy | None] = []
+        for job in jobs:
+            try:
+                await self.insert_job(job)
+                answers.append(None)
+            except TargetBusy as exc:
+                answers.append(exc)
+        return answers
 
     @store_operation
     async def get_job(self, job_id: str) -> Job | None:
-        job = await self._inprogress.find_one({"jobId": job_id}, NO_ID)
+        job = await self._inprogress.find_one({"jobId": job_id}, JOB_FIELDS)
         if job is None:
-            job = await self._completed.find_one({"jobId": job_id}, NO_ID)
+            job = await self._completed.find_one({"jobId": job_id}, JOB_FIELDS)
         return job
 
     async def _stream(self, cursor: AsyncCursor) -> AsyncIterator[Job]:
@@ -306,8 +380,8 @@ class MongoStore:
         """
         async with translate_errors():
             await self.ensure_prepared()
-            in_progress = await self._inprogress.find(conditions, NO_ID).sort(JOB_SORT).to_list()
-        completed = self._stream(self._completed.find(conditions, NO_ID).sort(JOB_SORT))
+            in_progress = await self._inprogress.find(conditions, JOB_FIELDS).sort(JOB_SORT).to_list()
+        completed = self._stream(self._completed.find(conditions, JOB_FIELDS).sort(JOB_SORT))
         previous = None
         async for job in merge_in_order(completed, in_progress):
             if job["jobId"] != previous:
@@ -323,7 +397,7 @@ class MongoStore:
         conditions["status"] = {"$eq": query.status, **NOT_FINAL} if query.status else NOT_FINAL
         async with translate_errors():
             await self.ensure_prepared()
-            jobs = await self._inprogress.find(conditions, NO_ID).sort(JOB_SORT).to_list()
+            jobs = await self._inprogress.find(conditions, JOB_FIELDS).sort(JOB_SORT).to_list()
         for job in jobs:
             yield job
 
@@ -340,9 +414,11 @@ class MongoStore:
 
     @store_operation
     async def update_job(self, job_id: str, change: JobChange) -> Job:
+        # The job changed and marked, moved if final, its targets recorded, the mark
+        # removed: a crash after any step leaves what the next start or touch finishes.
         job = await self._inprogress.find_one_and_update(
             {"jobId": job_id, "status": NOT_FINAL},
-            job_updates(change),
+            job_updates(change, change_time(change)),
             projection=NO_ID,
             return_document=ReturnDocument.AFTER,
         )
@@ -350,10 +426,12 @@ class MongoStore:
             return await self._refuse_update(job_id)
         if job["status"] in FINAL_STATUSES:
             await self._finish(job)
-        return job
+        await self._record_targets(job)
+        return as_read(job)
 
     async def _refuse_update(self, job_id: str) -> Job:
-        """Why an update found no job to change: it is final, or it does not exist."""
+        """Why an update found no job to change: it is final, or it does not exist.
+        This touch finishes what a crash left of the job's last change."""
         job = await self._inprogress.find_one({"jobId": job_id}, NO_ID)
         if job is not None:
             await self._finish(job)  # final but not yet moved: this touch completes the move
@@ -361,6 +439,8 @@ class MongoStore:
             job = await self._completed.find_one({"jobId": job_id}, NO_ID)
         if job is None:
             raise JobNotFound(job_id)
+        if TARGETS_DUE in job:
+            await self._record_targets(job)
         raise JobFinal(job_id, job["status"])
 
     @store_operation
@@ -441,7 +521,7 @@ class MongoStore:
             "targets": [("datastoreRdn", ASCENDING), ("name", ASCENDING)],
             "maintenance": [(key, ASCENDING) for key, _ in HISTORY_SORT],
         }
-        return await self._collections[name].find({}, NO_ID).sort(order.get(name, JOB_SORT)).to_list()
+        return await self._collections[name].find({}, JOB_FIELDS).sort(order.get(name, JOB_SORT)).to_list()
 
     @store_operation
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:

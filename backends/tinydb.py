@@ -1,31 +1,54 @@
-"""The embedded default: TinyDB on files that survive a crash at any instant.
+"""The embedded default: TinyDB files, and a write-ahead journal that makes every change one write.
 
-Each collection is its own TinyDB file, and the completed set, which grows for
-years, is a series of segment files of which only the newest is ever written:
-no write costs more as history grows. TinyDB itself is neither thread-safe nor
-indexed, so every change runs on one dedicated worker thread, which serialises
-them ("check the target is free, then insert" is atomic) and keeps file I/O off
-the event loop. What the hot reads need (a job by id, the in-progress jobs, the
-targets, the datastores) the worker also publishes as in-memory snapshots that
-are replaced, never changed, so the event loop reads them without waiting for the
-worker.
+The data directory holds one TinyDB file per collection (`inprogress.json`,
+`targets.json`, `maintenance.json`, `datastores.json`) and the completed set as
+segments of at most SEGMENT_SIZE jobs (`completed/00000001.json`, ...), all plain
+TinyDB JSON. A change is never written to them directly: it is one record of the
+journal (`journal/00000001.jsonl`, ...), appended and fsynced before it is
+acknowledged, holding everything the change does (a job and its target; a job's
+move to the completed set with every target a BUMP releases). A record whose
+append a crash cut short fails its checksum and is ignored, so after a crash at
+any instant a change is in the store entirely or not at all, and a write costs
+the same at any size of the store.
 
-A data directory written before datastores existed holds jobs and targets without
-`datastoreRdn`: each is given the default datastore as it is read into memory, so
-opening such a directory rewrites nothing, and a document gains the field on disk
-only when it is next written anyway.
+The worker thread that appends keeps the TinyDB files' documents in memory and
+applies each change to them; a fold (in the background once the journal has grown
+or the store is idle, at start, and at close) writes the files that changed, each
+to a temporary file that is fsynced and renamed over the old one, then deletes the
+journal files they cover. Replaying a journal over files that already hold some of
+it gives the same documents (a record sets documents, never adds to them), so a
+crash in the middle of a fold loses nothing either.
+
+Every change runs on one dedicated worker thread, which serialises them ("check
+the target is free, then insert" is atomic) and keeps file I/O off the event loop.
+What the hot reads need (a job by id, the in-progress jobs, the targets, the
+datastores) the worker also publishes as in-memory snapshots that the event loop
+reads without waiting for it: replaced, never changed, except the dicts that the
+loop only looks single keys up in.
+
+Opening validates every file first, and refuses a damaged or unexpected one with a
+StoreCorrupt naming it, before changing anything. A data directory written before
+datastores existed holds jobs and targets without `datastoreRdn`: each is given the
+default datastore as it is read into memory, so opening such a directory rewrites
+nothing, and a document gains the field on disk only when it is next written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import bisect
 import contextvars
+import errno
 import fcntl
 import functools
+import gc
 import logging
 import os
+import re
 import sys
+import threading
+import time
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +57,6 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar, cast
 
 import orjson
-from tinydb import TinyDB
 from tinydb.storages import Storage
 
 from .base import (
@@ -49,14 +71,19 @@ from .base import (
     JobQuery,
     MaintenanceStatus,
     StoreAnswer,
+    StoreCorrupt,
+    StoreFull,
     StoreLocked,
     StoreStats,
+    StoreUnavailable,
     Target,
     TargetBusy,
+    change_time,
     copy_document,
     job_order,
     manifesto_datasets,
     revision_of,
+    targets_of,
 )
 
 log = logging.getLogger(__name__)
@@ -65,13 +92,30 @@ K = TypeVar("K", bound=Hashable)
 M = TypeVar("M", bound=Mapping[str, Any])
 LOCK_FILE = "job-service.lock"
 TMP_SUFFIX = ".tmp"
-#: Jobs per completed segment: a completion rewrites at most this many.
+#: The TinyDB files of the data directory, by collection.
+TABLE_FILES = {
+    "datastores": "datastores.json",
+    "inprogress": "inprogress.json",
+    "targets": "targets.json",
+    "maintenance": "maintenance.json",
+}
+COMPLETED_DIRECTORY = "completed"
+JOURNAL_DIRECTORY = "journal"
+SEGMENT_NAME = re.compile(r"[0-9]{8}\.json")
+JOURNAL_NAME = re.compile(r"[0-9]{8}\.jsonl")
+#: Jobs per completed segment: a fold rewrites at most the newest (and one it just filled).
 SEGMENT_SIZE = 500
 #: Jobs decoded per step of a listing, so a listing of years of history never
 #: holds every job as objects at once.
 JOBS_PER_STEP = 500
 #: The collections whose documents belong to a datastore.
 IN_DATASTORES = frozenset({"inprogress", "completed", "targets"})
+#: A journal this large is folded into the files at once, in the background.
+FOLD_BYTES = 4 << 20
+#: A journal with anything in it is folded after this long without a change.
+IDLE_FOLD_SECONDS = 2.0
+#: Less free space than this on the data directory's disk, and the store is not ready.
+MIN_FREE_BYTES = 64 << 10
 
 
 def fsync_directory(path: Path) -> None:
@@ -83,15 +127,30 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-class AtomicJSONStorage(Storage):
-    """TinyDB storage that never leaves a half-written file behind.
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` so that the file is always the old or the new
+    content: a temporary file, fsynced, renamed over it (the directory is the
+    caller's to fsync). A failure removes the temporary file at once."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            log.warning("Cannot remove %s; the next start removes it", tmp)
+        raise
 
-    TinyDB's JSONStorage truncates and rewrites its file in place, so a crash
-    mid-write loses the whole database. Here each write goes to a temporary
-    file that is fsynced and renamed over the old one: the file on disk is
-    always either the previous state or the new one. The last state is kept in
-    memory, since TinyDB reads the storage before every single operation.
-    """
+
+class AtomicJSONStorage(Storage):
+    """TinyDB storage that never leaves a half-written file behind, for a person
+    (or a tool) using TinyDB on the store's files: each write goes to a temporary
+    file that is fsynced and renamed over the old one. The last state is kept in
+    memory, since TinyDB reads the storage before every single operation."""
 
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
@@ -106,13 +165,8 @@ class AtomicJSONStorage(Storage):
         return self._data
 
     def write(self, data: dict[str, Any]) -> None:
-        tmp = self._path.with_name(self._path.name + TMP_SUFFIX)
         try:
-            with open(tmp, "wb") as file:
-                file.write(orjson.dumps(data))
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, self._path)
+            write_atomically(self._path, orjson.dumps(data))
             fsync_directory(self._path.parent)
         except BaseException:
             # TinyDB has already changed `data` in place; forget it so the next
@@ -152,6 +206,247 @@ class DirectoryLock:
         self._file.close()
 
 
+def write_error(exc: OSError, directory: Path) -> Exception:
+    """What a failed write of the store means to a client: StoreFull for a full disk,
+    StoreUnavailable for a read-only one; any other failure is unexpected, itself."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(
+            f"The disk of the data directory {directory} is full: the change was not stored;"
+            " send it again once there is room"
+        )
+    if exc.errno == errno.EROFS:
+        return StoreUnavailable(
+            f"The data directory {directory} is on a read-only file system: the change was not stored"
+        )
+    return exc
+
+
+# --- what the files may hold ------------------------------------------------------
+
+
+def corrupt(path: Path, problem: str) -> StoreCorrupt:
+    return StoreCorrupt(f"{path}: {problem}; nothing was changed, so fix or move the file and start again")
+
+
+def is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def job_problem(document: Any, final: bool | None = None) -> str | None:
+    """What is wrong with `document` as a stored job; None if nothing. Quick for a
+    sound job (a start checks years of them); the slow look says what is wrong."""
+    try:
+        parameters = document["parameters"]
+        sound = (
+            type(document["jobId"]) is str
+            and type(document["status"]) is str
+            and type(document["createdAt"]) is str
+            and type(parameters["operation"]) is str
+            and type(parameters["target"]) is str
+            and type(document["log"]) is list
+            and type(document["createdBy"]) is dict
+            and type(document.get("datastoreRdn", "")) is str
+        )
+    except (KeyError, TypeError):
+        sound = False
+    if sound and (final is None or (document["status"] in FINAL_STATUSES) == final):
+        return None
+    return job_problem_described(document, final)
+
+
+def job_problem_described(document: Any, final: bool | None) -> str | None:
+    if not isinstance(document, dict):
+        return "is not a JSON object"
+    for name in ("jobId", "status", "createdAt"):
+        if not is_text(document.get(name)):
+            return f"has no text {name}"
+    parameters = document.get("parameters")
+    if (
+        not isinstance(parameters, dict)
+        or not is_text(parameters.get("operation"))
+        or not is_text(parameters.get("target"))
+    ):
+        return "has no parameters with a text operation and target"
+    if not isinstance(document.get("log"), list):
+        return "has no log list"
+    if not isinstance(document.get("createdBy"), dict):
+        return "has no createdBy object"
+    if "datastoreRdn" in document and not is_text(document["datastoreRdn"]):
+        return "has a datastoreRdn that is not text"
+    if final is not None and (document["status"] in FINAL_STATUSES) != final:
+        return f"is {'not ' if final else ''}final, with status {document['status']!r}"
+    return None
+
+
+def target_problem(document: Any) -> str | None:
+    if not isinstance(document, dict):
+        return "is not a JSON object"
+    if not is_text(document.get("name")):
+        return "has no text name"
+    for name in ("datastoreRdn", "status", "lastUpdatedAt"):
+        if name in document and not is_text(document[name]):
+            return f"has a {name} that is not text"
+    return None
+
+
+def datastore_problem(document: Any) -> str | None:
+    if not isinstance(document, dict):
+        return "is not a JSON object"
+    if not is_text(document.get("rdn")):
+        return "has no text rdn"
+    if not isinstance(document.get("deleted", False), bool):
+        return "has a deleted that is not true or false"
+    return None
+
+
+def maintenance_problem(document: Any) -> str | None:
+    if not isinstance(document, dict):
+        return "is not a JSON object"
+    if not is_text(document.get("msg")) or not is_text(document.get("timestamp")):
+        return "has no text msg and timestamp"
+    if not isinstance(document.get("paused"), bool):
+        return "has a paused that is not true or false"
+    return None
+
+
+PROBLEMS: dict[str, Callable[[Any], str | None]] = {
+    "inprogress": job_problem,
+    "targets": target_problem,
+    "datastores": datastore_problem,
+    "maintenance": maintenance_problem,
+    "completed": functools.partial(job_problem, final=True),
+}
+
+
+def read_tinydb_file(path: Path, problem_of: Callable[[Any], str | None]) -> dict[str, Any]:
+    """The documents of a TinyDB file by document id, each checked; {} if there is no file."""
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise corrupt(path, f"cannot be read ({exc.strerror or exc})") from None
+    if not content.strip():
+        raise corrupt(path, "is empty, where a TinyDB file holds at least {}")
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise corrupt(path, f"is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise corrupt(path, "is not a TinyDB file: its top level is not an object")
+    for name in data:
+        if name != "_default":
+            raise corrupt(path, f"holds a table {name!r}, where the store keeps only _default")
+    table = data.get("_default", {})
+    if not isinstance(table, dict):
+        raise corrupt(path, "is not a TinyDB file: its _default table is not an object")
+    for doc_id, document in table.items():
+        if not (doc_id.isascii() and doc_id.isdigit() and int(doc_id) > 0):
+            raise corrupt(path, f"holds a document id {doc_id!r} that is not a positive number")
+        problem = problem_of(document)
+        if problem is not None:
+            raise corrupt(path, f"document {doc_id} {problem}")
+    return table
+
+
+#: The operations a journal record holds, each a JSON list `[name, ...arguments]`.
+OPERATIONS: dict[str, Callable[[list[Any]], str | None]] = {
+    # An in-progress job, inserted or replaced.
+    "job": lambda op: job_problem(op[1], final=False) if len(op) == 2 else "has no job",
+    # A finished job: into the completed set (once), out of the in-progress set.
+    "done": lambda op: job_problem(op[1], final=True) if len(op) == 2 else "has no job",
+    "target": lambda op: target_problem(op[1]) if len(op) == 2 else "has no target",
+    "datastore": lambda op: datastore_problem(op[1]) if len(op) == 2 else "has no datastore",
+    # A datastore forgotten, by rdn.
+    "forget": lambda op: None if len(op) == 2 and is_text(op[1]) else "has no rdn",
+    # A maintenance status with its TinyDB document id: replayed, it is set, never added twice.
+    "maintenance": lambda op: (
+        maintenance_problem(op[2]) if len(op) == 3 and isinstance(op[1], int) else "has no document id and status"
+    ),
+}
+
+
+def encode_record(operations: list[list[Any]]) -> bytes:
+    body = orjson.dumps(operations)
+    return b"%08x %b\n" % (zlib.crc32(body), body)
+
+
+def decode_record(line: bytes) -> list[list[Any]] | None:
+    """The operations of one journal line; None if its checksum fails (a torn write)."""
+    if len(line) < 10 or line[8:9] != b" ":
+        return None
+    try:
+        checksum = int(line[:8], 16)
+    except ValueError:
+        return None
+    body = line[9:]
+    if zlib.crc32(body) != checksum:
+        return None
+    operations = orjson.loads(body)
+    if not isinstance(operations, list):
+        raise ValueError("is not a list of operations")
+    for op in operations:
+        if not isinstance(op, list) or not op or op[0] not in OPERATIONS:
+            raise ValueError(f"holds an operation this release does not know: {str(op)[:60]}")
+        problem = OPERATIONS[op[0]](op)
+        if problem is not None:
+            raise ValueError(f"holds a {op[0]} operation that {problem}")
+    return operations
+
+
+def read_journal(path: Path) -> list[list[list[Any]]]:
+    """The records of one journal file, in order. A record whose append a crash cut
+    short can only be the last: after it the file holds no whole record."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise corrupt(path, f"cannot be read ({exc.strerror or exc})") from None
+    records = []
+    for index, line in enumerate(lines):
+        try:
+            operations = decode_record(line)
+            if operations is None and any(decode_record(later) is not None for later in lines[index + 1 :]):
+                raise ValueError("fails its checksum, yet whole records follow it")
+        except ValueError as exc:
+            raise corrupt(path, f"record {index + 1} {exc}") from None
+        if operations is None:
+            break  # torn by a crash before it was acknowledged
+        records.append(operations)
+    return records
+
+
+def numbered(directory: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """The files of `directory`, which must all be named by `pattern` (or be leftover temporary files)."""
+    try:
+        entries = sorted(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        name = entry.name
+        if pattern.fullmatch(name) and entry.is_file():
+            found.append(entry)
+        elif not (name.endswith(TMP_SUFFIX) and pattern.fullmatch(name.removesuffix(TMP_SUFFIX))):
+            raise corrupt(entry, f"is not a file of the store's {directory.name} directory")
+    return found
+
+
+def check_directory(path: Path) -> None:
+    """Refuse anything in the data directory that the store does not know."""
+    known = {*TABLE_FILES.values(), LOCK_FILE, COMPLETED_DIRECTORY, JOURNAL_DIRECTORY, "lost+found"}
+    for entry in path.iterdir():
+        name = entry.name
+        if name in known or (name.endswith(TMP_SUFFIX) and name.removesuffix(TMP_SUFFIX) in TABLE_FILES.values()):
+            continue
+        raise corrupt(entry, "is not a file of job-service's store; move it out of the data directory")
+    for name in (COMPLETED_DIRECTORY, JOURNAL_DIRECTORY):
+        if (path / name).exists() and not (path / name).is_dir():
+            raise corrupt(path / name, "is not a directory")
+
+
+# --- documents ---------------------------------------------------------------------
+
+
 def apply_change(job: Job, change: JobChange) -> Job:
     """The job as `change` leaves it, one revision on: a new dict, sharing nothing it changes with `job`."""
     job = Job(**job)
@@ -179,6 +474,10 @@ def target_key(target: Mapping[str, Any]) -> tuple[str, str]:
     return target["datastoreRdn"], target["name"]
 
 
+def target_name(target: Mapping[str, Any]) -> str:
+    return cast(str, target["name"])
+
+
 def refuse_repeats(keys: Iterable[K], taken: Iterable[K], refusal: Callable[[K], StoreAnswer]) -> None:
     """Raise `refusal` of the first key already `taken` or repeated: an import keeps
     the rules that inserting one document at a time keeps."""
@@ -195,6 +494,56 @@ def wanted(datastore: str, status: str, operation: str, query: JobQuery) -> bool
     if query.status is not None and status != query.status:
         return False
     return query.operations is None or operation in query.operations
+
+
+class TableFile:
+    """One TinyDB file's documents in memory, exactly as the file holds them (by
+    TinyDB document id, which only grows, as TinyDB gives them), indexed by each
+    document's key; `dirty` until the next fold writes them."""
+
+    def __init__(self, path: Path, documents: dict[str, Any], key: Callable[[Any], Hashable] | None = None) -> None:
+        self.path = path
+        self.documents = documents
+        self._key = key
+        self.ids: dict[Hashable, str] = {} if key is None else {key(doc): doc_id for doc_id, doc in documents.items()}
+        self.next_id = max(map(int, documents), default=0) + 1
+        self.dirty = False
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def put(self, document: Any) -> None:
+        """Insert or replace the document with the same key."""
+        assert self._key is not None
+        key = self._key(document)
+        doc_id = self.ids.get(key)
+        if doc_id is None:
+            doc_id = self.ids[key] = str(self.next_id)
+            self.next_id += 1
+        self.documents[doc_id] = document
+        self.dirty = True
+
+    def put_at(self, doc_id: int, document: Any) -> None:
+        self.documents[str(doc_id)] = document
+        self.next_id = max(self.next_id, doc_id + 1)
+        self.dirty = True
+
+    def remove(self, key: Hashable) -> None:
+        doc_id = self.ids.pop(key, None)
+        if doc_id is not None:
+            del self.documents[doc_id]
+            self.dirty = True
+
+    def clear(self) -> None:
+        self.documents, self.ids = {}, {}
+        self.dirty = True
+
+    def in_order(self) -> list[Any]:
+        """The documents in the order they were first stored."""
+        return [self.documents[doc_id] for doc_id in sorted(self.documents, key=int)]
+
+    def encoded(self) -> bytes:
+        return orjson.dumps({"_default": self.documents})
 
 
 class JobFacts(NamedTuple):
@@ -218,62 +567,70 @@ def facts_of(job: Job) -> JobFacts:
     return JobFacts(job["createdAt"], job["jobId"], datastore, status, operation, target)
 
 
+def segment_path(directory: Path, number: int) -> Path:
+    return directory / f"{number:08d}.json"
+
+
 class CompletedJobs:
     """The completed set: append-only segments of at most SEGMENT_SIZE jobs, each a
     TinyDB file, and in memory each job's JSON and the facts queries need.
 
     A finished job never changes, so only the newest segment is ever written and
-    a completion costs the same at any history size; memory holds each job as
-    its JSON bytes, about a third of its size as Python objects. Reads of one
-    job by id are single dict lookups, safe from any thread; everything that
-    iterates runs on the store's worker thread. A job from before datastores is
-    remembered in `default_datastore`, its file left as it is.
+    a fold costs the same at any history size; memory holds each job as its JSON
+    bytes, about a third of its size as Python objects, and only the newest
+    segment's documents. Reads of one job by id are single dict lookups, safe from
+    any thread; everything that iterates or changes runs on the store's worker
+    thread. A job from before datastores is remembered in `default_datastore`, its
+    file left as it is.
     """
 
-    def __init__(self, directory: Path, default_datastore: str) -> None:
-        directory.mkdir(exist_ok=True)
+    def __init__(
+        self, directory: Path, default_datastore: str, segments: Iterable[tuple[Path, dict[str, Any]]]
+    ) -> None:
         self._directory = directory
         self._default = default_datastore
-        self._load()
-
-    def _load(self) -> None:
         self._encoded: dict[str, bytes] = {}
         self._facts: dict[str, JobFacts] = {}
         #: Job ids by (datastore, dataset): the target and any dataset a BUMP manifesto lists.
         self._by_dataset: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
-        directory = self._directory
-        segments = sorted(directory.glob("*.json"))
-        for path in segments[:-1]:
-            self._remember(orjson.loads(path.read_bytes()).get("_default", {}).values())
-        self._active_path = segments[-1] if segments else self._segment_path(1)
-        self._active = TinyDB(self._active_path, storage=AtomicJSONStorage)
-        self._remember(self._active.all())
+        documents: dict[str, Any] = {}
+        path = segment_path(directory, 1)
+        for path, documents in segments:
+            for doc_id, job in documents.items():
+                if job["jobId"] in self._facts:
+                    raise corrupt(path, f"document {doc_id} is job {job['jobId']}, which an earlier segment holds")
+                self._remember(job)
+        self._active = TableFile(path, documents)
+        #: Segments filled since the last fold, which it must still write.
+        self._filled: list[TableFile] = []
 
-    def _segment_path(self, number: int) -> Path:
-        return self._directory / f"{number:08d}.json"
+    def _remember(self, stored: Job) -> None:
+        job = in_datastore(stored, self._default)
+        job_id = job["jobId"]
+        # A copy of exactly its length: orjson's own bytes keep their whole
+        # working buffer, four times the size, for as long as they live.
+        self._encoded[job_id] = bytes(memoryview(orjson.dumps(job)))
+        facts = self._facts[job_id] = facts_of(job)
+        for name in {facts.target, *manifesto_datasets(job)}:
+            self._by_dataset[facts.datastore, name].append(job_id)
 
-    def _remember(self, jobs: Iterable[Job]) -> None:
-        for stored in jobs:
-            job = in_datastore(stored, self._default)
-            job_id = job["jobId"]
-            # A copy of exactly its length: orjson's own bytes keep their whole
-            # working buffer, four times the size, for as long as they live.
-            self._encoded[job_id] = bytes(memoryview(orjson.dumps(job)))
-            facts = self._facts[job_id] = facts_of(job)
-            for name in {facts.target, *manifesto_datasets(job)}:
-                self._by_dataset[facts.datastore, name].append(job_id)
+    def add(self, job: Job) -> None:
+        """Add `job` unless it is there already (a journal replayed over a fold holds it twice)."""
+        if job["jobId"] in self._facts:
+            return
+        if len(self._active) >= SEGMENT_SIZE:
+            self._filled.append(self._active)
+            self._active = TableFile(segment_path(self._directory, int(self._active.path.stem) + 1), {})
+        self._active.put_at(self._active.next_id, job)
+        self._remember(job)
 
-    def add(self, jobs: list[Job]) -> None:
-        """Append `jobs` durably, starting a new segment whenever the newest is full."""
-        while jobs:
-            if len(self._active) >= SEGMENT_SIZE:
-                self._active.close()
-                self._active_path = self._segment_path(int(self._active_path.stem) + 1)
-                self._active = TinyDB(self._active_path, storage=AtomicJSONStorage)
-            room = SEGMENT_SIZE - len(self._active)
-            batch, jobs = jobs[:room], jobs[room:]
-            self._active.insert_multiple(batch)
-            self._remember(batch)
+    def has_unwritten(self) -> bool:
+        return bool(self._filled) or self._active.dirty
+
+    def unwritten(self) -> list[TableFile]:
+        """The segment files a fold must write; the filled ones are forgotten as they are handed out."""
+        filled, self._filled = self._filled, []
+        return [*filled, self._active] if self._active.dirty else filled
 
     def get(self, job_id: str) -> Job | None:
         encoded = self._encoded.get(job_id)
@@ -300,51 +657,184 @@ class CompletedJobs:
     def facts_for_dataset(self, datastore: str, name: str) -> list[JobFacts]:
         return [self._facts[job_id] for job_id in self._by_dataset.get((datastore, name), ())]
 
-    def clear(self) -> None:
-        self._active.close()
-        for path in self._directory.glob("*.json"):
-            path.unlink()
-        fsync_directory(self._directory)
-        self._load()
+
+class Journal:
+    """The write-ahead journal: files `NNNNNNNN.jsonl` in its directory, one record a
+    line, `<crc32 of the JSON, 8 hex digits> <JSON list of operations>`.
+
+    Each record is appended and fsynced before the change it holds is acknowledged.
+    An append that fails is cut off again, so that no half record is ever followed
+    by another; the file is created at the first append, never reopened (each
+    start appends to a new one), and rotated by a fold, which deletes the files it
+    has written out.
+    """
+
+    def __init__(self, directory: Path, number: int) -> None:
+        self.directory = directory
+        self._number = number
+        self._fd: int | None = None
+        #: Bytes in the open file.
+        self.size = 0
+        #: Why the last append failed, until one succeeds.
+        self.failure: OSError | None = None
+        self._cut_short = False
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self._number:08d}.jsonl"
+
+    def append(self, operations: list[list[Any]]) -> None:
+        line = encode_record(operations)
+        try:
+            if self._fd is None:
+                self._open()
+            elif self._cut_short:
+                self._cut_back()
+            assert self._fd is not None
+            written = 0
+            while written < len(line):
+                written += os.write(self._fd, line[written:])
+            os.fdatasync(self._fd)  # the data and the size it needs, as fsync but the times
+        except OSError as exc:
+            log.error("Appending to %s failed: %s", self.path, exc)
+            self._cut_short = self._fd is not None
+            if self._fd is not None:
+                try:
+                    self._cut_back()
+                except OSError as cut:
+                    log.error("Cannot cut %s back to its last whole record yet: %s", self.path, cut)
+            self.failure = exc
+            error = write_error(exc, self.directory.parent)
+            if error is exc:
+                raise
+            raise error from exc
+        self.size += len(line)
+        self.failure = None
+
+    def _open(self) -> None:
+        self.directory.mkdir(exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            fsync_directory(self.directory)
+            fsync_directory(self.directory.parent)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self.size, self._cut_short = fd, 0, False
+
+    def _cut_back(self) -> None:
+        """Remove whatever a failed append left after the last whole record."""
+        assert self._fd is not None
+        os.ftruncate(self._fd, self.size)
+        os.fsync(self._fd)
+        self._cut_short = False
+
+    def rotate(self) -> Path | None:
+        """Close the file being appended to, if any, and return it: the next append starts the next file."""
+        if self._fd is None:
+            return None
+        closed = self.path
+        self.close()
+        self._number += 1
+        self.size = 0
+        return closed
 
     def close(self) -> None:
-        self._active.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Fold(NamedTuple):
+    """What a fold writes: each changed file's new content, and the journal files it covers."""
+
+    files: dict[Path, bytes]
+    journals: list[Path]
 
 
 class TinyDBStore:
-    """The Store protocol on TinyDB files in one data directory."""
+    """The Store protocol on TinyDB files and a write-ahead journal in one data directory."""
 
     def __init__(self, path: Path, default_datastore: str, initial_maintenance: MaintenanceStatus | None) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._lock = DirectoryLock(path / LOCK_FILE)
-        for leftover in path.rglob("*" + TMP_SUFFIX):
-            leftover.unlink()
-        self._default = default_datastore
+        collecting = gc.isenabled()
+        gc.disable()  # loading years of jobs makes objects by the million, none of them garbage
+        try:
+            self._load(path, default_datastore)
+        except BaseException:
+            self._lock.release()
+            raise
+        finally:
+            if collecting:
+                gc.enable()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tinydb")
-        self._registry = TinyDB(path / "datastores.json", storage=AtomicJSONStorage)
-        self._inprogress = TinyDB(path / "inprogress.json", storage=AtomicJSONStorage)
-        self._targets = TinyDB(path / "targets.json", storage=AtomicJSONStorage)
-        self._maintenance = TinyDB(path / "maintenance.json", storage=AtomicJSONStorage)
-        self._completed = CompletedJobs(path / "completed", default_datastore)
+        self._closed = False
+        self._fold_wanted = threading.Event()
+        self._stopping = False
+        if initial_maintenance is not None and self._latest_maintenance is None:
+            self._add_maintenance(MaintenanceStatus(**initial_maintenance))
+        self._folder = threading.Thread(target=self._fold_in_background, name="tinydb-fold", daemon=True)
+        self._folder.start()
+
+    def _load(self, path: Path, default_datastore: str) -> None:
+        """Read and check every file, then (only then) replay the journal and fold it in."""
+        check_directory(path)
+        self._default = default_datastore
+        tables = {name: read_tinydb_file(path / file, PROBLEMS[name]) for name, file in TABLE_FILES.items()}
+        completed_directory = path / COMPLETED_DIRECTORY
+        # One segment at a time: all of them as objects at once would take the memory of years of jobs.
+        segments = (
+            (segment, read_tinydb_file(segment, PROBLEMS["completed"]))
+            for segment in numbered(completed_directory, SEGMENT_NAME)
+        )
+        journal_directory = path / JOURNAL_DIRECTORY
+        journals = numbered(journal_directory, JOURNAL_NAME)
+        records = [record for journal in journals for record in read_journal(journal)]
+        self._completed = CompletedJobs(completed_directory, default_datastore, segments)
+
+        def job_key(job: Job) -> str:
+            return job["jobId"]
+
+        def stored_target_key(target: Target) -> tuple[str, str]:
+            return target_key(in_datastore(target, default_datastore))
+
+        def rdn(datastore: Datastore) -> str:
+            return datastore["rdn"]
+
+        self._registry = TableFile(path / TABLE_FILES["datastores"], tables["datastores"], rdn)
+        self._inprogress = TableFile(path / TABLE_FILES["inprogress"], tables["inprogress"], job_key)
+        self._targets = TableFile(path / TABLE_FILES["targets"], tables["targets"], stored_target_key)
+        self._maintenance = TableFile(path / TABLE_FILES["maintenance"], tables["maintenance"])
+        for table in (self._registry, self._inprogress, self._targets):
+            if len(table.ids) != len(table):
+                raise corrupt(table.path, "holds two documents with the same key")
         self._tables = {
             "datastores": self._registry,
             "inprogress": self._inprogress,
             "targets": self._targets,
             "maintenance": self._maintenance,
         }
-        # Snapshots for the event loop: replaced by the worker after each change, never changed.
-        self._current: Mapping[str, Job] = MappingProxyType({})
-        self._targets_by_key: Mapping[tuple[str, str], Target] = MappingProxyType({})
-        self._targets_by_datastore: Mapping[str, tuple[Target, ...]] = MappingProxyType({})
-        #: Ordered by rdn.
-        self._datastores: Mapping[str, Datastore] = MappingProxyType({})
-        self._latest_maintenance: MaintenanceStatus | None = None
-        self._out_of_step = False
-        self._closed = False
-        self._recover()
-        if initial_maintenance is not None and self._latest_maintenance is None:
-            self._maintenance.insert(dict(initial_maintenance))
-            self._latest_maintenance = MaintenanceStatus(**initial_maintenance)
+        # Everything is checked: from here on the store may change files.
+        for leftover in [*path.glob("*" + TMP_SUFFIX), *completed_directory.glob("*" + TMP_SUFFIX)]:
+            leftover.unlink()
+        completed_directory.mkdir(exist_ok=True)
+        self._publish()
+        for record in records:
+            self._apply(record)
+        # A crash of the release before the journal, between "add to completed" and
+        # "remove from in-progress", left a finished job in both: the completed copy is the truth.
+        self._change_jobs([], [job_id for job_id in self._current if job_id in self._completed])
+        last = int(journals[-1].stem) if journals else 0
+        self._journal = Journal(journal_directory, last + 1)
+        self._fold_guard = threading.Lock()  # the pending fold below, shared with the fold thread
+        self._fold_writing = threading.Lock()  # one fold writes files at a time
+        self._pending = Fold({}, [])
+        self._pending.journals.extend(journals)
+        self._last_change = time.monotonic()
+        if journals or self._dirty():
+            self._fold()
 
     @classmethod
     async def open(
@@ -352,103 +842,276 @@ class TinyDBStore:
     ) -> TinyDBStore:
         """Open (creating) the data directory, whose jobs and targets from before
         datastores belong to `default_datastore`; a service also stores
-        `initial_maintenance` there when no maintenance status was ever set."""
+        `initial_maintenance` there when no maintenance status was ever set.
+        Raise StoreCorrupt, changing nothing, if a file is damaged or not the store's."""
         return await asyncio.to_thread(cls, Path(path), default_datastore, initial_maintenance)
 
-    def _finish_interrupted_moves(self) -> None:
-        """A crash between "add to completed" and "remove from in-progress" leaves a
-        finished job in both; the completed copy is the truth."""
-        moved = [job.doc_id for job in self._inprogress.all() if job["jobId"] in self._completed]
-        if moved:
-            self._inprogress.remove(doc_ids=moved)
-
-    def _recover(self) -> None:
-        """Bring memory in step with the files, as at every open: a write that
-        failed (a full disk, say) may have left a job's move to the completed
-        set half done, and the snapshots ahead of or behind the files."""
-        self._finish_interrupted_moves()
-        self._publish()
-        self._out_of_step = False
-
-    def _guarded(self, function: Callable[..., T], *args: Any) -> T:
-        if self._out_of_step:
-            self._recover()
-        try:
-            return function(*args)
-        except StoreAnswer:
-            raise  # nothing was written
-        except BaseException:
-            self._out_of_step = True
-            with contextlib.suppress(Exception):  # if the disk still fails, the next operation tries again
-                self._recover()
-            raise
+    # --- snapshots ---------------------------------------------------------------
 
     def _read(self, document: M) -> M:
-        """A stored job or target as the snapshots hold it: the store's own copy, in its datastore."""
-        return in_datastore(copy_document(document), self._default)
+        """A stored job or target as the snapshots hold it: in its datastore."""
+        return in_datastore(document, self._default)
 
     def _publish(self) -> None:
-        history = self._maintenance.all()
-        latest = max(history, key=lambda status: status.doc_id) if history else None
-        self._latest_maintenance = None if latest is None else cast(MaintenanceStatus, dict(latest))
-        jobs: list[Job] = [self._read(job) for job in self._inprogress.all()]
-        self._current = MappingProxyType({job["jobId"]: job for job in jobs})
-        targets: list[Target] = [self._read(target) for target in self._targets.all()]
-        self._publish_targets({target_key(target): target for target in targets})
-        self._publish_datastores({datastore["rdn"]: copy_document(datastore) for datastore in self._registry.all()})
-
-    def _publish_targets(self, targets: dict[tuple[str, str], Target]) -> None:
-        self._targets_by_key = MappingProxyType(targets)
-        by_datastore: defaultdict[str, list[Target]] = defaultdict(list)
+        """Every snapshot anew from the documents."""
+        history = self._maintenance.documents
+        latest = dict(history[max(history, key=int)]) if history else None
+        self._latest_maintenance: MaintenanceStatus | None = cast(MaintenanceStatus | None, latest)
+        jobs: list[Job] = [self._read(job) for job in self._inprogress.documents.values()]
+        self._current: Mapping[str, Job] = MappingProxyType({job["jobId"]: job for job in jobs})
+        self._held = {held_target(job): job["jobId"] for job in jobs}
+        targets = {target_key(target): target for target in map(self._read, self._targets.documents.values())}
+        by_datastore: dict[str, list[Target]] = {}
         for datastore, name in sorted(targets):
-            by_datastore[datastore].append(targets[datastore, name])
-        self._targets_by_datastore = MappingProxyType({rdn: tuple(listed) for rdn, listed in by_datastore.items()})
+            by_datastore.setdefault(datastore, []).append(targets[datastore, name])
+        # The targets are many and change at every write, so these two are replaced anew
+        # only here and otherwise changed in place by the worker, one atomic step at a time
+        # (a key set, a list item set or inserted): the loop only looks a key up, or copies
+        # a datastore's list whole in one call.
+        self._targets_by_key: dict[tuple[str, str], Target] = targets
+        #: Each datastore's targets, ordered by name.
+        self._targets_by_datastore: dict[str, list[Target]] = by_datastore
+        self._publish_datastores({doc["rdn"]: doc for doc in self._registry.documents.values()})
 
-    def _publish_datastores(self, datastores: dict[str, Datastore]) -> None:
-        self._datastores = MappingProxyType({rdn: datastores[rdn] for rdn in sorted(datastores)})
+    def _publish_datastores(self, datastores: Mapping[str, Datastore]) -> None:
+        ordered = {rdn: datastores[rdn] for rdn in sorted(datastores)}
+        #: Ordered by rdn.
+        self._datastores: Mapping[str, Datastore] = MappingProxyType(ordered)
+
+    # --- changes: applied to the documents and snapshots, once journaled ---------------
+
+    def _apply(self, operations: list[list[Any]]) -> None:
+        targets: list[Target] = []
+        jobs: list[Job] = []
+        finished: list[str] = []
+        for op in operations:
+            kind = op[0]
+            if kind == "job":
+                jobs.append(op[1])
+            elif kind == "done":
+                self._completed.add(op[1])
+                finished.append(op[1]["jobId"])
+            elif kind == "target":
+                targets.append(op[1])
+            elif kind == "datastore":
+                self._registry.put(op[1])
+                self._publish_datastores({**self._datastores, op[1]["rdn"]: op[1]})
+            elif kind == "forget":
+                self._registry.remove(op[1])
+                self._publish_datastores({rdn: value for rdn, value in self._datastores.items() if rdn != op[1]})
+            elif kind == "maintenance":
+                self._maintenance.put_at(op[1], op[2])
+                if op[1] == self._maintenance.next_id - 1:  # the newest (a replay may set an older one again)
+                    self._latest_maintenance = cast(MaintenanceStatus, dict(op[2]))
+        if jobs or finished:
+            self._change_jobs(jobs, finished)
+        if targets:
+            self._put_targets(targets)
+
+    def _change_jobs(self, jobs: list[Job], finished: Iterable[str] = ()) -> None:
+        """Put `jobs` in progress (inserted or replaced) and take the `finished` ones out:
+        one new snapshot of the in-progress jobs for all of them."""
+        current = dict(self._current)
+        for stored in jobs:
+            job = self._read(stored)
+            self._inprogress.put(job)
+            current[job["jobId"]] = job
+            self._held[held_target(job)] = job["jobId"]
+        for job_id in finished:
+            gone = current.pop(job_id, None)
+            if gone is not None:
+                self._inprogress.remove(job_id)
+                if self._held.get(held_target(gone)) == job_id:
+                    del self._held[held_target(gone)]
+        self._current = MappingProxyType(current)
+
+    def _put_targets(self, targets: list[Target]) -> None:
+        """Record targets: a target that replaces one costs a look-up, a new one a list
+        insertion, whatever the store holds besides; many new ones at once, a merge."""
+        changed: defaultdict[str, dict[str, Target]] = defaultdict(dict)
+        for stored in targets:
+            target = self._read(stored)
+            self._targets.put(stored)
+            self._targets_by_key[target_key(target)] = target
+            changed[target["datastoreRdn"]][target["name"]] = target
+        for datastore, by_name in changed.items():
+            listed = self._targets_by_datastore.get(datastore)
+            if listed is None:
+                self._targets_by_datastore[datastore] = [by_name[name] for name in sorted(by_name)]
+                continue
+            new = []
+            for name, target in by_name.items():
+                index = bisect.bisect_left(listed, name, key=target_name)
+                if index < len(listed) and listed[index]["name"] == name:
+                    listed[index] = target
+                else:
+                    new.append(target)
+            if len(new) == 1:
+                listed.insert(bisect.bisect_left(listed, new[0]["name"], key=target_name), new[0])
+            elif new:
+                self._targets_by_datastore[datastore] = sorted([*listed, *new], key=target_name)
+
+    def _commit(self, operations: list[list[Any]]) -> None:
+        """One change: its journal record appended and fsynced, then applied. If the
+        append fails nothing is applied, and the error says why (StoreFull, StoreUnavailable)."""
+        self._journal.append(operations)
+        self._apply(operations)
+        self._last_change = time.monotonic()
+        if self._journal.size >= FOLD_BYTES:
+            self._fold_wanted.set()
+
+    # --- folding the journal into the files ---------------------------------------
+
+    def _dirty(self) -> bool:
+        return any(table.dirty for table in self._tables.values()) or self._completed.has_unwritten()
+
+    def _prepare_fold(self) -> Fold | None:
+        """On the worker: start the next journal file, and take the content of every
+        file that changed; what a fold must write is then pending until written."""
+        closed = self._journal.rotate()
+        files = {}
+        for table in [*self._tables.values(), *self._completed.unwritten()]:
+            if table.dirty:
+                files[table.path] = table.encoded()
+                table.dirty = False
+        with self._fold_guard:
+            self._pending.files.update(files)
+            if closed is not None:
+                self._pending.journals.append(closed)
+            if not self._pending.files and not self._pending.journals:
+                return None
+            return Fold(dict(self._pending.files), list(self._pending.journals))
+
+    def _write_fold(self) -> bool:
+        """Write what is pending, then delete the journal files it covers; True if done.
+        On a failure nothing is lost: the journal stays, and the next fold tries again."""
+        with self._fold_writing:
+            with self._fold_guard:
+                fold = Fold(dict(self._pending.files), list(self._pending.journals))
+            try:
+                for path, content in fold.files.items():
+                    write_atomically(path, content)
+                for directory in {path.parent for path in fold.files}:
+                    fsync_directory(directory)
+                for journal in fold.journals:
+                    journal.unlink(missing_ok=True)
+                if fold.journals:
+                    fsync_directory(fold.journals[0].parent)
+            except OSError as exc:
+                log.warning("Folding the journal into the files failed (%s); it stays in the journal", exc)
+                return False
+            with self._fold_guard:
+                for path, content in fold.files.items():
+                    if self._pending.files.get(path) is content:
+                        del self._pending.files[path]
+                self._pending.journals[:] = [path for path in self._pending.journals if path not in fold.journals]
+            return True
+
+    def _fold(self) -> bool:
+        """A whole fold, on the worker (at start, close, import)."""
+        return self._prepare_fold() is None or self._write_fold()
+
+    def _fold_in_background(self) -> None:
+        """The fold thread: folds when the journal has grown, or has anything after a quiet while."""
+        while True:
+            woken = self._fold_wanted.wait(IDLE_FOLD_SECONDS)
+            self._fold_wanted.clear()
+            if self._stopping:
+                return
+            idle = time.monotonic() - self._last_change >= IDLE_FOLD_SECONDS
+            if not (woken or (idle and (self._journal.size or self._pending.files or self._pending.journals))):
+                continue
+            try:
+                if self._executor.submit(self._prepare_fold).result() is not None:
+                    self._write_fold()
+            except RuntimeError:
+                return  # the worker has shut down
+            except Exception:
+                log.exception("Folding the journal failed; it stays in the journal")
+
+    async def fold(self) -> bool:
+        """Fold the journal into the files now; False if writing them failed."""
+        return await self._run(self._fold)
+
+    # --- the worker ------------------------------------------------------------------
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         # In the caller's context, so that the worker's log lines carry the request's id.
-        call = functools.partial(contextvars.copy_context().run, self._guarded, function, *args)
+        call = functools.partial(contextvars.copy_context().run, function, *args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def ping(self) -> None:
-        return None
+        """Ready means a change can be stored: the disk is writable, has room, and
+        the last append, if it failed, succeeds again (tried with an empty record)."""
+
+        def check() -> None:
+            if self._closed:
+                raise StoreUnavailable("The store is closed")
+            status = os.statvfs(self._path)
+            if status.f_flag & os.ST_RDONLY:
+                raise StoreUnavailable(f"The data directory {self._path} is on a read-only file system")
+            if status.f_bavail * status.f_frsize < MIN_FREE_BYTES:
+                raise StoreUnavailable(f"The disk of the data directory {self._path} is full")
+            if self._journal.failure is not None:
+                try:
+                    self._journal.append([])  # an empty record: replayed, it does nothing
+                except StoreFull:
+                    raise StoreUnavailable(f"The disk of the data directory {self._path} is full") from None
+                except (StoreUnavailable, OSError) as exc:
+                    raise StoreUnavailable(f"The data directory {self._path} cannot be written: {exc}") from None
+
+        await self._run(check)
 
     async def close(self) -> None:
-        """Release the files and the directory; closing again does nothing."""
+        """Fold the journal in, release the files and the directory; closing again does nothing."""
         if self._closed:
             return
         self._closed = True
+        self._stopping = True
+        self._fold_wanted.set()
+        await asyncio.to_thread(self._folder.join)
 
         def close_files() -> None:
-            for table in self._tables.values():
-                table.close()
-            self._completed.close()
+            self._fold()
+            self._journal.close()
             self._lock.release()
 
         await self._run(close_files)
         self._executor.shutdown()
 
-    def _doc_id(self, table: TinyDB, matches: Callable[[Mapping[str, Any]], bool]) -> int:
-        """The TinyDB id of the one document that `matches` (the tables it is used on are small)."""
-        [document] = table.search(matches)
-        return document.doc_id
-
-    def _job_doc_id(self, job_id: str) -> int:
-        return self._doc_id(self._inprogress, lambda stored: stored["jobId"] == job_id)
+    # --- jobs ------------------------------------------------------------------------
 
     async def insert_job(self, job: Job) -> None:
         job = copy_document(job)
 
         def insert() -> None:
             held = held_target(job)
-            if any(held_target(current) == held for current in self._current.values()):
+            if held in self._held:
                 raise TargetBusy(held[1])
-            self._inprogress.insert(job)
-            self._current = MappingProxyType({**self._current, job["jobId"]: job})
+            self._commit([["job", job], *(["target", target] for target in targets_of(job, job["createdAt"]))])
 
         await self._run(insert)
+
+    async def insert_jobs(self, jobs: list[Job]) -> list[TargetBusy | None]:
+        jobs = copy_document(jobs)
+
+        def insert() -> list[TargetBusy | None]:
+            answers: list[TargetBusy | None] = []
+            operations: list[list[Any]] = []
+            held = set()
+            for job in jobs:
+                holds = held_target(job)
+                if holds in self._held or holds in held:
+                    answers.append(TargetBusy(holds[1]))
+                    continue
+                held.add(holds)
+                answers.append(None)
+                operations += [["job", job], *(["target", target] for target in targets_of(job, job["createdAt"]))]
+            if operations:
+                self._commit(operations)  # every job stored, and every target, in one write
+            return answers
+
+        return await self._run(insert)
 
     async def get_job(self, job_id: str) -> Job | None:
         # In-progress first: a job that moves meanwhile is in the completed set by then.
@@ -490,6 +1153,8 @@ class TinyDBStore:
         return self._stream(snapshot)
 
     async def update_job(self, job_id: str, change: JobChange) -> Job:
+        at = change_time(change)
+
         def update() -> Job:
             current = self._current.get(job_id)
             if current is None:
@@ -498,16 +1163,10 @@ class TinyDBStore:
                     raise JobFinal(job_id, finished["status"])
                 raise JobNotFound(job_id)
             job = apply_change(current, change)
-            remaining = {key: value for key, value in self._current.items() if key != job_id}
-            if job["status"] in FINAL_STATUSES:
-                # Completed set first: a crash between the two writes leaves the
-                # job in both, which the next open resolves; never in neither.
-                self._completed.add([job])
-                self._inprogress.remove(doc_ids=[self._job_doc_id(job_id)])
-                self._current = MappingProxyType(remaining)
-            else:
-                self._inprogress.update(job, doc_ids=[self._job_doc_id(job_id)])
-                self._current = MappingProxyType({**remaining, job_id: job})
+            # The move to the completed set, the job's target and every target a BUMP
+            # releases: one record, so a crash leaves all of it or none.
+            move = "done" if job["status"] in FINAL_STATUSES else "job"
+            self._commit([[move, job], *(["target", target] for target in targets_of(job, at))])
             return copy_document(job)
 
         return await self._run(update)
@@ -515,23 +1174,11 @@ class TinyDBStore:
     async def target_in_progress(self, datastore: str, name: str) -> bool:
         return any(held_target(job) == (datastore, name) for job in self._current.values())
 
+    # --- targets ---------------------------------------------------------------------
+
     async def save_target(self, target: Target) -> None:
         target = copy_document(target)
-
-        def save() -> None:
-            key = target_key(target)
-            if key in self._targets_by_key:
-                self._targets.update(target, doc_ids=[self._target_doc_id(key)])
-            else:
-                self._targets.insert(target)
-            self._publish_targets({**self._targets_by_key, key: target})
-
-        await self._run(save)
-
-    def _target_doc_id(self, key: tuple[str, str]) -> int:
-        """A target from before datastores is found in the default datastore too
-        (and gains its `datastoreRdn` on disk as it is written)."""
-        return self._doc_id(self._targets, lambda stored: target_key(in_datastore(stored, self._default)) == key)
+        await self._run(self._commit, [["target", target]])
 
     async def get_target(self, datastore: str, name: str) -> Target | None:
         target = self._targets_by_key.get((datastore, name))
@@ -540,15 +1187,15 @@ class TinyDBStore:
     async def list_targets(self, datastore: str) -> list[Target]:
         return copy_document(list(self._targets_by_datastore.get(datastore, ())))
 
+    # --- datastores --------------------------------------------------------------------
+
     async def add_datastore(self, datastore: Datastore) -> None:
         datastore = copy_document(datastore)
 
         def add() -> None:
-            rdn = datastore["rdn"]
-            if rdn in self._datastores:
-                raise DatastoreTaken(rdn)
-            self._registry.insert(datastore)
-            self._publish_datastores({**self._datastores, rdn: datastore})
+            if datastore["rdn"] in self._datastores:
+                raise DatastoreTaken(datastore["rdn"])
+            self._commit([["datastore", datastore]])
 
         await self._run(add)
 
@@ -559,9 +1206,6 @@ class TinyDBStore:
     async def list_datastores(self) -> list[Datastore]:
         return copy_document(list(self._datastores.values()))
 
-    def _datastore_doc_id(self, rdn: str) -> int:
-        return self._doc_id(self._registry, lambda stored: stored["rdn"] == rdn)
-
     async def delete_datastore(self, rdn: str) -> None:
         def delete() -> None:
             # On the worker, like every insert: no job can start between this check and the mark.
@@ -569,38 +1213,35 @@ class TinyDBStore:
                 raise DatastoreBusy(rdn)
             registered = self._datastores.get(rdn)
             if registered is not None:
-                self._registry.update({"deleted": True}, doc_ids=[self._datastore_doc_id(rdn)])
-                self._publish_datastores({**self._datastores, rdn: {**registered, "deleted": True}})
+                self._commit([["datastore", {**registered, "deleted": True}]])
 
         await self._run(delete)
 
     async def remove_datastore(self, rdn: str) -> None:
         def remove() -> None:
             if rdn in self._datastores:
-                self._registry.remove(doc_ids=[self._datastore_doc_id(rdn)])
-                self._publish_datastores({key: value for key, value in self._datastores.items() if key != rdn})
+                self._commit([["forget", rdn]])
 
         await self._run(remove)
 
-    async def add_maintenance(self, status: MaintenanceStatus) -> None:
-        def add() -> None:
-            self._maintenance.insert(dict(status))
-            self._latest_maintenance = MaintenanceStatus(**status)
+    # --- maintenance -------------------------------------------------------------------
 
-        await self._run(add)
+    def _add_maintenance(self, status: MaintenanceStatus) -> None:
+        self._commit([["maintenance", self._maintenance.next_id, dict(status)]])
+
+    async def add_maintenance(self, status: MaintenanceStatus) -> None:
+        await self._run(self._add_maintenance, MaintenanceStatus(**status))
 
     def _history(self) -> list[MaintenanceStatus]:
         # Document ids only grow, so they give the order of insertion even
         # between statuses set in the same microsecond.
-        return [
-            cast(MaintenanceStatus, dict(status)) for status in sorted(self._maintenance.all(), key=lambda s: -s.doc_id)
-        ]
+        return [cast(MaintenanceStatus, dict(status)) for status in reversed(self._maintenance.in_order())]
 
     async def latest_maintenance(self) -> MaintenanceStatus | None:
         # Kept in memory: the executor reads it before every start of work, and the
         # history only grows.
         latest = self._latest_maintenance
-        return None if latest is None else MaintenanceStatus(**latest)
+        return None if latest is None else cast(MaintenanceStatus, dict(latest))
 
     async def maintenance_history(self) -> list[MaintenanceStatus]:
         return await self._run(self._history)
@@ -613,6 +1254,8 @@ class TinyDBStore:
 
         return await self._run(count)
 
+    # --- export and import: not journaled, each written out (folded) at once ------------
+
     async def dump_collection(self, name: str) -> list[dict[str, Any]]:
         def dump() -> list[Any]:
             if name == "completed":
@@ -623,7 +1266,7 @@ class TinyDBStore:
                 return [copy_document(self._targets_by_key[key]) for key in sorted(self._targets_by_key)]
             if name == "datastores":
                 return copy_document(list(self._datastores.values()))
-            return [dict(status) for status in sorted(self._maintenance.all(), key=lambda s: s.doc_id)]
+            return [dict(status) for status in self._maintenance.in_order()]
 
         return await self._run(dump)
 
@@ -634,16 +1277,23 @@ class TinyDBStore:
 
         def load() -> None:
             if name == "inprogress":
-                taken = map(held_target, self._current.values())
                 jobs = cast(list[Job], documents)
-                refuse_repeats(map(held_target, jobs), taken, lambda key: TargetBusy(key[1]))
-            if name == "datastores":
+                refuse_repeats(map(held_target, jobs), self._held, lambda key: TargetBusy(key[1]))
+                self._change_jobs(jobs)
+            elif name == "datastores":
                 refuse_repeats((datastore["rdn"] for datastore in documents), self._datastores, DatastoreTaken)
-            if name == "completed":
-                self._completed.add(cast(list[Job], documents))
+                self._apply([["datastore", datastore] for datastore in documents])
+            elif name == "completed":
+                for job in cast(list[Job], documents):
+                    self._completed.add(job)
+            elif name == "targets":
+                self._apply([["target", target] for target in documents])
             else:
-                self._tables[name].insert_multiple(documents)
-            self._publish()
+                for status in documents:
+                    self._maintenance.put_at(self._maintenance.next_id, status)
+                self._publish()
+            if not self._fold():
+                raise StoreUnavailable(f"The data directory {self._path} cannot be written")
 
         await self._run(load)
 
@@ -655,10 +1305,17 @@ class TinyDBStore:
 
     async def clear(self) -> None:
         def truncate_all() -> None:
+            if not self._fold():
+                raise StoreUnavailable(f"The data directory {self._path} cannot be written")
             for table in self._tables.values():
-                table.truncate()
-            self._completed.clear()
+                table.clear()
+            directory = self._path / COMPLETED_DIRECTORY
+            self._completed = CompletedJobs(directory, self._default, [])
+            for path in directory.glob("*.json"):
+                path.unlink()
+            fsync_directory(directory)
             self._publish()
+            self._fold()
 
         await self._run(truncate_all)
 

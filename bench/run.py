@@ -2,13 +2,23 @@
 
 For each history size it seeds a store with that many completed jobs and 50 in
 progress, starts the service, and measures on loopback, at 1 and 16 connections:
-the executor's poll, one job by id, the targets, a filtered job list, the input
-directory with 1,000 archives; then a job's whole life (a POST, 10 status PUTs
-and the completing PUT); start-up time and memory. A bare aiohttp endpoint that
-returns a small JSON object, measured in the same run, is the ceiling every
-throughput is also given as a ratio of.
+the 2025 executor's poll, the 2026 executor's three polls, one job by id, the
+targets, a filtered job list, the input directory with 1,000 archives; then a
+job's whole life (a POST, 10 status PUTs and the completing PUT); start-up time
+and memory. A bare aiohttp endpoint that returns a small JSON object, measured in
+the same run, is the ceiling every throughput is also given as a ratio of.
+
+With `--datastores N` (N > 1) each size is seeded a second time, the same jobs,
+targets and in-progress jobs spread over N datastores (the default one and N - 1
+registered ones), and a second service is started beside the first. The three
+polls and the job by id are then measured on the two services in turn, `--rounds`
+times each (every figure is the median of its rounds), so that both see the same
+machine, and each figure of the N datastores is also a ratio of the single
+datastore's; then the time `POST /datastores` takes to provision
+`--provisionings` new datastores.
 
     python bench/run.py --backend tinydb --sizes 1000,10000,100000
+    python bench/run.py --backend tinydb --sizes 100000 --datastores 10 --out bench/results-datastores.md
     SECANTUSD=.venv-secantus/bin/secantusd-py python bench/run.py --backend mongodb --sizes 1000,10000
 
 Load comes from wrk when it is installed (Debian's `wrk`), else from an aiohttp
@@ -25,6 +35,7 @@ import random
 import re
 import shutil
 import statistics
+import string
 import subprocess
 import sys
 import tarfile
@@ -45,7 +56,7 @@ from helpers import DEFAULT_DATASTORE, service_config, store_options  # noqa: E4
 from mongo_server import MongoServer, free_port, secantusd  # noqa: E402
 from service_process import ServiceProcess, stop_process, wait_ready  # noqa: E402
 
-from backends import open_store  # noqa: E402
+from backends import Datastore, open_store  # noqa: E402
 
 OPERATIONS = ["ADD", "CHANGE", "PATCH_METADATA", "SET_STATUS", "REMOVE"]
 STEPS = ["initiated", "validating", "decrypting", "transforming", "pseudonymizing", "enriching", "converting"]
@@ -53,6 +64,13 @@ DATASETS = [f"DATASET_{n:04d}" for n in range(500)]
 DEADLINE = 120  # seconds a start-up, a request or a stop may take before the run fails instead of hanging
 TIMEOUT = aiohttp.ClientTimeout(total=DEADLINE)
 USER = {"userId": "8a1f2c3d-0000-4000-8000-000000000001", "firstName": "Ola", "lastName": "Nordmann"}
+#: The 2026 executor's poll: three queries across every datastore, every few seconds.
+POLLS = [
+    "/jobs?status=built",
+    "/jobs?status=queued&operation=SET_STATUS,BUMP,DELETE_DRAFT,REMOVE,ROLLBACK_REMOVE,DELETE_ARCHIVE,GENERATE_RSA_KEYS",
+    "/jobs?status=queued&operation=PATCH_METADATA,ADD,CHANGE",
+]
+BY_ID = "GET /jobs/{id}"
 BARE_APP = """
 import sys
 from aiohttp import web
@@ -100,18 +118,59 @@ def seeded_job(number: int, start: datetime, status: str, target: str) -> dict:
     }
 
 
-def completed_jobs(count: int) -> Iterator[dict]:
+def completed_jobs(count: int, rdns: list[str]) -> Iterator[dict]:
+    """`count` completed jobs, the n-th in `rdns[n % len(rdns)]`."""
     start = datetime(2020, 1, 1, tzinfo=UTC)
     for number in range(count):
-        yield seeded_job(number, start, "failed" if number % 10 == 0 else "completed", random.choice(DATASETS))
+        job = seeded_job(number, start, "failed" if number % 10 == 0 else "completed", random.choice(DATASETS))
+        yield {**job, "datastoreRdn": rdns[number % len(rdns)]}
 
 
-async def seed(storage: dict, size: int) -> str:
-    """Fill a store (a `[storage]` section); the id of its oldest completed job."""
+def letters(number: int) -> str:
+    """0 -> "a", 25 -> "z", 26 -> "ba": a part of an rdn, which is lower-case letters."""
+    digits = ""
+    while True:
+        number, digit = divmod(number, 26)
+        digits = string.ascii_lowercase[digit] + digits
+        if not number:
+            return digits
+
+
+def registered_datastores(root: Path, count: int) -> list[Datastore]:
+    """`count` datastores besides the default, as provisioning registers them, under `root`."""
+    datastores = []
+    for number in range(count):
+        rdn = f"bench.seeded.{letters(number)}"
+        directory = root.resolve() / rdn
+        for made in (directory, directory.with_name(f"{rdn}_input")):
+            made.mkdir(parents=True)
+        datastores.append(
+            Datastore(
+                rdn=rdn,
+                name=f"Seeded {letters(number)}",
+                description="Seeded by the benchmark",
+                directory=str(directory),
+                bumpEnabled=False,
+                deleted=False,
+            )
+        )
+    return datastores
+
+
+async def seed(storage: dict, size: int, datastores: list[Datastore] | None = None) -> str:
+    """Fill a store (a `[storage]` section); the id of its oldest completed job.
+
+    With `datastores` (registered here), the jobs and targets are spread over them and
+    the default datastore in turn; the documents are otherwise those of a seed without."""
+    random.seed(size)  # the same jobs, whichever datastores they are spread over
     store = await open_store(store_options(storage), DEFAULT_DATASTORE)
+    for datastore in datastores or []:
+        await store.add_datastore(datastore)
+    # The default last: the oldest job, the one fetched by id, is in another datastore when there are others.
+    rdns = [*(datastore["rdn"] for datastore in datastores or []), DEFAULT_DATASTORE]
     oldest = None
     batch: list[dict] = []
-    for job in completed_jobs(size):
+    for job in completed_jobs(size, rdns):
         oldest = oldest or job["jobId"]
         batch.append(job)
         if len(batch) == 5000:
@@ -119,9 +178,18 @@ async def seed(storage: dict, size: int) -> str:
             batch = []
     await store.load_collection("completed", batch)
     now = datetime.now(UTC) - timedelta(hours=1)
-    # Numbers that are not multiples of 20 make no BUMP: each in-progress job has a target of its own.
+    # 10 queued, 5 built (what the 2026 executor's polls find), the rest at work. Numbers that
+    # are not multiples of 20 make no BUMP: each in-progress job has a target of its own.
     in_progress = [
-        seeded_job(20 * n + 1, now, "queued" if n < 10 else random.choice(STEPS), f"IN_PROGRESS_{n:02d}")
+        {
+            **seeded_job(
+                20 * n + 1,
+                now,
+                "queued" if n < 10 else "built" if n < 15 else random.choice(STEPS),
+                f"IN_PROGRESS_{n:02d}",
+            ),
+            "datastoreRdn": rdns[n % len(rdns)],
+        }
         for n in range(50)
     ]
     for job in in_progress:
@@ -129,8 +197,15 @@ async def seed(storage: dict, size: int) -> str:
     await store.load_collection("inprogress", in_progress)
     stamp = now.isoformat(timespec="microseconds")
     targets = [
-        {"name": name, "lastUpdatedAt": stamp, "status": "completed", "lastUpdatedBy": USER, "action": ["ADD"]}
-        for name in DATASETS
+        {
+            "datastoreRdn": rdns[n % len(rdns)],
+            "name": name,
+            "lastUpdatedAt": stamp,
+            "status": "completed",
+            "lastUpdatedBy": USER,
+            "action": ["ADD"],
+        }
+        for n, name in enumerate(DATASETS)
     ]
     await store.load_collection("targets", targets)
     await store.close()
@@ -238,22 +313,70 @@ async def lifecycles(base: str, count: int) -> dict[str, dict[str, float]]:
     return {"completing": percentiles(completing), "whole": percentiles(whole)}
 
 
-def row(name: str, size: str, connections: object, result: dict[str, float], ceiling: float | None) -> str:
+async def provisionings(base: str, count: int) -> list[float]:
+    """Milliseconds each of `count` `POST /datastores` took to answer, one after another."""
+    times = []
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        for number in range(count):
+            body = {
+                "rdn": f"bench.provisioned.{letters(number)}",
+                "name": f"Provisioned {letters(number)}",
+                "description": "Provisioned by the benchmark",
+            }
+            start = time.perf_counter()
+            async with session.post(f"{base}/datastores", json=body) as response:
+                answer = await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"POST /datastores answered {response.status}: {answer[:200]!r}")
+            times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def row(
+    name: str,
+    size: str,
+    connections: object,
+    result: dict[str, float],
+    ceiling: float | None,
+    reference: float | None = None,
+) -> str:
+    """A line of the table; `reference` is the single-datastore req/s this one is compared with."""
     ratio = f"{result['rps'] / ceiling:.0%}" if ceiling else ""
     rps = f"{result['rps']:,.0f}" if "rps" in result else ""
-    return f"| {name} | {size} | {connections} | {rps} | {ratio} | {result['p50']:.2f} | {result['p99']:.2f} |"
+    versus = f"{result['rps'] / reference:.0%}" if reference else ""
+    return (
+        f"| {name} | {size} | {connections} | {rps} | {ratio} | {result['p50']:.2f} | {result['p99']:.2f} | {versus} |"
+    )
 
 
-async def bench_size(args: argparse.Namespace, size: int, ceilings: dict[int, float], work: Path) -> list[str]:
-    directory = work / f"size-{size}"
-    directory.mkdir()
+def storage_section(args: argparse.Namespace, directory: Path, size: int) -> dict[str, Any]:
+    """A `[storage]` section for a store of its own: under `directory`, or a new MongoDB database."""
     options: dict[str, Any]
     if args.backend == "tinydb":
         options = {"path": str(directory / "data")}
     else:
         database = f"bench_{size}_{uuid.uuid4().hex[:8]}"
         options = {"url": args.mongodb_url, "database": database, "timeout_seconds": 30.0}
-    storage = {"backend": args.backend, args.backend: options}
+    return {"backend": args.backend, args.backend: options}
+
+
+def startup_row(label: str, startup: float, rss_at_start: float, pid: int, prefix: str = "") -> str:
+    rss_now, rss_peak = rss_mb(pid)
+    return (
+        f"| {prefix}start-up {startup:.2f} s; RSS {rss_at_start:.0f} MB at start, {rss_now:.0f} MB after, "
+        f"peak {rss_peak:.0f} MB | {label} | | | | | | |"
+    )
+
+
+def median_of(results: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over rounds of the same measurement."""
+    return {key: statistics.median(result[key] for result in results) for key in results[0]}
+
+
+async def bench_size(args: argparse.Namespace, size: int, ceilings: dict[int, float], work: Path) -> list[str]:
+    directory = work / f"size-{size}"
+    directory.mkdir()
+    storage = storage_section(args, directory, size)
     oldest = await seed(storage, size)
     service = ServiceProcess(directory, service_config(storage, work / "input"))
     base = service.url
@@ -262,9 +385,20 @@ async def bench_size(args: argparse.Namespace, size: int, ceilings: dict[int, fl
     try:
         rss_at_start, _ = rss_mb(service.pid)
         label = f"{size:,}"
+        for connections in (1, 16):
+            result = await load(f"{base}/jobs?status=queued&ignoreCompleted=true", connections, args.seconds)
+            rows.append(row("executor poll", label, connections, result, ceilings[connections]))
+        compared = [*((f"2026 executor poll: GET {poll}", poll) for poll in POLLS), (BY_ID, f"/jobs/{oldest}")]
+        if args.datastores > 1:
+            single_rows, datastore_rows = await bench_datastores(args, size, ceilings, work, base, compared)
+            rows += single_rows
+        else:
+            datastore_rows = []
+            for name, path in compared:
+                for connections in (1, 16):
+                    result = await load(base + path, connections, args.seconds)
+                    rows.append(row(name, label, connections, result, ceilings[connections]))
         for name, path in [
-            ("executor poll", "/jobs?status=queued&ignoreCompleted=true"),
-            ("GET /jobs/{id}", f"/jobs/{oldest}"),
             ("GET /targets", "/targets"),
             ("GET /jobs?status=queued&operation=ADD,CHANGE", "/jobs?status=queued&operation=ADD,CHANGE"),
         ]:
@@ -278,14 +412,61 @@ async def bench_size(args: argparse.Namespace, size: int, ceilings: dict[int, fl
             result = await load(f"{base}/importable-datasets", connections, args.seconds)
             name = "GET /importable-datasets (1,000 archives)"
             rows.append(row(name, label, connections, result, ceilings[connections]))
-        rss_now, rss_peak = rss_mb(service.pid)
-        rows.append(
-            f"| start-up {startup:.2f} s; RSS {rss_at_start:.0f} MB at start, {rss_now:.0f} MB after, "
-            f"peak {rss_peak:.0f} MB | {label} | | | | | |"
-        )
+        rows.append(startup_row(label, startup, rss_at_start, service.pid))
     finally:
         service.stop(timeout=DEADLINE)
-    return rows
+    return rows + datastore_rows
+
+
+async def bench_datastores(
+    args: argparse.Namespace,
+    size: int,
+    ceilings: dict[int, float],
+    work: Path,
+    single: str,
+    compared: list[tuple[str, str]],
+) -> tuple[list[str], list[str]]:
+    """The seed of `size` spread over `args.datastores` datastores, served beside `single` (the
+    service on one datastore): the `compared` measures on the two in turn, then provisionings.
+    The rows of the single datastore, and those of the datastores."""
+    directory = work / f"size-{size}-datastores-{args.datastores}"
+    directory.mkdir()
+    storage = storage_section(args, directory, size)
+    root = directory / "datastores"
+    oldest = await seed(storage, size, registered_datastores(root, args.datastores - 1))
+    service = ServiceProcess(directory, service_config(storage, work / "input", datastores={"root": str(root)}))
+    base = service.url
+    startup = await service.start(timeout=DEADLINE)
+    single_rows, rows = [], []
+    prefix = f"{args.datastores} datastores: "
+    label = f"{size:,}"
+    try:
+        rss_at_start, _ = rss_mb(service.pid)
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as session, session.get(f"{base}/datastores/rdns") as answer:
+            rdns = await answer.json()
+        if len(rdns) != args.datastores:
+            raise RuntimeError(f"the service serves {len(rdns)} datastores, not {args.datastores}: {rdns}")
+        for name, path in compared:
+            # The job by id is the oldest job of each store: in another datastore than the default here.
+            urls = [single + path, base + (f"/jobs/{oldest}" if name == BY_ID else path)]
+            for connections in (1, 16):
+                results: list[list[dict[str, float]]] = [[], []]
+                for round_ in range(args.rounds):
+                    # Each service first in every other round: neither is always measured on a warmer machine.
+                    for which in (0, 1) if round_ % 2 == 0 else (1, 0):
+                        results[which].append(await load(urls[which], connections, args.seconds))
+                one, many = (median_of(figures) for figures in results)
+                single_rows.append(row(name, label, connections, one, ceilings[connections]))
+                rows.append(row(prefix + name, label, connections, many, ceilings[connections], one["rps"]))
+        # Last: each provisioning queues a GENERATE_RSA_KEYS job, which the polls above would find.
+        times = await provisionings(base, args.provisionings)
+        median, slowest = statistics.median(times), max(times)
+        name = f"{prefix}POST /datastores, {len(times)} provisionings (max in the p99 column)"
+        rows.append(row(name, label, 1, {"p50": median, "p99": slowest}, None))
+        rows.append(startup_row(label, startup, rss_at_start, service.pid, prefix))
+    finally:
+        service.stop(timeout=DEADLINE)
+    return single_rows, rows
 
 
 async def main() -> None:
@@ -294,9 +475,21 @@ async def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000", help="completed jobs to seed, comma separated")
     parser.add_argument("--seconds", type=float, default=5, help="duration of each load measurement")
     parser.add_argument("--lifecycles", type=int, default=100, help="jobs taken through their whole life")
+    parser.add_argument(
+        "--datastores",
+        type=int,
+        default=1,
+        help="also measure each size spread over this many datastores (the default one included), if more than 1",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of each measure compared between one and many datastores"
+    )
+    parser.add_argument("--provisionings", type=int, default=10, help="datastores provisioned in the datastores case")
     parser.add_argument("--mongodb-url", default=os.environ.get("MONGODB_URL"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
     args = parser.parse_args()
+    if args.rounds < 1 or args.provisionings < 1:
+        parser.error("--rounds and --provisionings must be at least 1")
     random.seed(1)
 
     server = None
@@ -317,12 +510,19 @@ async def main() -> None:
             ceilings = {c: (await load(f"http://127.0.0.1:{bare_port}/", c, args.seconds))["rps"] for c in (1, 16)}
             table = [
                 f"Backend: {args.backend}; load: {'wrk' if shutil.which('wrk') else 'aiohttp client loop'}; "
-                f"{os.cpu_count()} cores; {args.seconds:g} s per measurement.",
+                f"{os.cpu_count()} cores; {args.seconds:g} s per measurement"
+                + (
+                    f"; the polls and the job by id: the median of {args.rounds} round(s), on one datastore "
+                    f"and {args.datastores} in turn."
+                    if args.datastores > 1
+                    else "."
+                ),
                 "",
-                "| measure | completed jobs | connections | req/s | of ceiling | median ms | p99 ms |",
-                "|---|---|---|---|---|---|---|",
-                f"| bare aiohttp (the ceiling) | | 1 | {ceilings[1]:,.0f} | 100% | | |",
-                f"| bare aiohttp (the ceiling) | | 16 | {ceilings[16]:,.0f} | 100% | | |",
+                "| measure | completed jobs | connections | req/s | of ceiling | median ms | p99 ms "
+                "| of 1 datastore's req/s |",
+                "|---|---|---|---|---|---|---|---|",
+                f"| bare aiohttp (the ceiling) | | 1 | {ceilings[1]:,.0f} | 100% | | | |",
+                f"| bare aiohttp (the ceiling) | | 16 | {ceilings[16]:,.0f} | 100% | | | |",
             ]
             for size in (int(size) for size in args.sizes.split(",")):
                 table += await bench_size(args, size, ceilings, work)

@@ -135,9 +135,12 @@ class KeyServer:
     def __init__(self) -> None:
         self.keys: dict[str, rsa.RSAPrivateKey] = {"key-1": new_key()}
         self.fetches = 0
+        self.down = False
 
     async def serve(self, request: web.Request) -> web.Response:
         self.fetches += 1
+        if self.down:
+            return web.json_response({"message": "unavailable"}, status=503)
         return web.json_response({"keys": [public_jwk(kid, key) for kid, key in self.keys.items()]})
 
 
@@ -167,7 +170,7 @@ def access_claims(**overrides: Any) -> dict[str, Any]:
 
 
 def info_claims(**overrides: Any) -> dict[str, Any]:
-    claims = {"user/uuid": USER, "user/firstName": "Ola", "user/lastName": "Nordmann"}
+    claims = {"user/uuid": USER, "user/firstName": "Ola", "user/lastName": "Nordmann", "exp": int(time.time()) + 300}
     claims.update(overrides)
     return {name: value for name, value in claims.items() if value is not None}
 

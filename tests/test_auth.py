@@ -250,3 +250,49 @@ async def test_a_service_token_guards_job_updates(make_client, headers, status):
 async def test_without_a_service_token_updates_stay_open(client):
     [result] = await (await client.post("/jobs", json=NEW_JOB)).json()
     assert (await client.put(f"/jobs/{result['job_id']}", json={"status": "built"})).status == 200
+
+
+async def test_a_user_info_token_without_expiry_is_a_401(auth_client, key_server):
+    keys, _ = key_server
+    client = await auth_client()
+    response = await client.post("/jobs", json=NEW_JOB, cookies=cookies_for(keys, info=info_claims(exp=None)))
+    assert response.status == 401
+    assert "exp" in (await response.json())["message"]
+
+
+async def test_a_revoked_key_stops_working_at_the_next_scheduled_refresh(auth_client, key_server):
+    keys, _ = key_server
+    client = await auth_client(jwks_refresh_seconds=0.1)
+    assert (await client.post("/jobs", json=NEW_JOB, cookies=cookies_for(keys))).status == 200
+    revoked = keys.keys.pop("key-1")
+    keys.keys["key-2"] = new_key()
+    await asyncio.sleep(0.3)
+    cookies = {"authorization": token(revoked, **access_claims()), "user-info": token(revoked, **info_claims())}
+    second = {"jobs": [{"operation": "ADD", "target": "OTHER_DATASET"}]}
+    response = await client.post("/jobs", json=second, cookies=cookies)
+    assert response.status == 401
+    assert await response.json() == {"message": "The token is signed with an unknown key"}
+
+
+async def test_while_the_key_server_is_down_the_last_good_keys_stay(auth_client, key_server):
+    keys, _ = key_server
+    client = await auth_client(jwks_refresh_seconds=0.1)
+    assert (await client.post("/jobs", json=NEW_JOB, cookies=cookies_for(keys))).status == 200
+    keys.down = True
+    await asyncio.sleep(0.3)
+    second = {"jobs": [{"operation": "ADD", "target": "OTHER_DATASET"}]}
+    assert (await client.post("/jobs", json=second, cookies=cookies_for(keys))).status == 200
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+async def test_the_bearer_scheme_is_case_insensitive(auth_client, key_server, scheme):
+    keys, _ = key_server
+    client = await auth_client()
+    cookies = cookies_for(keys)
+    response = await client.post(
+        "/jobs",
+        json=NEW_JOB,
+        headers={"Authorization": f"{scheme} {cookies['authorization']}"},
+        cookies={"user-info": cookies["user-info"]},
+    )
+    assert response.status == 200

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from helpers import USER, access_claims, cookies_for
+from helpers import USER, access_claims, cookies_for, info_claims
 
 API_KEY = "the executor's key, long enough"
 STATUSES = {
@@ -226,7 +226,7 @@ async def test_only_a_listed_provisioner_may_provision_or_delete(platform):
         sub="someone",
         **{"accreditation/role": "role/datastoreprovisioner", "user/uuid": "someone"},
     )
-    info = {"user/uuid": "someone", "user/firstName": "Some", "user/lastName": "One"}
+    info = info_claims(**{"user/uuid": "someone", "user/firstName": "Some", "user/lastName": "One"})
     refused = await client.post("/datastores", json=body, cookies=cookies_for(keys, access=stranger, info=info))
     assert refused.status == 403
     assert (await client.delete("/datastores/local", cookies=administrator_cookies(keys))).status == 401

@@ -13,6 +13,9 @@ from job_service import INITIAL_MAINTENANCE_MSG
 
 JSON_ENTRY_POINTS = [("POST", "/jobs"), ("PUT", "/jobs/{job_id}"), ("POST", "/maintenance-status")]
 
+#: A body the tests send as JSON, whatever it holds.
+JSON = {"Content-Type": "application/json"}
+
 
 async def raw_request(client, method: str, path: str):
     """Send `path` exactly as written: the client would otherwise resolve `..` and `%2e%2e` itself."""
@@ -65,7 +68,7 @@ async def unchanged(client, job_id: str) -> None:
     ],
 )
 async def test_unparseable_json_is_a_400(client, job_id, method, path, body):
-    response = await client.request(method, path.format(job_id=job_id), data=body)
+    response = await client.request(method, path.format(job_id=job_id), data=body, headers=JSON)
     assert response.status == 400
     assert (await response.json())["message"]
     await unchanged(client, job_id)
@@ -82,7 +85,9 @@ async def test_an_oversize_body_is_a_413_on_every_entry_point(make_client, metho
         for start in range(0, len(body), 1000):
             yield body[start : start + 1000]
 
-    response = await client.request(method, path.format(job_id=created["job_id"]), data=stream() if chunked else body)
+    response = await client.request(
+        method, path.format(job_id=created["job_id"]), data=stream() if chunked else body, headers=JSON
+    )
     assert response.status == 413
     assert "4096" in (await response.json())["message"]
     await unchanged(client, created["job_id"])
@@ -206,7 +211,7 @@ async def test_a_lone_surrogate_is_a_400(client, job_id, method, path, text):
     """JSON can escape half a surrogate pair; no store can write it, so it never gets that far."""
     body = f'{{"msg": {text}, "paused": true, "status": "built", "jobs": [{{"operation": "ADD", "target": "A", '
     body += f'"description": {text}}}]}}'
-    response = await client.request(method, path.format(job_id=job_id), data=body.encode())
+    response = await client.request(method, path.format(job_id=job_id), data=body.encode(), headers=JSON)
     assert response.status == 400
     assert "lone surrogate" in (await response.json())["message"]
     await unchanged(client, job_id)
@@ -214,7 +219,7 @@ async def test_a_lone_surrogate_is_a_400(client, job_id, method, path, text):
 
 async def test_a_surrogate_pair_is_one_character_and_welcome(client):
     body = b'{"jobs": [{"operation": "ADD", "target": "EMOJI", "description": "\\ud83d\\ude00"}]}'
-    [result] = await (await client.post("/jobs", data=body)).json()
+    [result] = await (await client.post("/jobs", data=body, headers=JSON)).json()
     job = await (await client.get(f"/jobs/{result['job_id']}")).json()
     assert job["parameters"]["description"] == "\U0001f600"
 
@@ -232,5 +237,5 @@ async def test_a_release_time_beyond_64_bits_fails_the_entry(make_client, releas
 async def test_a_job_id_that_is_not_utf_8_is_simply_not_found(client, segment):
     for method, body in [("GET", None), ("PUT", b'{"status": "built"}')]:
         url = URL(f"http://{client.host}:{client.port}/jobs/{segment}", encoded=True)
-        response = await client.session.request(method, url, data=body)
+        response = await client.session.request(method, url, data=body, headers=JSON)
         assert response.status in (400, 404), (method, segment, await response.text())

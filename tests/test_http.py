@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+#: A body the tests send as JSON, whatever it holds.
+JSON = {"Content-Type": "application/json"}
+
 
 async def test_alive_and_ready(client):
     response = await client.get("/health/alive")
@@ -34,7 +37,7 @@ async def test_a_body_over_the_limit_is_a_413_and_stores_nothing(make_client, ch
     async def chunks():
         yield body
 
-    response = await client.post("/jobs", data=chunks() if chunked else body)
+    response = await client.post("/jobs", data=chunks() if chunked else body, headers=JSON)
     assert response.status == 413
     assert await response.json() == {"message": "Request body is larger than the limit of 1000 bytes"}
     assert await (await client.get("/jobs")).json() == []
@@ -42,13 +45,15 @@ async def test_a_body_over_the_limit_is_a_413_and_stores_nothing(make_client, ch
 
 async def test_deeply_nested_json_is_a_400(client):
     body = b'{"jobs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    response = await client.post("/jobs", data=body)
+    response = await client.post("/jobs", data=body, headers=JSON)
     assert response.status == 400
     assert await response.json() == {"message": "Request body is not valid JSON"}
 
 
 async def test_a_number_with_ten_thousand_digits_is_a_400(client):
-    response = await client.post("/maintenance-status", data=b'{"msg": "x", "pause": ' + b"1" * 10_000 + b"}")
+    response = await client.post(
+        "/maintenance-status", data=b'{"msg": "x", "pause": ' + b"1" * 10_000 + b"}", headers=JSON
+    )
     assert response.status == 400
 
 

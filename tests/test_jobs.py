@@ -264,7 +264,7 @@ async def test_updating_an_unknown_job_is_a_404(client):
 
 async def test_an_update_that_is_not_json_is_a_400(client):
     job_id = await create_job(client, operation="ADD", target="MY_DATASET")
-    response = await client.put(f"/jobs/{job_id}", data=b"status=built")
+    response = await client.put(f"/jobs/{job_id}", data=b"status=built", headers={"Content-Type": "application/json"})
     assert response.status == 400
     assert await response.json() == {"message": "Request body is not valid JSON"}
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import aiohttp
 import pytest
-from helpers import create_job, listed, put_job, service_config, stored_job
+from helpers import bump_job, create_job, listed, put_job, service_config, stored_job
 from mongo_server import MongoServer, secantusd
 from pymongo import AsyncMongoClient
 from service_process import ServiceProcess
 
-from backends import JobChange, JobFinal, JobQuery, StoreUnavailable
+from backends import JobChange, JobFinal, JobQuery, StoreUnavailable, TargetBusy
 from backends.mongo import MongoStore
 from job_service import create_app
 
@@ -196,3 +197,173 @@ async def test_a_server_down_at_start_is_a_503_until_it_comes_up(own_server):
         assert store.prepared
     finally:
         await store.close()
+
+
+# --- a change and its targets, without transactions: stopped after each step -----------------
+
+
+class Crash(Exception):
+    """The process died here."""
+
+
+T1 = "2026-11-30T10:00:00.000001+00:00"
+T2 = "2026-11-30T10:00:00.000002+00:00"
+T3 = "2026-11-30T10:00:00.000003+00:00"
+WRITES = {"insert_one", "replace_one", "update_one", "delete_one", "find_one_and_update", "bulk_write"}
+
+
+class Stopping:
+    """A collection whose writes stop, as a killed process's do, once `allowed` single-document
+    writes of the store have gone through (a bulk write counts each document, and stops midway)."""
+
+    def __init__(self, collection, budget: dict) -> None:
+        self._collection = collection
+        self._budget = budget
+
+    def __getattr__(self, name):
+        operation = getattr(self._collection, name)
+        if name not in WRITES:
+            return operation
+
+        async def write(*args, **kwargs):
+            if name == "bulk_write":
+                requests = args[0]
+                allowed = self._budget["left"]
+                self._budget["left"] = max(0, allowed - len(requests))
+                if allowed < len(requests):
+                    if allowed:
+                        await operation(requests[:allowed], **kwargs)
+                    raise Crash
+                return await operation(*args, **kwargs)
+            if self._budget["left"] == 0:
+                raise Crash
+            self._budget["left"] -= 1
+            return await operation(*args, **kwargs)
+
+        return write
+
+
+def stopping_after(store: MongoStore, writes: int) -> None:
+    budget = {"left": writes}
+    for name in ("_inprogress", "_completed", "_targets"):
+        setattr(store, name, Stopping(getattr(store, name), budget))
+
+
+def bump_document(job_id: str) -> dict:
+    """A BUMP in progress whose manifesto releases NEW_DATASET, removes OLD_DATASET, drafts DRAFT_DATASET."""
+    return {**stored_job(job_id, "DATASTORE"), "parameters": bump_job()}
+
+
+async def shown(store: MongoStore) -> dict:
+    jobs = await listed(store.find_jobs(JobQuery()))
+    return {
+        "jobs": [(job["jobId"], job["status"]) for job in jobs],
+        "in progress": [job["jobId"] for job in await listed(store.find_jobs(JobQuery(ignore_completed=True)))],
+        "targets": {
+            target["name"]: (target["status"], target["action"], target["lastUpdatedAt"])
+            for target in await store.list_targets("local")
+        },
+    }
+
+
+async def nothing_marked(database) -> bool:
+    return all(
+        [
+            await database[name].count_documents({"targetsDueAt": {"$exists": True}}) == 0
+            for name in ("inprogress", "completed")
+        ]
+    )
+
+
+COMPLETED_BUMP = {
+    "jobs": [("1", "completed")],
+    "in progress": [],
+    "targets": {
+        "DATASTORE": ("completed", ["BUMP", "1.0.0", "1.1.0"], T2),
+        "NEW_DATASET": ("completed", ["RELEASED", "1.1.0"], T2),
+        "OLD_DATASET": ("completed", ["REMOVED", "1.1.0"], T2),
+    },
+}
+VALIDATING_BUMP = {
+    "jobs": [("1", "validating")],
+    "in progress": ["1"],
+    "targets": {"DATASTORE": ("validating", ["BUMP", "1.0.0", "1.1.0"], T1)},
+}
+
+
+@pytest.mark.parametrize("how", ["the next start", "the next touch"])
+async def test_a_completion_stopped_after_any_step_is_finished_with_all_its_targets(open_store, database, how):
+    """Completing a BUMP is 7 writes: the job, its copy to completed, its delete from
+    in-progress, 3 targets, the mark removed. Stopped after each, then repaired."""
+    for writes in range(8):
+        running = await open_store()  # a process that keeps running beside the one that dies
+        await running.clear()
+        await running.insert_job(bump_document("1"))
+        await running.update_job("1", JobChange(status="validating", at=T1))
+        dying = await open_store()
+        await dying.ping()
+        stopping_after(dying, writes)
+        try:
+            await dying.update_job("1", JobChange(status="completed", at=T2))
+            stopped = False
+        except Crash:
+            stopped = True
+        assert stopped == (writes < 7)
+
+        if how == "the next start":
+            repaired = await open_store()
+            await repaired.ping()
+        else:
+            repaired = running
+            if writes > 0:  # the job is final: the executor's retry is refused, and repairs
+                with pytest.raises(JobFinal):
+                    await running.update_job("1", JobChange(status="completed", at=T3))
+        assert await shown(repaired) == (COMPLETED_BUMP if writes > 0 else VALIDATING_BUMP), f"after {writes} writes"
+        assert await nothing_marked(database)
+
+
+@pytest.mark.parametrize("how", ["the next start", "the next touch"])
+async def test_a_new_job_stopped_after_any_step_is_there_with_its_target_or_not_at_all(open_store, database, how):
+    """Inserting a job is 3 writes: the job (marked), its target, the mark removed."""
+    created = stored_job("1")["createdAt"]
+    new_job = {"jobs": [("1", "queued")], "in progress": ["1"], "targets": {"MY_DATASET": ("queued", ["ADD"], created)}}
+    for writes in range(4):
+        running = await open_store()
+        await running.clear()
+        dying = await open_store()
+        await dying.ping()
+        stopping_after(dying, writes)
+        with contextlib.suppress(Crash):
+            await dying.insert_job(stored_job("1"))
+
+        if how == "the next start":
+            repaired = await open_store()
+            await repaired.ping()
+        else:
+            repaired = running
+            if writes > 0:  # a new job on the target is refused, and repairs the job that holds it
+                with pytest.raises(TargetBusy):
+                    await running.insert_job(stored_job("2"))
+        nothing = {"jobs": [], "in progress": [], "targets": {}}
+        assert await shown(repaired) == (new_job if writes > 0 else nothing), f"after {writes} writes"
+        assert await nothing_marked(database)
+
+
+async def test_a_late_repair_never_puts_an_older_change_over_a_newer_target(open_store, database):
+    """A completion stopped before its targets, repaired only after a newer job took its target."""
+    store = await open_store()
+    await store.insert_job(stored_job("1"))
+    dying = await open_store()
+    await dying.ping()
+    stopping_after(dying, 3)  # the job completed and moved; no target written
+    with pytest.raises(Crash):
+        await dying.update_job("1", JobChange(status="completed", at=T1))
+    # Meanwhile the job's completion is visible and its target free: a new job takes it.
+    newer = {**stored_job("2"), "createdAt": T3}
+    await store.insert_job(newer)
+
+    restarted = await open_store()
+    await restarted.ping()
+    target = await restarted.get_target("local", "MY_DATASET")
+    assert (target["status"], target["lastUpdatedAt"]) == ("queued", T3)
+    assert await nothing_marked(database)

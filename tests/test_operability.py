@@ -12,14 +12,21 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from helpers import create_job, put_job, service_config
+from helpers import DEFAULT_DATASTORE, create_job, put_job, service_config, store_options
 from prometheus_client.parser import text_string_to_metric_families
 from service_process import ServiceProcess
+
+from backends import MaintenanceStatus, open_store
+
+INITIAL = MaintenanceStatus(msg="Set by the test", paused=False, timestamp="2026-11-30T00:00:00.000000+00:00")
 
 
 @pytest.mark.parametrize("backend", ["tinydb"])
 async def test_every_log_line_of_a_request_is_json_with_its_request_id(storage, tmp_path):
-    service = ServiceProcess(tmp_path, service_config(storage, tmp_path / "input", logging={"format": "json"}))
+    logging = {"format": "json", "access_reads": True}  # every access line, the reads' too
+    initialised = await open_store(store_options(storage), DEFAULT_DATASTORE, INITIAL)  # no write at start
+    await initialised.close()
+    service = ServiceProcess(tmp_path, service_config(storage, tmp_path / "input", logging=logging))
     (tmp_path / "input").mkdir()
     (tmp_path / "input" / "BROKEN.tar").write_bytes(b"not a tar")
     await service.start()
@@ -29,7 +36,8 @@ async def test_every_log_line_of_a_request_is_json_with_its_request_id(storage, 
                 assert response.headers["X-Request-ID"] == "plain-1"
             async with session.get(f"{service.url}/importable-datasets", headers={"X-Request-ID": "scan-2"}):
                 pass
-            (Path(storage["tinydb"]["path"]) / "inprogress.json.tmp").mkdir()
+            # The journal this run will first append to, a directory instead: the write fails.
+            (Path(storage["tinydb"]["path"]) / "journal" / "00000001.jsonl").mkdir(parents=True)
             body = {"jobs": [{"operation": "ADD", "target": "A"}]}
             async with session.post(f"{service.url}/jobs", json=body, headers={"X-Request-ID": "fail-3"}) as response:
                 assert response.status == 500
@@ -62,7 +70,8 @@ async def test_every_log_line_of_a_request_is_json_with_its_request_id(storage, 
 
 @pytest.mark.parametrize("backend", ["tinydb"])
 async def test_the_text_format_is_readable(storage, tmp_path):
-    service = ServiceProcess(tmp_path, service_config(storage, tmp_path / "input"))
+    logging = {"access_reads": True}  # a read's access line, at INFO
+    service = ServiceProcess(tmp_path, service_config(storage, tmp_path / "input", logging=logging))
     await service.start()
     try:
         async with aiohttp.ClientSession() as session:

@@ -13,6 +13,7 @@ from backends import (
     JobChange,
     JobQuery,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     open_store,
 )
@@ -192,3 +193,27 @@ async def test_a_store_keeps_no_part_of_a_datastore_and_hands_out_none_of_its_ow
     [listed] = await store.list_datastores()
     listed["deleted"] = True
     assert await store.get_datastore("no.ssb.fdb") == {**datastore, "name": "Forskningsdata"}
+
+
+async def test_a_full_disk_is_a_507_that_says_so(client):
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    fail_with(client, "update_job", StoreFull("The disk of the data directory data is full: the change was not stored"))
+    response = await client.put(f"/jobs/{job_id}", json={"status": "built"})
+    assert response.status == 507
+    assert await response.json() == {
+        "message": "The disk of the data directory data is full: the change was not stored"
+    }
+
+
+async def test_a_store_that_cannot_write_is_not_ready(client):
+    fail_with(client, "ping", StoreUnavailable("The disk of the data directory data is full"))
+    response = await client.get("/health/ready")
+    assert (response.status, await response.json()) == (503, {"message": "The disk of the data directory data is full"})
+
+
+async def test_a_job_and_its_target_cross_the_seam_as_one_change(store):
+    """The store records the target itself: no second call can be lost between them."""
+    await store.insert_job(stored_job("1", "MINE"))
+    assert (await store.get_target(DEFAULT_DATASTORE, "MINE"))["status"] == "queued"
+    await store.update_job("1", JobChange(status="completed", at="2026-11-30T12:00:00.000000+00:00"))
+    assert (await store.get_target(DEFAULT_DATASTORE, "MINE"))["lastUpdatedAt"] == "2026-11-30T12:00:00.000000+00:00"

@@ -7,6 +7,7 @@ jobs and targets live in datastores, the registry of datastores lives in the sto
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from helpers import DEFAULT_DATASTORE, bump_job, listed, store_options, stored_job
@@ -15,9 +16,13 @@ from backends import (
     DatastoreBusy,
     DatastoreTaken,
     JobChange,
+    JobFinal,
+    JobNotFound,
     JobQuery,
     TargetBusy,
+    change_time,
     open_store,
+    targets_of,
 )
 
 FDB = "no.ssb.fdb"
@@ -327,3 +332,87 @@ async def test_jobs_and_targets_imported_without_a_datastore_land_in_the_default
     with pytest.raises(TargetBusy):
         await store.insert_job(stored_job("3", "HELD"))
     await store.insert_job(stored_job("3", "HELD", datastore=FDB))
+
+
+# --- a job records its targets, in the same change --------------------------------------------
+
+AT = "2026-11-30T12:00:00.000000+00:00"
+
+
+async def test_a_new_job_records_its_target_as_of_its_creation(store):
+    job = stored_job("1", "MY_DATASET", datastore=FDB)
+    await store.insert_job(job)
+    assert await store.get_target(FDB, "MY_DATASET") == {
+        "datastoreRdn": FDB,
+        "name": "MY_DATASET",
+        "lastUpdatedAt": job["createdAt"],
+        "status": "queued",
+        "lastUpdatedBy": job["createdBy"],
+        "action": ["ADD"],
+    }
+    assert await store.get_target(DEFAULT_DATASTORE, "MY_DATASET") is None
+
+
+async def test_an_update_records_the_target_at_the_time_of_the_change(store):
+    await store.insert_job(stored_job("1", "MY_DATASET"))
+    await store.update_job("1", JobChange(status="validating", at=AT))
+    target = await store.get_target(DEFAULT_DATASTORE, "MY_DATASET")
+    assert (target["status"], target["lastUpdatedAt"]) == ("validating", AT)
+
+    logged = "2026-11-30T13:00:00.000000+00:00"
+    await store.update_job("1", JobChange(description="d", log=[{"at": logged, "message": "Added update description"}]))
+    target = await store.get_target(DEFAULT_DATASTORE, "MY_DATASET")
+    assert (target["status"], target["lastUpdatedAt"]) == ("validating", logged), "by default, its log entries' time"
+
+    await store.update_job("1", JobChange(status="failed", at="2026-11-30T14:00:00.000000+00:00"))
+    assert (await store.get_target(DEFAULT_DATASTORE, "MY_DATASET"))["status"] == "failed"
+
+
+async def test_a_completed_bump_records_what_it_released_and_removed_and_a_failed_one_nothing(store):
+    await store.insert_job(bump_in("1", FDB))
+    await store.update_job("1", JobChange(status="completed", at=AT))
+    await store.insert_job(bump_in("2", DEFAULT_DATASTORE))
+    await store.update_job("2", JobChange(status="failed", at=AT))
+
+    released = {target["name"]: target for target in await store.list_targets(FDB)}
+    assert {name: (target["status"], target["action"]) for name, target in released.items()} == {
+        "DATASTORE": ("completed", ["BUMP", "1.0.0", "1.1.0"]),
+        "NEW_DATASET": ("completed", ["RELEASED", "1.1.0"]),
+        "OLD_DATASET": ("completed", ["REMOVED", "1.1.0"]),
+    }
+    assert {target["lastUpdatedAt"] for target in released.values()} == {AT}
+    assert released["NEW_DATASET"]["lastUpdatedBy"] == USER
+    assert [target["name"] for target in await store.list_targets(DEFAULT_DATASTORE)] == ["DATASTORE"]
+
+
+async def test_a_refused_change_records_no_target(store):
+    await store.insert_job(stored_job("1", "MY_DATASET"))
+    with pytest.raises(TargetBusy):
+        await store.insert_job({**stored_job("2", "MY_DATASET"), "createdAt": AT})
+    await store.update_job("1", JobChange(status="completed", at=AT))
+    with pytest.raises(JobFinal):
+        await store.update_job("1", JobChange(status="queued", at="2027-01-01T00:00:00.000000+00:00"))
+    with pytest.raises(JobNotFound):
+        await store.update_job("nobody", JobChange(status="queued"))
+    assert [(target["status"], target["lastUpdatedAt"]) for target in await store.list_targets(DEFAULT_DATASTORE)] == [
+        ("completed", AT)
+    ]
+
+
+def test_what_a_job_leaves_its_targets_showing():
+    """The rules themselves, pure functions every backend records by."""
+    job = {
+        **stored_job("1", "MY_DATASET"),
+        "parameters": {"operation": "SET_STATUS", "target": "MY_DATASET", "releaseStatus": "PENDING_RELEASE"},
+    }
+    assert [target["action"] for target in targets_of(job, AT)] == [["SET_STATUS", "PENDING_RELEASE"]]
+    bump = bump_in("2", FDB)
+    assert [target["name"] for target in targets_of(bump, AT)] == ["DATASTORE"]
+    assert [target["name"] for target in targets_of({**bump, "status": "completed"}, AT)] == [
+        "DATASTORE",
+        "NEW_DATASET",
+        "OLD_DATASET",
+    ]
+    assert change_time(JobChange(at=AT, log=[{"at": "later", "message": "m"}])) == AT
+    assert change_time(JobChange(log=[{"at": "first", "message": "m"}, {"at": "last", "message": "m"}])) == "last"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", change_time(JobChange(status="built")))

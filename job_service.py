@@ -2697,7 +2697,8 @@ def main(argv: list[str] | None = None) -> None:
                 port=config.server.port,
                 shutdown_timeout=config.server.shutdown_timeout,
                 access_log=None,  # the observe middleware writes the access lines
-                print=lambda text: log.info("%s", text.strip("= \n")),
+                # aiohttp's banner, framed in "=" over two lines: one log line of its words.
+                print=lambda text: log.info("%s", " ".join(text.replace("=", " ").split())),
             )
     except (ConfigError, TransferError, StoreError) as exc:
         sys.exit(f"job-service: {exc}")

@@ -35,14 +35,15 @@ async def test_an_administrator_creates_jobs_as_themselves(auth_client, key_serv
     assert job["createdBy"] == {"userId": USER, "firstName": "Ola", "lastName": "Nordmann"}
 
 
-async def test_the_authorization_token_may_come_as_a_bearer_header(auth_client, key_server):
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])  # the scheme's case is free
+async def test_the_authorization_token_may_come_as_a_bearer_header(auth_client, key_server, scheme):
     keys, _ = key_server
     client = await auth_client()
     cookies = cookies_for(keys)
     response = await client.post(
         "/jobs",
         json=NEW_JOB,
-        headers={"Authorization": f"Bearer {cookies['authorization']}"},
+        headers={"Authorization": f"{scheme} {cookies['authorization']}"},
         cookies={"user-info": cookies["user-info"]},
     )
     assert response.status == 200
@@ -282,17 +283,3 @@ async def test_while_the_key_server_is_down_the_last_good_keys_stay(auth_client,
     await asyncio.sleep(0.3)
     second = {"jobs": [{"operation": "ADD", "target": "OTHER_DATASET"}]}
     assert (await client.post("/jobs", json=second, cookies=cookies_for(keys))).status == 200
-
-
-@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
-async def test_the_bearer_scheme_is_case_insensitive(auth_client, key_server, scheme):
-    keys, _ = key_server
-    client = await auth_client()
-    cookies = cookies_for(keys)
-    response = await client.post(
-        "/jobs",
-        json=NEW_JOB,
-        headers={"Authorization": f"{scheme} {cookies['authorization']}"},
-        cookies={"user-info": cookies["user-info"]},
-    )
-    assert response.status == 200

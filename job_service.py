@@ -64,6 +64,7 @@ import aiohttp.http_exceptions
 import jwt
 import orjson
 import prometheus_client
+import prometheus_client.registry
 import swagger_ui_bundle
 from aiohttp import web
 from apispec import APISpec
@@ -80,6 +81,7 @@ from marshmallow import (
     validates_schema,
 )
 from multidict import MultiMapping
+from prometheus_client.core import GaugeMetricFamily
 
 from backends import (
     FINAL_STATUSES,
@@ -91,9 +93,11 @@ from backends import (
     JobQuery,
     LogEntry,
     MaintenanceStatus,
+    MalformedDocument,
     MongoDBOptions,
     Store,
     StoreAnswer,
+    StoreCorrupt,
     StoreError,
     StoreFull,
     StoreStats,
@@ -122,6 +126,7 @@ ENCODED_JOBS: web.AppKey[EncodedCache] = web.AppKey("encoded_jobs")
 ENCODED_TARGETS: web.AppKey[EncodedCache] = web.AppKey("encoded_targets")
 ARCHIVES: web.AppKey[ArchiveInspections] = web.AppKey("archives")
 ENCODED_LISTINGS: web.AppKey[EncodedCache] = web.AppKey("encoded_listings")
+JOB_QUERIES: web.AppKey[JobQueries] = web.AppKey("job_queries")
 #: Held while a datastore is provisioned: one at a time in a process.
 PROVISIONING: web.AppKey[asyncio.Lock] = web.AppKey("provisioning")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
@@ -799,8 +804,16 @@ class ApiError(Exception):
 
 #: Backend failures that have a meaning in HTTP, looked up along the class
 #: hierarchy: a subclass means what its base means. A store's answers (busy,
-#: not found, final) carry their own status; anything else is a 500.
-STORE_FAILURE_STATUS: dict[type[StoreError], int] = {StoreUnavailable: 503, StoreFull: 507}
+#: not found, final) carry their own status; anything else is a 500. A store that
+#: holds what it cannot work with is not ready (503, its one line saying what an
+#: operator must fix) until it is fixed; one malformed document read by itself is a
+#: 500 that names it, while every listing leaves it out.
+STORE_FAILURE_STATUS: dict[type[StoreError], int] = {
+    StoreUnavailable: 503,
+    StoreFull: 507,
+    StoreCorrupt: 503,
+    MalformedDocument: 500,
+}
 
 
 def error_status(exc: Exception) -> int | None:
@@ -862,8 +875,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 JSON_MEDIA_TYPE = "application/json"
 JSON_CONTENT_TYPE = f"{JSON_MEDIA_TYPE}; charset=utf-8"
-#: Jobs serialised per write of a streamed job list.
-JOBS_PER_WRITE = 500
+#: Documents serialised per write of a streamed list.
+DOCUMENTS_PER_WRITE = 500
 #: What the encoded jobs may take in memory; enough for the jobs the executor polls many times over.
 ENCODED_JOBS_MAX_BYTES = 64 << 20
 
@@ -964,35 +977,45 @@ def respond_encoded(body: bytes) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": JSON_CONTENT_TYPE})
 
 
-async def respond_jobs(request: web.Request, jobs: AsyncIterator[Job]) -> web.StreamResponse:
-    """A job list, written a few hundred jobs at a time when it is long, so that
-    years of history are never in memory whole, as objects or as JSON."""
-    encoded = request.app[ENCODED_JOBS]
-    chunk = await take(jobs, JOBS_PER_WRITE)  # before any header: a failure here still gets its status
-    if len(chunk) < JOBS_PER_WRITE or request.method == "HEAD":
+async def respond_listing(
+    request: web.Request, documents: AsyncIterator[Any], encode: Callable[[Any], bytes]
+) -> web.StreamResponse:
+    """A list of documents (jobs, targets, statuses), each made bytes by `encode`,
+    written a few hundred at a time when it is long, so that years of history are
+    never in memory whole, as objects or as JSON."""
+    chunk = await take(documents, DOCUMENTS_PER_WRITE)  # before any header: a failure here still gets its status
+    if len(chunk) < DOCUMENTS_PER_WRITE or request.method == "HEAD":
         # HEAD: the headers alone, framed, never a streamed body after them.
-        return respond_encoded(encoded.encode_list(chunk) if request.method != "HEAD" else b"")
+        return respond_encoded(b"[" + b",".join(map(encode, chunk)) + b"]" if request.method != "HEAD" else b"")
     response = web.StreamResponse(headers={"Content-Type": JSON_CONTENT_TYPE})
     await response.prepare(request)
     try:
         separator = b"["
         while chunk:
-            await response.write(separator + encoded.encode_list(chunk)[1:-1])
+            await response.write(separator + b",".join(map(encode, chunk)))
             separator = b","
-            chunk = await take(jobs, JOBS_PER_WRITE)
+            chunk = await take(documents, DOCUMENTS_PER_WRITE)
         await response.write(b"]")
     except ConnectionResetError:
         raise  # the client left: nobody to tell
-    except Exception:
-        abort_mid_stream(request)
+    except Exception as exc:
+        abort_mid_stream(request, exc)
     return response
 
 
-def abort_mid_stream(request: web.Request) -> None:
+def encode_maintenance_status(status: MaintenanceStatus) -> bytes:
+    return orjson.dumps(MAINTENANCE_STATUS_SCHEMA.dump(status))
+
+
+def abort_mid_stream(request: web.Request, exc: Exception) -> None:
     """A failure once the 200 has begun: no status can follow it, and no second
     response may be written into its body. Cut the connection, so that the client
-    sees a truncated transfer at once, and say so in the log and the metrics."""
-    log.exception("%s %s aborted mid-stream, after its 200 had begun", request.method, request.rel_url)
+    sees a truncated transfer at once, and say so in the log and the metrics; a
+    failure nobody expected, with its traceback."""
+    if error_status(exc) is None:
+        log.exception("%s %s aborted mid-stream, after its 200 had begun", request.method, request.rel_url)
+    else:
+        log.warning("%s %s aborted mid-stream, after its 200 had begun: %s", request.method, request.rel_url, exc)
     request[ABORTED_MID_STREAM] = True
     if request.transport is not None:
         request.transport.abort()
@@ -1124,23 +1147,34 @@ class ArchiveInspections:
         self._known: dict[Path, dict[tuple[Any, ...], tuple[bool, bool] | None]] = {}
         self._listed: dict[Path, tuple[float, tuple[int, ...], tuple[dict[str, Any], ...]]] = {}
         self._pending: dict[tuple[Any, ...], asyncio.Future[tuple[bool, bool] | None]] = {}
+        self._scanning: dict[tuple[Path, tuple[int, ...]], asyncio.Future[tuple[dict[str, Any], ...]]] = {}
         self._pool = ThreadPoolExecutor(INSPECTION_THREADS, thread_name_prefix="archives")
         self._stopping = threading.Event()
 
     async def scan(self, input_dir: Path) -> tuple[dict[str, Any], ...]:
         """Every readable `<NAME>.tar` in the input directory and its `archive/`
         folder, by name; the same tuple again while nothing there has changed."""
-        loop = asyncio.get_running_loop()
         stamp = folders_stamp(input_dir)  # two stats on the loop: cheaper than any hop to a thread
         listed = self._listed.get(input_dir)
         if listed is not None and listed[1] == stamp and time.monotonic() - listed[0] < LISTING_FRESH_SECONDS:
             return listed[2]
+        # One scan of a directory at a time: the listings that find the last one too
+        # old wait for the same one, not each for its own on the two threads.
+        key = (input_dir, stamp)
+        scanning = self._scanning.get(key)
+        if scanning is None:
+            scanning = self._scanning[key] = asyncio.ensure_future(self._rescan(input_dir, stamp))
+            scanning.add_done_callback(lambda _: self._scanning.pop(key, None))
+        # Shielded: a listing whose client goes away must not cancel what others wait for too.
+        return await asyncio.shield(scanning)
+
+    async def _rescan(self, input_dir: Path, stamp: tuple[int, ...]) -> tuple[dict[str, Any], ...]:
+        loop = asyncio.get_running_loop()
         # In the request's context, so that what the threads log carries its id.
         candidates = await loop.run_in_executor(self._pool, contextvars.copy_context().run, find_candidates, input_dir)
         known = self._known.get(input_dir, {})
         inspections = {c.key: self._inspection(c) for c in candidates if c.key not in known}
-        # Shielded: a listing whose client goes away must not cancel what others wait for too.
-        inspected = await asyncio.gather(*(asyncio.shield(future) for future in inspections.values()))
+        inspected = await asyncio.gather(*inspections.values())
         found_now = dict(zip(inspections, inspected, strict=True))
         contents = [known[c.key] if c.key in known else found_now[c.key] for c in candidates]
         self._known[input_dir] = {candidate.key: found for candidate, found in zip(candidates, contents, strict=True)}
@@ -1513,27 +1547,56 @@ class Metrics:
         self.store_errors = prometheus_client.Counter(
             "store_operation_errors", "Storage backend operations that failed", ["operation"], registry=registry
         )
-        self.jobs_in_progress = prometheus_client.Gauge(
-            "jobs_in_progress", "Jobs in progress, by datastore and status", ["datastore", "status"], registry=registry
+        self.malformed_documents = prometheus_client.Counter(
+            "malformed_documents",
+            "Reads that met a stored document without the API's shape (left out of a listing, or a 500)",
+            ["collection"],
+            registry=registry,
         )
-        self.jobs_completed = prometheus_client.Gauge(
-            "jobs_completed", "Jobs in the completed set (completed or failed)", registry=registry
+        self.store_up = prometheus_client.Gauge(
+            "store_up", "1 when this scrape read the store's counts, else 0 (and they are left out)", registry=registry
         )
-        self.maintenance_paused = prometheus_client.Gauge(
-            "maintenance_paused", "1 while the maintenance flag pauses the executor", registry=registry
-        )
+        self.store_gauges = StoreGauges()
+        registry.register(self.store_gauges)
 
-    def record_store(self, stats: StoreStats, default_datastore: str) -> None:
-        # Anew at each scrape: a datastore's series go when its last job does, so
-        # the labels stay as few as the datastores with work (and the default).
-        self.jobs_in_progress.clear()
-        for datastore in {default_datastore, *(datastore for datastore, _ in stats.in_progress)}:
+    def count_malformed(self, collection: str) -> None:
+        self.malformed_documents.labels(collection).inc()
+
+    def record_store(self, stats: StoreStats | None, default_datastore: str) -> None:
+        """What this scrape read of the store; None when it could not be read."""
+        self.store_up.set(int(stats is not None))
+        self.store_gauges.reading = None if stats is None else (stats, default_datastore)
+
+
+class StoreGauges(prometheus_client.registry.Collector):
+    """The gauges read from the store at each scrape. They are in the answer only when
+    the store answered: while it cannot (an outage, data it cannot work with) they are
+    left out, so a dashboard shows a gap, never stale or zero counts."""
+
+    def __init__(self) -> None:
+        #: The last scrape's statistics and default datastore; None when it could not read them.
+        self.reading: tuple[StoreStats, str] | None = None
+
+    def collect(self) -> Iterator[prometheus_client.Metric]:
+        if self.reading is None:
+            return
+        stats, default_datastore = self.reading
+        in_progress = GaugeMetricFamily(
+            "jobs_in_progress", "Jobs in progress, by datastore and status", labels=["datastore", "status"]
+        )
+        # A datastore's series go when its last job does, so the labels stay as few as
+        # the datastores with work (and the default).
+        for datastore in sorted({default_datastore, *(datastore for datastore, _ in stats.in_progress)}):
             for status in STATUSES:
                 if status not in FINAL_STATUSES:
-                    count = stats.in_progress.get((datastore, status), 0)
-                    self.jobs_in_progress.labels(datastore, status).set(count)
-        self.jobs_completed.set(stats.completed)
-        self.maintenance_paused.set(int(stats.paused))
+                    in_progress.add_metric([datastore, status], stats.in_progress.get((datastore, status), 0))
+        yield in_progress
+        yield GaugeMetricFamily(
+            "jobs_completed", "Jobs in the completed set (completed or failed)", value=stats.completed
+        )
+        yield GaugeMetricFamily(
+            "maintenance_paused", "1 while the maintenance flag pauses the executor", value=int(stats.paused)
+        )
 
 
 class InstrumentedStore:
@@ -1953,6 +2016,24 @@ def store_of(request: web.Request) -> Store:
     return request.app[STORE]
 
 
+class JobQueries:
+    """`GET /jobs` queries parsed once per query string: the executors send the same
+    few every few seconds. At most `limit` are kept, the oldest dropped first."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self._parsed: dict[str, JobQuery] = {}
+        self._limit = limit
+
+    def of(self, request: web.Request) -> JobQuery:
+        query = self._parsed.get(request.query_string)
+        if query is None:
+            query = JOBS_QUERY_SCHEMA.load(query_arguments(request.query))  # a bad query raises, and is not kept
+            if len(self._parsed) >= self._limit:
+                del self._parsed[next(iter(self._parsed))]
+            self._parsed[request.query_string] = query
+        return query
+
+
 def query_arguments(query: MultiMapping[str]) -> dict[str, str]:
     """The query string as one value per name: empty values count as absent, and
     repeated operations add up, while any other repeated name is ambiguous."""
@@ -2029,8 +2110,9 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
     else:
         await require_job_reader(request)
         scope = None
-    query = JOBS_QUERY_SCHEMA.load(query_arguments(request.query))
-    return await respond_jobs(request, store_of(request).find_jobs(dataclasses.replace(query, datastore=scope)))
+    query = request.app[JOB_QUERIES].of(request)
+    jobs = store_of(request).find_jobs(dataclasses.replace(query, datastore=scope))
+    return await respond_listing(request, jobs, request.app[ENCODED_JOBS].encode)
 
 
 @routes.get("/jobs/{jobId}")
@@ -2079,11 +2161,12 @@ async def create_jobs(
 ) -> list[dict[str, str]]:
     """Judge each posted entry on its own and store those that pass, each with its
     target; the results, in order, say which. The store takes them in one call, so
-    that a backend can write them all at once (TinyDB: one fsync for a POST)."""
+    that a backend can write them all at once (TinyDB: one fsync for a POST); one
+    that fails after storing some says which it did not store, each FAILED with why."""
     judged = [judge_entry(entry, user, datastore) for entry in entries]
     jobs = [job for job in judged if not isinstance(job, str)]
     store = store_of(request)
-    refusals: list[TargetBusy | None] = [None] * len(jobs)
+    refusals: list[StoreError | None] = [None] * len(jobs)
     if len(jobs) == 1:
         try:
             await store.insert_job(jobs[0])
@@ -2109,7 +2192,7 @@ async def create_jobs(
     "Post new jobs; each entry gets its own result, in order",
     many(PostJobResultSchema),
     "jobs",
-    errors=(400, 401, 403, 413, 503),
+    errors=(400, 401, 403, 413, 503, 507),
     scoped_errors=SCOPED,
     body=NEW_JOBS_BODY,
 )
@@ -2150,10 +2233,10 @@ async def update_job(request: web.Request) -> web.Response:
 @routes.get("/targets")
 @routes.get("/datastores/{rdn}/targets")
 @documented("Every target, by name", many(TargetSchema), "targets", errors=(503,), scoped_errors=SCOPED)
-async def list_targets(request: web.Request) -> web.Response:
+async def list_targets(request: web.Request) -> web.StreamResponse:
     datastore, _ = await acting_on(request, write=False)
-    targets = await store_of(request).list_targets(datastore["rdn"])
-    return respond_encoded(request.app[ENCODED_TARGETS].encode_list(targets))
+    targets = store_of(request).list_targets(datastore["rdn"])
+    return await respond_listing(request, targets, request.app[ENCODED_TARGETS].encode)
 
 
 def target_name(request: web.Request) -> str:
@@ -2192,7 +2275,8 @@ async def get_target(request: web.Request) -> web.Response:
 )
 async def list_target_jobs(request: web.Request) -> web.StreamResponse:
     datastore, _ = await acting_on(request, write=False)
-    return await respond_jobs(request, store_of(request).jobs_for_target(datastore["rdn"], target_name(request)))
+    jobs = store_of(request).jobs_for_target(datastore["rdn"], target_name(request))
+    return await respond_listing(request, jobs, request.app[ENCODED_JOBS].encode)
 
 
 def input_directory(config: Config, datastore: Datastore) -> Path:
@@ -2272,8 +2356,8 @@ async def get_maintenance_status(request: web.Request) -> web.Response:
 @routes.get("/maintenance-history")
 @routes.get("/maintenance-statuses")
 @documented("Every maintenance status, newest first", many(MaintenanceStatusSchema), "maintenance", errors=(503,))
-async def get_maintenance_history(request: web.Request) -> web.Response:
-    return respond(MAINTENANCE_STATUS_SCHEMA, await store_of(request).maintenance_history(), many=True)
+async def get_maintenance_history(request: web.Request) -> web.StreamResponse:
+    return await respond_listing(request, store_of(request).maintenance_history(), encode_maintenance_status)
 
 
 @routes.get("/datastores/rdns")
@@ -2397,10 +2481,19 @@ async def get_public_key(request: web.Request) -> web.Response:
 
 
 @routes.get("/metrics")
-@documented("Prometheus metrics", {"type": "string"}, "operations", errors=(503,), media_type="text/plain")
+@documented("Prometheus metrics", {"type": "string"}, "operations", media_type="text/plain")
 async def get_metrics(request: web.Request) -> web.Response:
+    """Always answered: the process's own series whatever the store does, the store's
+    counts only when it answers (a store's failure is counted, and logged where it happens)."""
     metrics = request.app[METRICS]
-    metrics.record_store(await store_of(request).stats(), request.app[CONFIG].datastores.default)
+    stats: StoreStats | None = None
+    try:
+        stats = await store_of(request).stats()
+    except StoreError:
+        pass
+    except Exception:
+        log.exception("Reading the store's counts for /metrics failed")
+    metrics.record_store(stats, request.app[CONFIG].datastores.default)
     body = prometheus_client.generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
@@ -2492,17 +2585,19 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        outcome = "aborted" if request.get(ABORTED_MID_STREAM) else str(status)
-        request.app[METRICS].requests.labels(route, method, outcome).inc()
+        aborted = bool(request.get(ABORTED_MID_STREAM))
+        # Only a 200 streams, so "aborted" says the status too, and is no success on a dashboard.
+        request.app[METRICS].requests.labels(route, method, "aborted" if aborted else str(status)).inc()
         request.app[METRICS].request_seconds.labels(route, method).observe(elapsed)
-        level = logging.INFO if outcome == "aborted" else access_level(request, status)
+        level = logging.INFO if aborted else access_level(request, status)
         if access_log.isEnabledFor(level):  # the polled reads, at DEBUG, cost nothing more
             access_log.log(
                 level,
-                "%s %s %s",
+                "%s %s %s%s",
                 request.method,
                 request.rel_url,
-                outcome,
+                status,
+                " aborted mid-stream" if aborted else "",
                 extra={"statusCode": status, "responseTime": round(elapsed * 1000, 3)},
             )
         log_context.reset(context)
@@ -2590,8 +2685,9 @@ async def storage_context(app: web.Application) -> Any:
     """Open the backend inside the app's lifetime: some drivers bind to the running loop."""
     config = app[CONFIG]
     initial = MaintenanceStatus(msg=INITIAL_MAINTENANCE_MSG, paused=False, timestamp=now_iso())
-    store = await open_store(config.storage.selected, config.datastores.default, initial)
-    app[STORE] = InstrumentedStore(store, app[METRICS])
+    metrics = app[METRICS]
+    store = await open_store(config.storage.selected, config.datastores.default, initial, metrics.count_malformed)
+    app[STORE] = InstrumentedStore(store, metrics)
     await finish_or_undo_provisionings(app)
     yield
     await app[STORE].close()
@@ -2630,6 +2726,7 @@ def create_app(config: Config) -> web.Application:
         IMPORTABLE_DATASET_SCHEMA, listed_dataset_identity, listed_dataset_version, max_bytes=8 << 20
     )
     app[PROVISIONING] = asyncio.Lock()
+    app[JOB_QUERIES] = JobQueries()
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(signing_keys_context)
     app.add_routes(routes)
@@ -2674,17 +2771,64 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", title="commands (default: serve)")
     export = commands.add_parser("export", help="write every job, target and maintenance status as JSON Lines")
     export.add_argument("--to", type=Path, required=True, metavar="FILE")
-    load = commands.add_parser("import", help="load an export into the configured store")
-    load.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE")
+    load = commands.add_parser(
+        "import", help="load an export, or take over the platform's job service, into the configured store"
+    )
+    sources = load.add_mutually_exclusive_group(required=True)
+    sources.add_argument("--from", dest="source", type=Path, metavar="FILE", help="an export of job-service")
+    sources.add_argument(
+        "--from-platform-sqlite",
+        dest="platform_sqlite",
+        type=Path,
+        metavar="FILE",
+        help="the SQLite database of the platform's job service (2025) or datastore API",
+    )
+    sources.add_argument(
+        "--from-original-mongodb",
+        dest="original_mongodb",
+        metavar="URL",
+        help="the MongoDB of the original job service; its database is the URL's path, else jobdb",
+    )
+    load.add_argument(
+        "--timezone", metavar="ZONE", help="the IANA time zone the platform's service ran in (its times are local)"
+    )
+    load.add_argument("--check", action="store_true", help="read the platform's service and report; write nothing")
     load.add_argument("--replace", action="store_true", help="empty a store that is not empty first")
     args = parser.parse_args(argv)
+    adopting = args.command == "import" and args.source is None
+    if adopting and args.timezone is None:
+        load.error("--timezone is needed with --from-platform-sqlite and --from-original-mongodb")
+    if args.command == "import" and not adopting and (args.timezone or args.check):
+        load.error("--timezone and --check go with --from-platform-sqlite or --from-original-mongodb")
     try:
         config = load_config(args.config)
         configure_process(config.logging)
-        prepare_directories(config)
+        if not (adopting and args.check):  # a check writes nothing, not even an empty directory
+            prepare_directories(config)
         if args.command == "export":
             exported = asyncio.run(export_documents(config.storage.selected, config.datastores.default, args.to))
             print(f"exported {exported} documents to {args.to}")
+        elif adopting:
+            # Only this command reads the platform's stores: serving never loads what it needs.
+            from backends.adoption import Adoption, OriginalMongo, PlatformSqlite, Rules, adopt, time_zone
+
+            rules = Rules(
+                job=JOB_SCHEMA,
+                target=TARGET_SCHEMA,
+                maintenance=MAINTENANCE_STATUS_SCHEMA,
+                datastore=DATASTORE_SCHEMA,
+                statuses=frozenset(STATUSES),
+                is_dataset_name=is_dataset_name,
+                describe=describe,
+            )
+            zone = time_zone(args.timezone)
+            source = (
+                PlatformSqlite(args.platform_sqlite) if args.platform_sqlite else OriginalMongo(args.original_mongodb)
+            )
+            adoption = Adoption(
+                zone, config.storage.selected, default_datastore(config), rules, replace=args.replace, check=args.check
+            )
+            asyncio.run(adopt(source, adoption))
         elif args.command == "import":
             imported = asyncio.run(
                 import_documents(config.storage.selected, config.datastores.default, args.source, args.replace)

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .base import (
     COLLECTIONS,
     FINAL_STATUSES,
+    MAX_LOG_CHARACTERS,
     Datastore,
     DatastoreBusy,
     DatastoreTaken,
     Job,
     JobChange,
     JobFinal,
+    JobLogFull,
     JobNotFound,
     JobQuery,
     LogEntry,
     MaintenanceStatus,
+    MalformedDocument,
     Store,
     StoreAnswer,
     StoreCorrupt,
@@ -36,16 +40,19 @@ from .base import (
 __all__ = [
     "COLLECTIONS",
     "FINAL_STATUSES",
+    "MAX_LOG_CHARACTERS",
     "Datastore",
     "DatastoreBusy",
     "DatastoreTaken",
     "Job",
     "JobChange",
     "JobFinal",
+    "JobLogFull",
     "JobNotFound",
     "JobQuery",
     "LogEntry",
     "MaintenanceStatus",
+    "MalformedDocument",
     "MongoDBOptions",
     "Store",
     "StoreAnswer",
@@ -89,10 +96,13 @@ async def open_store(
     options: TinyDBOptions | MongoDBOptions,
     default_datastore: str,
     initial_maintenance: MaintenanceStatus | None = None,
+    on_malformed: Callable[[str], None] | None = None,
 ) -> Store:
     """Open the backend that `options` configure, whose documents from before
     datastores belong to `default_datastore`. A serving process passes the
-    maintenance status to store when none ever was; the commands pass none."""
+    maintenance status to store when none ever was; the commands pass none.
+    `on_malformed(collection)` is called each time a read meets a malformed
+    document (MongoDB's; TinyDB refuses to open a store that holds one)."""
     if isinstance(options, TinyDBOptions):
         from .tinydb import TinyDBStore
 
@@ -107,4 +117,5 @@ async def open_store(
         options.password,
         default_datastore=default_datastore,
         initial_maintenance=initial_maintenance,
+        on_malformed=on_malformed,
     )

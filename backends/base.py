@@ -11,10 +11,10 @@ exceptions below; the service's error middleware turns each into its HTTP status
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, NotRequired, Protocol, TypedDict, TypeVar
+from typing import Any, ClassVar, NotRequired, Protocol, TypedDict, TypeVar, cast
 
 import orjson
 
@@ -104,6 +104,114 @@ COLLECTIONS = ("datastores", "inprogress", "completed", "targets", "maintenance"
 FINAL_STATUSES = frozenset({"completed", "failed"})
 
 
+# --- the shape of stored documents: what every reader relies on -------------------------
+
+
+def is_text(value: Any) -> bool:
+    return type(value) is str
+
+
+def job_problem(document: Any) -> str | None:
+    """What keeps `document` from being a job as the API shows it; None if nothing.
+
+    A few key and type checks, quick for a sound job (a listing checks each one it
+    hands out, a start may check years of them); only a faulty one gets the slow look
+    that says what is wrong. A job without `datastoreRdn` is the default datastore's.
+    """
+    try:
+        parameters = document["parameters"]
+        user = document["createdBy"]
+        if (
+            type(document["jobId"]) is str
+            and type(document["status"]) is str
+            and type(document["createdAt"]) is str
+            and type(parameters["operation"]) is str
+            and type(parameters["target"]) is str
+            and type(document["log"]) is list
+            and type(user["userId"]) is str
+            and type(user["firstName"]) is str
+            and type(user["lastName"]) is str
+            and type(document.get("datastoreRdn", "")) is str
+        ):
+            return None
+    except (KeyError, TypeError):
+        pass
+    return job_problem_described(document)
+
+
+def job_problem_described(document: Any) -> str:
+    if not isinstance(document, dict):
+        return "is not a JSON object"
+    for name in ("jobId", "status", "createdAt"):
+        if not is_text(document.get(name)):
+            return f"has no text {name}"
+    parameters = document.get("parameters")
+    if not isinstance(parameters, dict) or not (
+        is_text(parameters.get("operation")) and is_text(parameters.get("target"))
+    ):
+        return "has no parameters with a text operation and target"
+    if not isinstance(document.get("log"), list):
+        return "has no log list"
+    if user_problem(document.get("createdBy")):
+        return "has no createdBy with a text userId, firstName and lastName"
+    return "has a datastoreRdn that is not text"
+
+
+def user_problem(user: Any) -> bool:
+    return not (isinstance(user, dict) and all(is_text(user.get(name)) for name in ("userId", "firstName", "lastName")))
+
+
+def target_problem(document: Any) -> str | None:
+    """As `job_problem`, for a target."""
+    if not isinstance(document, dict):
+        return "is not a JSON object"
+    for name in ("name", "status", "lastUpdatedAt"):
+        if not is_text(document.get(name)):
+            return f"has no text {name}"
+    if "datastoreRdn" in document and not is_text(document["datastoreRdn"]):
+        return "has a datastoreRdn that is not text"
+    if user_problem(document.get("lastUpdatedBy")):
+        return "has no lastUpdatedBy with a text userId, firstName and lastName"
+    action = document.get("action")
+    if not (isinstance(action, list) and all(map(is_text, action))):
+        return "has no action list of texts"
+    return None
+
+
+def datastore_problem(document: Any) -> str | None:
+    """As `job_problem`, for a datastore of the registry."""
+    if not isinstance(document, dict):
+        return "is not a JSON object"
+    for name in ("rdn", "name", "description", "directory"):
+        if not is_text(document.get(name)):
+            return f"has no text {name}"
+    for name in ("bumpEnabled", "deleted"):
+        if not isinstance(document.get(name), bool):
+            return f"has no {name} that is true or false"
+    return None
+
+
+def maintenance_problem(document: Any) -> str | None:
+    """As `job_problem`, for a maintenance status."""
+    if not isinstance(document, dict):
+        return "is not a JSON object"
+    if not is_text(document.get("msg")) or not is_text(document.get("timestamp")):
+        return "has no text msg and timestamp"
+    if not isinstance(document.get("paused"), bool):
+        return "has no paused that is true or false"
+    return None
+
+
+#: The shape check of each of COLLECTIONS' documents.
+PROBLEMS: dict[str, Callable[[Any], str | None]] = {
+    "datastores": datastore_problem,
+    "inprogress": job_problem,
+    "completed": job_problem,
+    "targets": target_problem,
+    "maintenance": maintenance_problem,
+}
+
+
 class StoreError(Exception):
     """Base of every error a backend reports on purpose."""
 
@@ -129,8 +237,21 @@ class StoreLocked(StoreError):
 
 
 class StoreCorrupt(StoreError):
-    """A file of the store is damaged or not the store's: it is not opened, and
-    nothing is changed. The text names the file and what is wrong with it."""
+    """The store holds what it cannot work with: a damaged file, a document that is not
+    the store's, documents that break a rule. The store refuses to work on it (TinyDB
+    changing nothing at all), and the text, one line, names where and what is wrong,
+    so that an operator can fix it."""
+
+
+class MalformedDocument(StoreCorrupt):
+    """One document lacks the shape the API promises (a hand edit, a restore, a document
+    the service did not write). A listing leaves it out; reading it alone is this error."""
+
+    def __init__(self, collection: str, document_id: str, problem: str) -> None:
+        super().__init__(
+            f"A stored document is malformed: {collection} document {document_id} {problem};"
+            " an operator must fix or remove it"
+        )
 
 
 class TargetBusy(StoreAnswer):
@@ -175,6 +296,39 @@ class JobFinal(StoreAnswer):
 
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(f"Job {job_id} is already {status}")
+
+
+#: What a job's log messages may hold in all, in characters. A job is kept, written
+#: and sent whole, so its log is bounded like any input; the change that finishes
+#: the job is never refused for it, so a full log never keeps a job from ending.
+MAX_LOG_CHARACTERS = 1 << 20
+
+
+class JobLogFull(StoreAnswer):
+    """The change would take the job's log past MAX_LOG_CHARACTERS."""
+
+    status = 413
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"The log of job {job_id} is full: its lines may hold {MAX_LOG_CHARACTERS:,} characters in all;"
+            " only a change to a final status is still taken"
+        )
+
+
+def log_characters(log: list[LogEntry]) -> int:
+    return sum(len(entry["message"]) for entry in log)
+
+
+def log_room_needed(change: JobChange) -> int:
+    """How many characters of log `change` must find room for: none for the change
+    that finishes a job (see MAX_LOG_CHARACTERS)."""
+    return 0 if change.status in FINAL_STATUSES else log_characters(change.log)
+
+
+def log_has_room(log: list[LogEntry], change: JobChange) -> bool:
+    needed = log_room_needed(change)
+    return needed == 0 or log_characters(log) + needed <= MAX_LOG_CHARACTERS
 
 
 @dataclass(frozen=True)
@@ -290,6 +444,44 @@ def targets_of(job: Job, at: str) -> list[Target]:
     return targets
 
 
+#: On a stored target, the store's own bookkeeping, never handed out: the change of the
+#: job it shows (`createdAt`, `jobId`, `revision`). Targets follow job order: only a job
+#: at least as new (created later, or the same job at a later revision) replaces one, so
+#: a late write of an older job never hides a newer one.
+SHOWN_JOB = "shownJob"
+
+
+def change_position(job: Job) -> dict[str, Any]:
+    return {"createdAt": job["createdAt"], "jobId": job["jobId"], "revision": revision_of(job)}
+
+
+def targets_to_record(job: Job, at: str) -> list[dict[str, Any]]:
+    """`targets_of(job, at)` as a store keeps them: each with the change it shows."""
+    position = change_position(job)
+    return [{**target, SHOWN_JOB: position} for target in targets_of(job, at)]
+
+
+def position_order(position: Mapping[str, Any]) -> tuple[str, str, int]:
+    return position["createdAt"], position["jobId"], position["revision"]
+
+
+def may_replace(new: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bool:
+    """Whether the target `new` (of `targets_to_record`) may replace `stored`: it shows a
+    change at least as new. A stored target that names no change (saved by a tool,
+    written before targets followed job order) gives way to any change made since it."""
+    if stored is None:
+        return True
+    shown = stored.get(SHOWN_JOB)
+    if shown is None:
+        return bool(stored.get("lastUpdatedAt", "") <= new["lastUpdatedAt"])
+    return position_order(shown) <= position_order(new[SHOWN_JOB])
+
+
+def shown_target(stored: Mapping[str, Any]) -> Target:
+    """A stored target as readers get it: a copy, without the store's bookkeeping."""
+    return copy_document(cast(Target, {key: value for key, value in stored.items() if key != SHOWN_JOB}))
+
+
 class Store(Protocol):
     """The async interface every backend implements, and all the handlers use.
 
@@ -298,6 +490,14 @@ class Store(Protocol):
     with the rdn of the default datastore: a document written before
     datastores existed (no `datastoreRdn`) belongs to it, on every read and
     every import, without the store rewriting anything it need not.
+
+    Listings are async iterators, read a batch at a time, so that no listing ever
+    holds a collection whole. A document without the shape the API promises (see
+    PROBLEMS) is left out of every listing, and reading it alone raises
+    MalformedDocument; a backend that checks every document at open (TinyDB)
+    refuses to open instead. Opening, or the first operation of a store opened
+    while its server was down, raises StoreCorrupt for documents the store
+    cannot work with at all, naming them.
     """
 
     async def ping(self) -> None:
@@ -310,11 +510,14 @@ class Store(Protocol):
         """Store a new in-progress job and its target (`targets_of(job, job["createdAt"])`)
         as one change; raise TargetBusy if its target has one in its datastore."""
 
-    async def insert_jobs(self, jobs: list[Job]) -> list[TargetBusy | None]:
+    async def insert_jobs(self, jobs: list[Job]) -> list[StoreError | None]:
         """Insert each job as `insert_job` does, in order, each judged on its own: a job
         whose target is held (in progress, or by an earlier job of the list) is refused
-        alone, its place in the answer holding the TargetBusy, the others' None. A
-        backend may store them all as one change (TinyDB: one write for all)."""
+        alone, its place in the answer holding the TargetBusy, a stored one's None. A
+        backend may store them all as one change (TinyDB: one write for all); one that
+        stores them one by one and fails after storing some answers the failure in the
+        place of each job it did not store, so that the client learns which exist (a
+        failure before any is stored is raised)."""
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with this id, in any datastore."""
@@ -329,18 +532,20 @@ class Store(Protocol):
     async def update_job(self, job_id: str, change: JobChange) -> Job:
         """Apply `change` and return the job; move it to the completed set when
         its new status is final; record every target the job now shows
-        (`targets_of(job, change_time(change))`): all of it as one change.
-        Raise JobNotFound or JobFinal."""
+        (`targets_of(job, change_time(change))`) over a target that shows no newer
+        job (`may_replace`): all of it as one change. Raise JobNotFound, JobFinal, or
+        JobLogFull when the job's log has no room for the change's lines."""
 
     async def target_in_progress(self, datastore: str, name: str) -> bool: ...
 
     async def save_target(self, target: Target) -> None:
-        """Insert or replace the target with the same datastore and name. The service
-        never needs it (jobs record their targets); it is for tools and tests."""
+        """Insert or replace the target with the same datastore and name, whatever it
+        shows. The service never needs it (jobs record their targets, in job order:
+        see SHOWN_JOB); it is for tools and tests."""
 
     async def get_target(self, datastore: str, name: str) -> Target | None: ...
 
-    async def list_targets(self, datastore: str) -> list[Target]:
+    def list_targets(self, datastore: str) -> AsyncIterator[Target]:
         """The datastore's targets, ordered by name."""
 
     async def add_datastore(self, datastore: Datastore) -> None:
@@ -364,14 +569,15 @@ class Store(Protocol):
     async def latest_maintenance(self) -> MaintenanceStatus | None:
         """The newest status; None only while none was ever stored."""
 
-    async def maintenance_history(self) -> list[MaintenanceStatus]:
+    def maintenance_history(self) -> AsyncIterator[MaintenanceStatus]:
         """Every status, newest first (by insertion, so equal timestamps keep order)."""
 
     async def stats(self) -> StoreStats:
         """In-progress jobs by datastore and status, the completed count and the
-        maintenance flag, without reading the completed history."""
+        maintenance flag, without reading the completed history. A final job whose
+        move a crash left unfinished counts as completed, as readers show it."""
 
-    async def dump_collection(self, name: str) -> list[dict[str, Any]]:
+    def dump_collection(self, name: str) -> AsyncIterator[dict[str, Any]]:
         """Every document of one of COLLECTIONS, in a stable order that `load_collection`
         keeps: jobs in job order, targets by datastore and name, datastores by rdn,
         maintenance oldest first."""

@@ -5,14 +5,23 @@ in-process locking: the unique index on the in-progress (datastore, target) is
 what keeps one job in progress per target in each datastore, and finishing a job
 is a sequence of single-document writes ordered so that a crash between any two
 of them loses nothing. No step needs a multi-document transaction, which a
-standalone mongod lacks.
+standalone mongod has none of.
 
 A change of a job and the targets it shows are written the same way: the job is
 written first, marked `targetsDueAt` (the time of the change), then its targets
-(each only over an older one), then the mark is removed. A job still marked is a
-change whose targets a crash may have cut short: the next start, or the next touch
-of the job or its target, records them again from the job itself and removes the
-mark. Readers never see the mark.
+(each only over one that shows no newer job: targets follow job order), then the
+mark is removed. A job still marked is a change whose targets a crash may have cut
+short: the next start, or the next touch of the job or its target, records them
+again from the job itself and removes the mark. Readers never see the mark.
+
+The database is shared with the world (restores, hand edits, other releases), so
+nothing is trusted to have the shape the API promises. Before its first operation
+the store checks what its rules rest on, the in-progress jobs and its unique
+indexes, and refuses, as a StoreCorrupt of one line naming the documents, what it
+cannot work with; it checks again at the next operation, so fixing the data is
+enough. Any other document without the API's shape is left out of every listing
+(logged once, counted through `on_malformed`), and reading it alone is a
+MalformedDocument. Listings read a batch at a time, never a collection whole.
 
 A database written before datastores existed is upgraded as it is prepared, by
 steps that are each idempotent, so an upgrade cut short is finished by the next
@@ -24,13 +33,15 @@ without a datastore, and their rule would be gone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncCursor
@@ -39,33 +50,49 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 from .base import (
     COLLECTIONS,
     FINAL_STATUSES,
+    MAX_LOG_CHARACTERS,
+    PROBLEMS,
+    SHOWN_JOB,
     Datastore,
     DatastoreBusy,
     DatastoreTaken,
     Job,
     JobChange,
     JobFinal,
+    JobLogFull,
     JobNotFound,
     JobQuery,
     MaintenanceStatus,
+    MalformedDocument,
+    StoreCorrupt,
+    StoreError,
     StoreStats,
     StoreUnavailable,
     Target,
     TargetBusy,
     change_time,
+    is_text,
     job_order,
-    targets_of,
+    job_problem,
+    log_room_needed,
+    targets_to_record,
 )
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 NOT_FINAL = {"$nin": sorted(FINAL_STATUSES)}
+FINAL = {"$in": sorted(FINAL_STATUSES)}
 NO_ID = {"_id": False}
 #: On a job whose targets may not be recorded yet: the time of its change.
 TARGETS_DUE = "targetsDueAt"
-#: What readers of jobs get: neither MongoDB's id nor the store's own mark.
-JOB_FIELDS = {"_id": False, TARGETS_DUE: False}
+#: What job reads fetch: all but the store's mark. `_id` comes along to name a
+#: malformed document, and is dropped from a sound one.
+JOB_FIELDS = {TARGETS_DUE: False}
+TARGET_FIELDS = {SHOWN_JOB: False}
+#: What an export holds of a document: what the API shows (the `_id` names a
+#: malformed one, which an export leaves out as a listing does; a sound one loses it).
+DUMPED_FIELDS = {TARGETS_DUE: False, SHOWN_JOB: False}
 #: MongoDB's error code for a duplicate key.
 DUPLICATE_KEY = 11000
 JOB_SORT = [("createdAt", ASCENDING), ("jobId", ASCENDING)]
@@ -73,6 +100,12 @@ MANIFESTO_NAME = "parameters.bumpManifesto.dataStructureUpdates.name"
 #: Newest first; `_id` breaks ties in insertion order within one process.
 HISTORY_SORT = [("timestamp", DESCENDING), ("_id", DESCENDING)]
 INITIAL_MAINTENANCE_ID = "initial-status"
+#: Documents a cursor brings per round trip, and so what a listing holds at once.
+BATCH_SIZE = 500
+#: The offending documents a StoreCorrupt names; its count says how many there are.
+NAMED = 5
+#: Malformed documents remembered, so that each is logged once: at most this many.
+REMEMBERED_MALFORMED = 10_000
 
 #: Documents of these belong to a datastore.
 IN_DATASTORES = ("inprogress", "completed", "targets")
@@ -107,6 +140,8 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
 OLD_INDEXES = {"inprogress": "one_job_per_target", "targets": "name_1"}
 #: MongoDB's error code for dropping an index that is not there.
 INDEX_NOT_FOUND = 27
+#: What a StoreCorrupt tells the operator to do once the data is fixed.
+CHECKED_AGAIN = "the service checks again at its next start or request"
 
 
 @contextlib.asynccontextmanager
@@ -161,6 +196,27 @@ def job_filter(query: JobQuery) -> dict[str, Any]:
     return conditions
 
 
+def after_job(job: Job) -> dict[str, Any]:
+    """Jobs after `job` in job order."""
+    created = job["createdAt"]
+    return {"$or": [{"createdAt": {"$gt": created}}, {"createdAt": created, "jobId": {"$gt": job["jobId"]}}]}
+
+
+def up_to_job(job: Job) -> dict[str, Any]:
+    """Jobs up to `job` in job order, itself included."""
+    created = job["createdAt"]
+    return {"$or": [{"createdAt": {"$lt": created}}, {"createdAt": created, "jobId": {"$lte": job["jobId"]}}]}
+
+
+def all_of(conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    return conditions[0] if len(conditions) == 1 else {"$and": conditions}
+
+
+def has_position(document: dict[str, Any]) -> bool:
+    """Whether a document has a place in job order (a malformed one may not)."""
+    return is_text(document.get("createdAt")) and is_text(document.get("jobId"))
+
+
 def job_updates(change: JobChange, at: str) -> dict[str, Any]:
     """The update of `change`, which marks the job's targets due as of `at`."""
     fields: dict[str, Any] = {TARGETS_DUE: at}
@@ -171,19 +227,47 @@ def job_updates(change: JobChange, at: str) -> dict[str, Any]:
     return {"$push": {"log": {"$each": change.log}}, "$inc": {"revision": 1}, "$set": fields}
 
 
+def log_with_room_for(characters: int) -> dict[str, Any]:
+    """The filter of a job whose log has room for `characters` more (`base.log_has_room`)."""
+    if characters == 0:
+        return {}
+    used = {"$sum": {"$map": {"input": "$log", "in": {"$strLenCP": "$$this.message"}}}}
+    return {"$expr": {"$lte": [used, MAX_LOG_CHARACTERS - characters]}}
+
+
 def as_read(job: dict[str, Any]) -> Job:
     """A job as readers see it: without the store's mark."""
     job.pop(TARGETS_DUE, None)
     return cast(Job, job)
 
 
-def newer_than_stored(target: Target) -> dict[str, Any]:
-    """The target of the same datastore and name, if it shows an older change than `target`."""
+def replaceable_by(target: dict[str, Any]) -> dict[str, Any]:
+    """The stored target of the same datastore and name, if `target` may replace it:
+    `base.may_replace` as a query, for the update's filter."""
+    shown = target[SHOWN_JOB]
+    created, job_id = f"{SHOWN_JOB}.createdAt", f"{SHOWN_JOB}.jobId"
     return {
         "datastoreRdn": target["datastoreRdn"],
         "name": target["name"],
-        "$or": [{"lastUpdatedAt": {"$lte": target["lastUpdatedAt"]}}, {"lastUpdatedAt": {"$exists": False}}],
+        "$or": [
+            {created: {"$lt": shown["createdAt"]}},
+            {created: shown["createdAt"], job_id: {"$lt": shown["jobId"]}},
+            {created: shown["createdAt"], job_id: shown["jobId"], f"{SHOWN_JOB}.revision": {"$lte": shown["revision"]}},
+            {
+                SHOWN_JOB: {"$exists": False},
+                "$or": [{"lastUpdatedAt": {"$lte": target["lastUpdatedAt"]}}, {"lastUpdatedAt": {"$exists": False}}],
+            },
+        ],
     }
+
+
+def shown_id(value: Any) -> str:
+    """A document's `_id` as an operator types it back in a shell."""
+    return str(value) if isinstance(value, ObjectId) else repr(value)
+
+
+def and_more(count: int, named: int) -> str:
+    return f" (and {count - named} more)" if count > named else ""
 
 
 async def drop_index_if_present(collection: AsyncCollection, name: str) -> None:
@@ -195,6 +279,12 @@ async def drop_index_if_present(collection: AsyncCollection, name: str) -> None:
             raise
 
 
+def retrieve_outcome(task: asyncio.Future[None]) -> None:
+    """Mark a shared attempt's failure as seen even when no request waits for it any more."""
+    if not task.cancelled():
+        task.exception()
+
+
 class MongoStore:
     """The Store protocol on one MongoDB database."""
 
@@ -204,11 +294,20 @@ class MongoStore:
         database: str,
         default_datastore: str,
         initial_maintenance: MaintenanceStatus | None,
+        on_malformed: Callable[[str], None] | None = None,
     ) -> None:
         self._client = client
+        self._database = database
         self._default = default_datastore
         self._initial_maintenance = initial_maintenance
+        self._on_malformed = on_malformed
         self.prepared = False
+        #: The preparation under way, which every operation that arrives meanwhile awaits.
+        self._preparing: asyncio.Future[None] | None = None
+        #: The last StoreCorrupt logged, so that a diagnosis repeated at every request is logged once.
+        self._diagnosis: str | None = None
+        #: Malformed documents already logged, by (collection, id); the oldest forgotten first.
+        self._malformed_logged: OrderedDict[tuple[str, str], None] = OrderedDict()
         db = client[database]
         self._collections: dict[str, AsyncCollection] = {name: db[name] for name in COLLECTIONS}
         self._datastores = db["datastores"]
@@ -228,9 +327,11 @@ class MongoStore:
         *,
         default_datastore: str,
         initial_maintenance: MaintenanceStatus | None = None,
+        on_malformed: Callable[[str], None] | None = None,
     ) -> MongoStore:
         """Connect and prepare the database, whose jobs and targets from before
-        datastores belong to `default_datastore`.
+        datastores belong to `default_datastore`; raise StoreCorrupt if it holds
+        what the store cannot work with.
 
         The client binds to the running event loop, so this runs inside the
         app's lifetime, never at import time. A server that is down at start is
@@ -244,38 +345,124 @@ class MongoStore:
             serverSelectionTimeoutMS=int(timeout_seconds * 1000),
             **(credentials if username else {}),
         )
-        store = cls(client, database, default_datastore, initial_maintenance)
-        with contextlib.suppress(StoreUnavailable):
+        store = cls(client, database, default_datastore, initial_maintenance, on_malformed)
+        try:
             await store.ping()
+        except StoreUnavailable:
+            pass
+        except BaseException:
+            await store.close()
+            raise
         return store
 
+    # --- preparing the database -----------------------------------------------------
+
     async def ensure_prepared(self) -> None:
-        if not self.prepared:
-            await self.prepare()
+        """Prepare the database before the first operation. Operations that arrive
+        while it is under way wait for that one attempt; one that failed (the server
+        unreachable, documents the store cannot work with) is made again by the next
+        operation, so the service recovers by itself once the cause is gone."""
+        if self.prepared:
+            return
+        if self._preparing is None:
+            self._preparing = asyncio.ensure_future(self._prepare_once())
+            self._preparing.add_done_callback(retrieve_outcome)
+        await asyncio.shield(self._preparing)
+
+    async def _prepare_once(self) -> None:
+        try:
+            async with translate_errors():
+                await self.prepare()
+        except StoreCorrupt as exc:
+            if str(exc) != self._diagnosis:
+                log.error("%s", exc)
+                self._diagnosis = str(exc)
+            raise
+        finally:
+            self._preparing = None
 
     async def prepare(self) -> None:
-        """Idempotent start-up work, before any other operation: documents from
-        before datastores put in the default one, the indexes the rules and
-        queries rely on (the new rules built before the old ones go, so that one
-        always holds), any job move a crash cut short, and the initial
-        maintenance status of a service's first start."""
+        """Idempotent start-up work, before any other operation: the in-progress jobs
+        checked before anything is changed, documents from before datastores put in
+        the default one, the indexes the rules and queries rely on (the new rules
+        built before the old ones go, so that one always holds), any job move or
+        change a crash cut short finished, and the initial maintenance status of a
+        service's first start."""
+        await self._check_in_progress()
         for name in IN_DATASTORES:
             await self._collections[name].update_many(
                 {"datastoreRdn": {"$exists": False}}, {"$set": {"datastoreRdn": self._default}}
             )
         for name, indexes in INDEXES.items():
             for keys, options in indexes:
-                await self._collections[name].create_index(keys, **options)
+                await self._create_index(name, keys, options)
         for name, index in OLD_INDEXES.items():
             await drop_index_if_present(self._collections[name], index)
-        async for job in self._inprogress.find({"status": {"$in": sorted(FINAL_STATUSES)}}, NO_ID):
+        async for job in self._inprogress.find({"status": FINAL}, NO_ID):
             await self._finish(job)
-        for collection in (self._inprogress, self._completed):
-            async for job in collection.find({TARGETS_DUE: {"$exists": True}}, NO_ID):
-                await self._record_targets(job)
+        for name in ("inprogress", "completed"):
+            async for job in self._collections[name].find({TARGETS_DUE: {"$exists": True}}):
+                if self._sound(name, job):
+                    await self._record_targets(job)
         if self._initial_maintenance is not None:
             await self._insert_initial_maintenance(self._initial_maintenance)
         self.prepared = True
+
+    async def _check_in_progress(self) -> None:
+        """Refuse in-progress documents that are not jobs: the store reads every one of
+        them for its rules and its repairs. They are few, so all are checked each time."""
+        named: list[str] = []
+        count = 0
+        async for document in self._inprogress.find({}, JOB_FIELDS).batch_size(BATCH_SIZE):
+            problem = job_problem(document)
+            if problem is not None:
+                count += 1
+                if len(named) < NAMED:
+                    named.append(f"document {shown_id(document.get('_id'))} {problem}")
+        if count:
+            raise StoreCorrupt(
+                f"MongoDB collection inprogress of database {self._database} holds {count} document(s)"
+                f" that are not jobs: {'; '.join(named)}{and_more(count, len(named))};"
+                f" fix or remove them, and {CHECKED_AGAIN}"
+            )
+
+    async def _create_index(self, name: str, keys: list[tuple[str, int]], options: dict[str, Any]) -> None:
+        """Create an index if it is not there; a unique one that documents break is a StoreCorrupt naming them."""
+        try:
+            await self._collections[name].create_index(keys, **options)
+        except OperationFailure as exc:
+            if exc.code != DUPLICATE_KEY:
+                raise
+            raise await self._duplicates(name, [field for field, _ in keys]) from None
+
+    async def _duplicates(self, name: str, fields: list[str]) -> StoreCorrupt:
+        """What breaks a unique index on `fields`: the first groups of documents that share them."""
+        collection = self._collections[name]
+        key = {f"k{index}": f"${field}" for index, field in enumerate(fields)}
+        pipeline: list[dict[str, Any]] = [
+            {"$group": {"_id": key, "count": {"$sum": 1}}},
+            {"$match": {"count": {"$gt": 1}}},
+            {"$sort": {"_id": 1}},
+            {"$limit": NAMED + 1},
+        ]
+        groups = await (await collection.aggregate(pipeline)).to_list()
+        described = []
+        for group in groups[:NAMED]:
+            shared = {field: group["_id"].get(f"k{index}") for index, field in enumerate(fields)}
+            cursor = collection.find(shared, {"_id": True, "jobId": True}).sort("_id", ASCENDING).limit(NAMED)
+            documents = [
+                shown_id(document["_id"]) + (f" (jobId {document['jobId']!r})" if "jobId" in document else "")
+                async for document in cursor
+            ]
+            values = ", ".join(f"{field} {value!r}" for field, value in shared.items())
+            count = group["count"]
+            described.append(f"{values}: {count} documents, {', '.join(documents)}{and_more(count, len(documents))}")
+        more = " (and more)" if len(groups) > NAMED else ""
+        return StoreCorrupt(
+            f"MongoDB collection {name} of database {self._database} holds documents that share"
+            f" {' and '.join(fields)}, which must be unique: {'; '.join(described)}{more};"
+            f" keep one document of each and change or remove the others, and {CHECKED_AGAIN}"
+        )
 
     async def _insert_initial_maintenance(self, status: MaintenanceStatus) -> None:
         """Store `status` unless some status is stored already. Processes starting
@@ -285,14 +472,67 @@ class MongoStore:
         with contextlib.suppress(DuplicateKeyError):  # another process's upsert won the race
             await self._maintenance.update_one({"_id": INITIAL_MAINTENANCE_ID}, {"$setOnInsert": status}, upsert=True)
 
+    # --- documents without the API's shape --------------------------------------------
+
+    def _problem(self, collection: str, document: dict[str, Any]) -> str | None:
+        """What is wrong with a document just read, if anything; a malformed one is
+        logged (once per process) and counted. A sound one loses its `_id`."""
+        problem = PROBLEMS[collection](document)
+        if problem is None:
+            document.pop("_id", None)
+            return None
+        logged = (collection, shown_id(document.get("_id")))
+        if logged not in self._malformed_logged:
+            log.warning(
+                "MongoDB collection %s: document %s %s; it is left out of every listing until it is fixed or removed",
+                *logged,
+                problem,
+            )
+            self._malformed_logged[logged] = None
+            if len(self._malformed_logged) > REMEMBERED_MALFORMED:
+                self._malformed_logged.popitem(last=False)
+        if self._on_malformed is not None:
+            self._on_malformed(collection)
+        return problem
+
+    def _sound(self, collection: str, document: dict[str, Any]) -> bool:
+        return self._problem(collection, document) is None
+
+    def _checked(self, collection: str, document: dict[str, Any]) -> Any:
+        """A document read by its key: as readers get it, or MalformedDocument."""
+        problem = self._problem(collection, document)
+        if problem is not None:
+            raise MalformedDocument(collection, shown_id(document.get("_id")), problem)
+        return document
+
+    async def _stream(self, collection: str, cursor: AsyncCursor) -> AsyncIterator[Any]:
+        """The sound documents of `cursor`, a batch at a time; the cursor is closed however the reading ends."""
+        try:
+            async with translate_errors():
+                async for document in cursor.batch_size(BATCH_SIZE):
+                    if self._sound(collection, document):
+                        yield document
+        finally:
+            await cursor.close()
+
+    async def _listing(self, collection: str, cursor: AsyncCursor) -> AsyncIterator[Any]:
+        async with translate_errors():
+            await self.ensure_prepared()
+        async for document in self._stream(collection, cursor):
+            yield document
+
     @store_operation
     async def ping(self) -> None:
         await self._client.admin.command("ping")
 
     async def close(self) -> None:
+        if self._preparing is not None:
+            self._preparing.cancel()
         await self._client.close()
 
-    async def _finish(self, job: Job) -> None:
+    # --- jobs ---------------------------------------------------------------------------
+
+    async def _finish(self, job: dict[str, Any]) -> None:
         """Move a final job to the completed set (with its mark, if it has one).
 
         Each step is idempotent and readers look in `inprogress` before
@@ -303,12 +543,12 @@ class MongoStore:
         await self._inprogress.delete_one({"jobId": job["jobId"]})
 
     async def _record_targets(self, job: dict[str, Any]) -> None:
-        """Record what a marked job's targets show, each over an older one only, then
-        remove the mark (unless a later change has marked the job again). Idempotent:
-        the repair of a change a crash cut short, and the last steps of every change."""
+        """Record what a marked job's targets show, each over one that shows no newer
+        job, then remove the mark (unless a later change has marked the job again).
+        Idempotent: the repair of a change a crash cut short, and the last steps of every change."""
         at = job[TARGETS_DUE]
-        targets = targets_of(cast(Job, job), at)
-        requests = [ReplaceOne(newer_than_stored(target), target, upsert=True) for target in targets]
+        targets = targets_to_record(cast(Job, job), at)
+        requests = [ReplaceOne(replaceable_by(target), target, upsert=True) for target in targets]
         for _ in range(2):
             try:
                 await self._targets.bulk_write(requests, ordered=False)
@@ -317,8 +557,8 @@ class MongoStore:
                 errors = exc.details.get("writeErrors", [])
                 if any(error["code"] != DUPLICATE_KEY for error in errors):
                     raise
-                # A duplicate key: a newer target is there, or another process inserted
-                # one first; once more, for the second case.
+                # A duplicate key: a target showing a newer job is there, or another process
+                # inserted one first; once more, for the second case.
                 requests = [requests[error["index"]] for error in errors]
         mark = {"jobId": job["jobId"], TARGETS_DUE: at}
         collection = self._completed if job["status"] in FINAL_STATUSES else self._inprogress
@@ -331,12 +571,12 @@ class MongoStore:
         for _ in range(2):
             try:
                 await self._inprogress.insert_one(marked)  # insert_one adds _id to what it is given
-                await self._record_targets(marked)
+                await self._record_targets_or_leave_them_due(marked)
                 return
             except DuplicateKeyError:
-                holder = await self._inprogress.find_one(held, NO_ID)
-                if holder is None:
-                    break
+                holder = await self._inprogress.find_one(held)
+                if holder is None or not self._sound("inprogress", holder):
+                    break  # a malformed holder still holds the target: an operator must see to it
                 if holder["status"] in FINAL_STATUSES:
                     # The target is held by a finished job whose move a crash cut short.
                     await self._finish(holder)
@@ -347,46 +587,72 @@ class MongoStore:
                 marked = {**job, TARGETS_DUE: job["createdAt"]}
         raise TargetBusy(job["parameters"]["target"])
 
-    async def insert_jobs(self, jobs: list[Job]) -> list[TargetBusy | None]:
-        """One after the other: each is a change of its own, repairable as `insert_job`'s is."""
-        answers: list[TargetBusy | None] = []
+    async def _record_targets_or_leave_them_due(self, job: dict[str, Any]) -> None:
+        """Once a job is stored it exists, and the client must hear so: targets the
+        database did not take now stay due on the job, recorded at the next start or touch."""
+        try:
+            async with translate_errors():
+                await self._record_targets(job)
+        except StoreUnavailable:
+            log.warning("Job %s is stored; its target is recorded when the database is back", job["jobId"])
+
+    async def insert_jobs(self, jobs: list[Job]) -> list[StoreError | None]:
+        """One after the other: each is a change of its own, repairable as `insert_job`'s is.
+        Once one is stored, a database that fails answers for the jobs not yet stored."""
+        answers: list[StoreError | None] = []
         for job in jobs:
             try:
                 await self.insert_job(job)
                 answers.append(None)
             except TargetBusy as exc:
                 answers.append(exc)
+            except StoreUnavailable as exc:
+                if None not in answers:
+                    raise  # nothing stored: the request failed as a whole
+                return answers + [exc] * (len(jobs) - len(answers))
         return answers
 
     @store_operation
     async def get_job(self, job_id: str) -> Job | None:
-        job = await self._inprogress.find_one({"jobId": job_id}, JOB_FIELDS)
-        if job is None:
-            job = await self._completed.find_one({"jobId": job_id}, JOB_FIELDS)
-        return job
-
-    async def _stream(self, cursor: AsyncCursor) -> AsyncIterator[Job]:
-        async with translate_errors():
-            async for job in cursor:
-                yield job
+        for name in ("inprogress", "completed"):
+            job = await self._collections[name].find_one({"jobId": job_id}, JOB_FIELDS)
+            if job is not None:
+                return cast(Job, self._checked(name, job))
+        return None
 
     async def _find_both(self, conditions: dict[str, Any]) -> AsyncIterator[Job]:
-        """Jobs from both sets, in job order, each once.
+        """Jobs from both sets, in job order, each once, a window at a time.
 
-        In-progress (a few) is read first and completed streamed after, so a job
-        that moves in between is in one answer or both, never in neither; both
-        copies then sort next to each other, the completed one first, and only
-        that one is kept.
+        A window is a page of in-progress jobs, read whole, then the completed jobs up
+        to the last of them in job order, streamed. A job that moves meanwhile is in
+        one answer or both, never in neither: if it left in-progress before its page
+        was read, it was in completed before the completed jobs of its window were
+        read. Both copies then sort next to each other, the completed one first, and
+        only that one is kept. In-progress jobs are few: one window nearly always
+        holds them all, and then the completed jobs stream in one cursor.
         """
         async with translate_errors():
             await self.ensure_prepared()
-            in_progress = await self._inprogress.find(conditions, JOB_FIELDS).sort(JOB_SORT).to_list()
-        completed = self._stream(self._completed.find(conditions, JOB_FIELDS).sort(JOB_SORT))
+        after: Job | None = None
         previous = None
-        async for job in merge_in_order(completed, in_progress):
-            if job["jobId"] != previous:
-                yield job
-            previous = job["jobId"]
+        while True:
+            bounds = [conditions] if after is None else [conditions, after_job(after)]
+            async with translate_errors():
+                cursor = self._inprogress.find(all_of(bounds), JOB_FIELDS).sort(JOB_SORT).limit(BATCH_SIZE)
+                page = await cursor.batch_size(BATCH_SIZE).to_list()
+            # A full page ends the window at its last job that has a place in job order (a
+            # page of nothing but malformed documents, which no start lets by, ends the listing).
+            edge = next(filter(has_position, reversed(page)), None) if len(page) == BATCH_SIZE else None
+            in_progress = [job for job in page if self._sound("inprogress", job)]
+            window = all_of(bounds if edge is None else [*bounds, up_to_job(edge)])
+            completed = self._stream("completed", self._completed.find(window, JOB_FIELDS).sort(JOB_SORT))
+            async for job in merge_in_order(completed, in_progress):
+                if job["jobId"] != previous:
+                    yield job
+                previous = job["jobId"]
+            if edge is None:
+                return
+            after = edge
 
     async def find_jobs(self, query: JobQuery) -> AsyncIterator[Job]:
         conditions = job_filter(query)
@@ -395,10 +661,7 @@ class MongoStore:
                 yield job
             return
         conditions["status"] = {"$eq": query.status, **NOT_FINAL} if query.status else NOT_FINAL
-        async with translate_errors():
-            await self.ensure_prepared()
-            jobs = await self._inprogress.find(conditions, JOB_FIELDS).sort(JOB_SORT).to_list()
-        for job in jobs:
+        async for job in self._listing("inprogress", self._inprogress.find(conditions, JOB_FIELDS).sort(JOB_SORT)):
             yield job
 
     def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[Job]:
@@ -417,28 +680,31 @@ class MongoStore:
         # The job changed and marked, moved if final, its targets recorded, the mark
         # removed: a crash after any step leaves what the next start or touch finishes.
         job = await self._inprogress.find_one_and_update(
-            {"jobId": job_id, "status": NOT_FINAL},
+            {"jobId": job_id, "status": NOT_FINAL, **log_with_room_for(log_room_needed(change))},
             job_updates(change, change_time(change)),
-            projection=NO_ID,
             return_document=ReturnDocument.AFTER,
         )
         if job is None:
             return await self._refuse_update(job_id)
+        self._checked("inprogress", job)  # a malformed job is neither moved nor shown on targets
         if job["status"] in FINAL_STATUSES:
             await self._finish(job)
         await self._record_targets(job)
         return as_read(job)
 
     async def _refuse_update(self, job_id: str) -> Job:
-        """Why an update found no job to change: it is final, or it does not exist.
-        This touch finishes what a crash left of the job's last change."""
-        job = await self._inprogress.find_one({"jobId": job_id}, NO_ID)
+        """Why an update found no job to change: its log is full, it is final, or it
+        does not exist. This touch finishes what a crash left of the job's last change."""
+        job = await self._inprogress.find_one({"jobId": job_id})
         if job is not None:
-            await self._finish(job)  # final but not yet moved: this touch completes the move
+            if self._checked("inprogress", job)["status"] not in FINAL_STATUSES:
+                raise JobLogFull(job_id)
+            await self._finish(job)  # final but not yet moved: this touch moves it
         else:
-            job = await self._completed.find_one({"jobId": job_id}, NO_ID)
-        if job is None:
-            raise JobNotFound(job_id)
+            job = await self._completed.find_one({"jobId": job_id})
+            if job is None:
+                raise JobNotFound(job_id)
+            self._checked("completed", job)
         if TARGETS_DUE in job:
             await self._record_targets(job)
         raise JobFinal(job_id, job["status"])
@@ -448,6 +714,8 @@ class MongoStore:
         held = {"datastoreRdn": datastore, "parameters.target": name, "status": NOT_FINAL}
         return await self._inprogress.find_one(held) is not None
 
+    # --- targets ------------------------------------------------------------------------
+
     @store_operation
     async def save_target(self, target: Target) -> None:
         await self._targets.replace_one(
@@ -456,11 +724,14 @@ class MongoStore:
 
     @store_operation
     async def get_target(self, datastore: str, name: str) -> Target | None:
-        return await self._targets.find_one({"datastoreRdn": datastore, "name": name}, NO_ID)
+        target = await self._targets.find_one({"datastoreRdn": datastore, "name": name}, TARGET_FIELDS)
+        return None if target is None else cast(Target, self._checked("targets", target))
 
-    @store_operation
-    async def list_targets(self, datastore: str) -> list[Target]:
-        return await self._targets.find({"datastoreRdn": datastore}, NO_ID).sort("name", ASCENDING).to_list()
+    def list_targets(self, datastore: str) -> AsyncIterator[Target]:
+        cursor = self._targets.find({"datastoreRdn": datastore}, TARGET_FIELDS).sort("name", ASCENDING)
+        return self._listing("targets", cursor)
+
+    # --- datastores ----------------------------------------------------------------------
 
     @store_operation
     async def add_datastore(self, datastore: Datastore) -> None:
@@ -471,11 +742,12 @@ class MongoStore:
 
     @store_operation
     async def get_datastore(self, rdn: str) -> Datastore | None:
-        return await self._datastores.find_one({"rdn": rdn}, NO_ID)
+        datastore = await self._datastores.find_one({"rdn": rdn})
+        return None if datastore is None else cast(Datastore, self._checked("datastores", datastore))
 
-    @store_operation
     async def list_datastores(self) -> list[Datastore]:
-        return await self._datastores.find({}, NO_ID).sort("rdn", ASCENDING).to_list()
+        # The registry: a few datastores, which every caller wants whole.
+        return [datastore async for datastore in self._listing("datastores", self._datastores.find().sort("rdn"))]
 
     @store_operation
     async def delete_datastore(self, rdn: str) -> None:
@@ -490,38 +762,54 @@ class MongoStore:
     async def remove_datastore(self, rdn: str) -> None:
         await self._datastores.delete_one({"rdn": rdn})
 
+    # --- maintenance ----------------------------------------------------------------------
+
     @store_operation
     async def add_maintenance(self, status: MaintenanceStatus) -> None:
         await self._maintenance.insert_one(dict(status))
 
     @store_operation
     async def latest_maintenance(self) -> MaintenanceStatus | None:
-        return await self._maintenance.find_one({}, NO_ID, sort=HISTORY_SORT)
+        return await self._latest_maintenance()
 
-    @store_operation
-    async def maintenance_history(self) -> list[MaintenanceStatus]:
-        return await self._maintenance.find({}, NO_ID).sort(HISTORY_SORT).to_list()
+    async def _latest_maintenance(self) -> MaintenanceStatus | None:
+        # The newest, even malformed: an older status in its place could let the executor start work.
+        latest = await self._maintenance.find_one({}, sort=HISTORY_SORT)
+        return None if latest is None else cast(MaintenanceStatus, self._checked("maintenance", latest))
+
+    def maintenance_history(self) -> AsyncIterator[MaintenanceStatus]:
+        return self._listing("maintenance", self._maintenance.find().sort(HISTORY_SORT))
 
     @store_operation
     async def stats(self) -> StoreStats:
         by_status: list[dict[str, Any]] = [
-            {"$match": {"status": NOT_FINAL}},
+            {"$match": {"status": {"$type": "string", **NOT_FINAL}, "datastoreRdn": {"$type": "string"}}},
             {"$group": {"_id": {"datastore": "$datastoreRdn", "status": "$status"}, "count": {"$sum": 1}}},
         ]
         rows = await (await self._inprogress.aggregate(by_status)).to_list()
         in_progress = {(row["_id"]["datastore"], row["_id"]["status"]): row["count"] for row in rows}
-        latest = await self._maintenance.find_one({}, NO_ID, sort=HISTORY_SORT)
-        completed = await self._completed.estimated_document_count()
+        latest = await self._latest_maintenance()
+        completed = await self._completed.estimated_document_count() + await self._unmoved()
         return StoreStats(in_progress, completed, bool(latest and latest["paused"]))
 
-    @store_operation
-    async def dump_collection(self, name: str) -> list[dict[str, Any]]:
+    async def _unmoved(self) -> int:
+        """Final jobs a crash left in `inprogress` with no copy in `completed` yet: completed,
+        as every read shows them. Each still holds its target's place in the unique index,
+        so they are at most one per target, and nearly always none."""
+        job_ids = await self._inprogress.distinct("jobId", {"status": FINAL})
+        if not job_ids:
+            return 0
+        return len(job_ids) - await self._completed.count_documents({"jobId": {"$in": job_ids}})
+
+    # --- export and import ------------------------------------------------------------------
+
+    def dump_collection(self, name: str) -> AsyncIterator[dict[str, Any]]:
         order = {
             "datastores": [("rdn", ASCENDING)],
             "targets": [("datastoreRdn", ASCENDING), ("name", ASCENDING)],
             "maintenance": [(key, ASCENDING) for key, _ in HISTORY_SORT],
         }
-        return await self._collections[name].find({}, JOB_FIELDS).sort(order.get(name, JOB_SORT)).to_list()
+        return self._listing(name, self._collections[name].find({}, DUMPED_FIELDS).sort(order.get(name, JOB_SORT)))
 
     @store_operation
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:

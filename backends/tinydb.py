@@ -50,7 +50,7 @@ import threading
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
@@ -61,17 +61,20 @@ from tinydb.storages import Storage
 
 from .base import (
     FINAL_STATUSES,
+    PROBLEMS,
     Datastore,
     DatastoreBusy,
     DatastoreTaken,
     Job,
     JobChange,
     JobFinal,
+    JobLogFull,
     JobNotFound,
     JobQuery,
     MaintenanceStatus,
     StoreAnswer,
     StoreCorrupt,
+    StoreError,
     StoreFull,
     StoreLocked,
     StoreStats,
@@ -80,10 +83,18 @@ from .base import (
     TargetBusy,
     change_time,
     copy_document,
+    datastore_problem,
+    is_text,
     job_order,
+    job_problem,
+    log_has_room,
+    maintenance_problem,
     manifesto_datasets,
+    may_replace,
     revision_of,
-    targets_of,
+    shown_target,
+    target_problem,
+    targets_to_record,
 )
 
 log = logging.getLogger(__name__)
@@ -105,9 +116,9 @@ SEGMENT_NAME = re.compile(r"[0-9]{8}\.json")
 JOURNAL_NAME = re.compile(r"[0-9]{8}\.jsonl")
 #: Jobs per completed segment: a fold rewrites at most the newest (and one it just filled).
 SEGMENT_SIZE = 500
-#: Jobs decoded per step of a listing, so a listing of years of history never
-#: holds every job as objects at once.
-JOBS_PER_STEP = 500
+#: Documents decoded or copied per step of a listing, so a listing of years of
+#: history never holds every job as objects at once.
+DOCUMENTS_PER_STEP = 500
 #: The collections whose documents belong to a datastore.
 IN_DATASTORES = frozenset({"inprogress", "completed", "targets"})
 #: A journal this large is folded into the files at once, in the background.
@@ -228,93 +239,18 @@ def corrupt(path: Path, problem: str) -> StoreCorrupt:
     return StoreCorrupt(f"{path}: {problem}; nothing was changed, so fix or move the file and start again")
 
 
-def is_text(value: Any) -> bool:
-    return isinstance(value, str)
+def stored_job_problem(document: Any, final: bool | None = None) -> str | None:
+    """As `job_problem`; with `final`, the job must also be final (True) or in progress (False)."""
+    problem = job_problem(document)
+    if problem is not None or final is None or (document["status"] in FINAL_STATUSES) == final:
+        return problem
+    return f"is {'not ' if final else ''}final, with status {document['status']!r}"
 
 
-def job_problem(document: Any, final: bool | None = None) -> str | None:
-    """What is wrong with `document` as a stored job; None if nothing. Quick for a
-    sound job (a start checks years of them); the slow look says what is wrong."""
-    try:
-        parameters = document["parameters"]
-        sound = (
-            type(document["jobId"]) is str
-            and type(document["status"]) is str
-            and type(document["createdAt"]) is str
-            and type(parameters["operation"]) is str
-            and type(parameters["target"]) is str
-            and type(document["log"]) is list
-            and type(document["createdBy"]) is dict
-            and type(document.get("datastoreRdn", "")) is str
-        )
-    except (KeyError, TypeError):
-        sound = False
-    if sound and (final is None or (document["status"] in FINAL_STATUSES) == final):
-        return None
-    return job_problem_described(document, final)
-
-
-def job_problem_described(document: Any, final: bool | None) -> str | None:
-    if not isinstance(document, dict):
-        return "is not a JSON object"
-    for name in ("jobId", "status", "createdAt"):
-        if not is_text(document.get(name)):
-            return f"has no text {name}"
-    parameters = document.get("parameters")
-    if (
-        not isinstance(parameters, dict)
-        or not is_text(parameters.get("operation"))
-        or not is_text(parameters.get("target"))
-    ):
-        return "has no parameters with a text operation and target"
-    if not isinstance(document.get("log"), list):
-        return "has no log list"
-    if not isinstance(document.get("createdBy"), dict):
-        return "has no createdBy object"
-    if "datastoreRdn" in document and not is_text(document["datastoreRdn"]):
-        return "has a datastoreRdn that is not text"
-    if final is not None and (document["status"] in FINAL_STATUSES) != final:
-        return f"is {'not ' if final else ''}final, with status {document['status']!r}"
-    return None
-
-
-def target_problem(document: Any) -> str | None:
-    if not isinstance(document, dict):
-        return "is not a JSON object"
-    if not is_text(document.get("name")):
-        return "has no text name"
-    for name in ("datastoreRdn", "status", "lastUpdatedAt"):
-        if name in document and not is_text(document[name]):
-            return f"has a {name} that is not text"
-    return None
-
-
-def datastore_problem(document: Any) -> str | None:
-    if not isinstance(document, dict):
-        return "is not a JSON object"
-    if not is_text(document.get("rdn")):
-        return "has no text rdn"
-    if not isinstance(document.get("deleted", False), bool):
-        return "has a deleted that is not true or false"
-    return None
-
-
-def maintenance_problem(document: Any) -> str | None:
-    if not isinstance(document, dict):
-        return "is not a JSON object"
-    if not is_text(document.get("msg")) or not is_text(document.get("timestamp")):
-        return "has no text msg and timestamp"
-    if not isinstance(document.get("paused"), bool):
-        return "has a paused that is not true or false"
-    return None
-
-
-PROBLEMS: dict[str, Callable[[Any], str | None]] = {
-    "inprogress": job_problem,
-    "targets": target_problem,
-    "datastores": datastore_problem,
-    "maintenance": maintenance_problem,
-    "completed": functools.partial(job_problem, final=True),
+#: What each file may hold: documents of the API's shape, and only finished jobs in a segment.
+FILE_PROBLEMS: dict[str, Callable[[Any], str | None]] = {
+    **PROBLEMS,
+    "completed": functools.partial(stored_job_problem, final=True),
 }
 
 
@@ -352,9 +288,9 @@ def read_tinydb_file(path: Path, problem_of: Callable[[Any], str | None]) -> dic
 #: The operations a journal record holds, each a JSON list `[name, ...arguments]`.
 OPERATIONS: dict[str, Callable[[list[Any]], str | None]] = {
     # An in-progress job, inserted or replaced.
-    "job": lambda op: job_problem(op[1], final=False) if len(op) == 2 else "has no job",
+    "job": lambda op: stored_job_problem(op[1], final=False) if len(op) == 2 else "has no job",
     # A finished job: into the completed set (once), out of the in-progress set.
-    "done": lambda op: job_problem(op[1], final=True) if len(op) == 2 else "has no job",
+    "done": lambda op: stored_job_problem(op[1], final=True) if len(op) == 2 else "has no job",
     "target": lambda op: target_problem(op[1]) if len(op) == 2 else "has no target",
     "datastore": lambda op: datastore_problem(op[1]) if len(op) == 2 else "has no datastore",
     # A datastore forgotten, by rdn.
@@ -782,11 +718,11 @@ class TinyDBStore:
         """Read and check every file, then (only then) replay the journal and fold it in."""
         check_directory(path)
         self._default = default_datastore
-        tables = {name: read_tinydb_file(path / file, PROBLEMS[name]) for name, file in TABLE_FILES.items()}
+        tables = {name: read_tinydb_file(path / file, FILE_PROBLEMS[name]) for name, file in TABLE_FILES.items()}
         completed_directory = path / COMPLETED_DIRECTORY
         # One segment at a time: all of them as objects at once would take the memory of years of jobs.
         segments = (
-            (segment, read_tinydb_file(segment, PROBLEMS["completed"]))
+            (segment, read_tinydb_file(segment, FILE_PROBLEMS["completed"]))
             for segment in numbered(completed_directory, SEGMENT_NAME)
         )
         journal_directory = path / JOURNAL_DIRECTORY
@@ -1088,15 +1024,15 @@ class TinyDBStore:
             held = held_target(job)
             if held in self._held:
                 raise TargetBusy(held[1])
-            self._commit([["job", job], *(["target", target] for target in targets_of(job, job["createdAt"]))])
+            self._commit([["job", job], *self._target_records(job, job["createdAt"])])
 
         await self._run(insert)
 
-    async def insert_jobs(self, jobs: list[Job]) -> list[TargetBusy | None]:
+    async def insert_jobs(self, jobs: list[Job]) -> list[StoreError | None]:
         jobs = copy_document(jobs)
 
-        def insert() -> list[TargetBusy | None]:
-            answers: list[TargetBusy | None] = []
+        def insert() -> list[StoreError | None]:
+            answers: list[StoreError | None] = []
             operations: list[list[Any]] = []
             held = set()
             for job in jobs:
@@ -1106,7 +1042,7 @@ class TinyDBStore:
                     continue
                 held.add(holds)
                 answers.append(None)
-                operations += [["job", job], *(["target", target] for target in targets_of(job, job["createdAt"]))]
+                operations += [["job", job], *self._target_records(job, job["createdAt"])]
             if operations:
                 self._commit(operations)  # every job stored, and every target, in one write
             return answers
@@ -1118,13 +1054,16 @@ class TinyDBStore:
         job = self._current.get(job_id)
         return copy_document(job) if job is not None else self._completed.get(job_id)
 
-    async def _stream(self, snapshot: Callable[[], list[JobFacts | Job]], on_loop: bool = False) -> AsyncIterator[Job]:
-        """Jobs in order: in-progress ones as taken, completed ones decoded a step at a time.
-        A snapshot of in-progress jobs alone is taken `on_loop`, without the worker."""
+    async def _stream(
+        self, snapshot: Callable[[], Sequence[JobFacts | Job]], on_loop: bool = False
+    ) -> AsyncIterator[Job]:
+        """Jobs in order, a step at a time: in-progress ones copied (the snapshot holds the
+        published jobs themselves, which are replaced, never changed), completed ones
+        decoded. A snapshot of in-progress jobs alone is taken `on_loop`, without the worker."""
         entries = snapshot() if on_loop else await self._run(snapshot)
-        for start in range(0, len(entries), JOBS_PER_STEP):
-            for entry in entries[start : start + JOBS_PER_STEP]:
-                job = self._completed.get(entry.job_id) if isinstance(entry, JobFacts) else entry
+        for start in range(0, len(entries), DOCUMENTS_PER_STEP):
+            for entry in entries[start : start + DOCUMENTS_PER_STEP]:
+                job = self._completed.get(entry.job_id) if isinstance(entry, JobFacts) else copy_document(entry)
                 if job is not None:  # None: an import --replace emptied the store meanwhile
                     yield job
             await asyncio.sleep(0)
@@ -1132,7 +1071,7 @@ class TinyDBStore:
     def find_jobs(self, query: JobQuery) -> AsyncIterator[Job]:
         def snapshot() -> list[JobFacts | Job]:
             current: list[JobFacts | Job] = [
-                copy_document(job)
+                job
                 for job in self._current.values()
                 if wanted(job["datastoreRdn"], job["status"], job["parameters"]["operation"], query)
             ]
@@ -1143,7 +1082,7 @@ class TinyDBStore:
     def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[Job]:
         def snapshot() -> list[JobFacts | Job]:
             current: list[JobFacts | Job] = [
-                copy_document(job)
+                job
                 for job in self._current.values()
                 if job["datastoreRdn"] == datastore
                 and (job["parameters"]["target"] == name or name in manifesto_datasets(job))
@@ -1162,14 +1101,25 @@ class TinyDBStore:
                 if finished is not None:
                     raise JobFinal(job_id, finished["status"])
                 raise JobNotFound(job_id)
+            if not log_has_room(current["log"], change):
+                raise JobLogFull(job_id)
             job = apply_change(current, change)
             # The move to the completed set, the job's target and every target a BUMP
             # releases: one record, so a crash leaves all of it or none.
             move = "done" if job["status"] in FINAL_STATUSES else "job"
-            self._commit([[move, job], *(["target", target] for target in targets_of(job, at))])
+            self._commit([[move, job], *self._target_records(job, at)])
             return copy_document(job)
 
         return await self._run(update)
+
+    def _target_records(self, job: Job, at: str) -> list[list[Any]]:
+        """On the worker: the journal operations that record the targets `job` shows as of
+        `at`, each unless its stored target shows a newer job (targets follow job order)."""
+        return [
+            ["target", target]
+            for target in targets_to_record(job, at)
+            if may_replace(target, self._targets_by_key.get(target_key(target)))
+        ]
 
     async def target_in_progress(self, datastore: str, name: str) -> bool:
         return any(held_target(job) == (datastore, name) for job in self._current.values())
@@ -1182,10 +1132,16 @@ class TinyDBStore:
 
     async def get_target(self, datastore: str, name: str) -> Target | None:
         target = self._targets_by_key.get((datastore, name))
-        return None if target is None else copy_document(target)
+        return None if target is None else shown_target(target)
 
-    async def list_targets(self, datastore: str) -> list[Target]:
-        return copy_document(list(self._targets_by_datastore.get(datastore, ())))
+    async def list_targets(self, datastore: str) -> AsyncIterator[Target]:
+        # The list is copied whole in one call (its targets are replaced, never changed),
+        # and handed out a step at a time: a copy of every target never exists at once.
+        targets = list(self._targets_by_datastore.get(datastore, ()))
+        for start in range(0, len(targets), DOCUMENTS_PER_STEP):
+            for target in targets[start : start + DOCUMENTS_PER_STEP]:
+                yield shown_target(target)
+            await asyncio.sleep(0)
 
     # --- datastores --------------------------------------------------------------------
 
@@ -1232,19 +1188,20 @@ class TinyDBStore:
     async def add_maintenance(self, status: MaintenanceStatus) -> None:
         await self._run(self._add_maintenance, MaintenanceStatus(**status))
 
-    def _history(self) -> list[MaintenanceStatus]:
-        # Document ids only grow, so they give the order of insertion even
-        # between statuses set in the same microsecond.
-        return [cast(MaintenanceStatus, dict(status)) for status in reversed(self._maintenance.in_order())]
-
     async def latest_maintenance(self) -> MaintenanceStatus | None:
         # Kept in memory: the executor reads it before every start of work, and the
         # history only grows.
         latest = self._latest_maintenance
         return None if latest is None else cast(MaintenanceStatus, dict(latest))
 
-    async def maintenance_history(self) -> list[MaintenanceStatus]:
-        return await self._run(self._history)
+    async def maintenance_history(self) -> AsyncIterator[MaintenanceStatus]:
+        # Taken on the worker, which adds to the history; document ids only grow, so they
+        # give the order of insertion even between statuses set in the same microsecond.
+        history = await self._run(self._maintenance.in_order)
+        for start in range(len(history), 0, -DOCUMENTS_PER_STEP):
+            for status in reversed(history[max(0, start - DOCUMENTS_PER_STEP) : start]):
+                yield cast(MaintenanceStatus, dict(status))
+            await asyncio.sleep(0)
 
     async def stats(self) -> StoreStats:
         def count() -> StoreStats:
@@ -1256,19 +1213,23 @@ class TinyDBStore:
 
     # --- export and import: not journaled, each written out (folded) at once ------------
 
-    async def dump_collection(self, name: str) -> list[dict[str, Any]]:
+    def dump_collection(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        if name == "completed":  # years of history: decoded a step at a time, as listings are
+            return cast(AsyncIterator[dict[str, Any]], self._stream(lambda: sorted(self._completed.facts(JobQuery()))))
+        return self._dump_small_collection(name)
+
+    async def _dump_small_collection(self, name: str) -> AsyncIterator[dict[str, Any]]:
         def dump() -> list[Any]:
-            if name == "completed":
-                return [self._completed.get(facts.job_id) for facts in sorted(self._completed.facts(JobQuery()))]
             if name == "inprogress":
                 return sorted((copy_document(job) for job in self._current.values()), key=job_order)
             if name == "targets":
-                return [copy_document(self._targets_by_key[key]) for key in sorted(self._targets_by_key)]
+                return [shown_target(self._targets_by_key[key]) for key in sorted(self._targets_by_key)]
             if name == "datastores":
                 return copy_document(list(self._datastores.values()))
             return [dict(status) for status in self._maintenance.in_order()]
 
-        return await self._run(dump)
+        for document in await self._run(dump):
+            yield document
 
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
         documents = copy_document(documents)

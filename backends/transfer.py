@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import MongoDBOptions, TinyDBOptions, open_store
-from .base import COLLECTIONS, parse_json
+from .base import COLLECTIONS, Store, parse_json
 
 
 class TransferError(Exception):
@@ -26,7 +26,7 @@ async def export_documents(options: TinyDBOptions | MongoDBOptions, default_data
     try:
         with open(path, "w", encoding="utf-8") as out:
             for collection in COLLECTIONS:
-                for document in await store.dump_collection(collection):
+                async for document in store.dump_collection(collection):
                     document.pop("revision", None)  # the store's own bookkeeping, not the job's
                     line = {"collection": collection, "document": document}
                     out.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
@@ -59,6 +59,15 @@ def read_export(path: Path) -> dict[str, list[dict[str, Any]]]:
     return documents
 
 
+async def prepare_destination(store: Store, replace: bool) -> None:
+    """Every import starts from an empty store: emptied first when `replace`, else
+    refused unless it is empty, so that no import mixes with what a store holds."""
+    if replace:
+        await store.clear()
+    elif not await store.is_empty():
+        raise TransferError("the destination store is not empty; add --replace to empty it first")
+
+
 async def import_documents(
     options: TinyDBOptions | MongoDBOptions, default_datastore: str, path: Path, replace: bool
 ) -> int:
@@ -67,10 +76,7 @@ async def import_documents(
     documents = read_export(path)
     store = await open_store(options, default_datastore)
     try:
-        if replace:
-            await store.clear()
-        elif not await store.is_empty():
-            raise TransferError("the destination store is not empty; add --replace to empty it first")
+        await prepare_destination(store, replace)
         for collection, collection_documents in documents.items():
             await store.load_collection(collection, collection_documents)
     finally:

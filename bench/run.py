@@ -257,8 +257,8 @@ def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
         raise RuntimeError(f"{url}: {errors[1]} answers were not 2xx")
     return {
         "rps": float(found(r"Requests/sec:\s+([\d.]+)", output)),
-        "p50": parse_duration(found(r"^\s+50%\s+(\S+)$", output, re.MULTILINE)),
-        "p99": parse_duration(found(r"^\s+99%\s+(\S+)$", output, re.MULTILINE)),
+        "p50": parse_duration(found(r"^\s+50%\s+(\S+)\s*$", output, re.MULTILINE)),
+        "p99": parse_duration(found(r"^\s+99%\s+(\S+)\s*$", output, re.MULTILINE)),
     }
 
 

@@ -56,6 +56,21 @@ def mongodb_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[MongoServer]:
+    """A SecantusDB of this test's own, on disk, so that it can be stopped and started again
+    (from a test, through `asyncio.to_thread`: both block until the server is down or up)."""
+    command = secantusd()
+    if command is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must test the MongoDB backend: set SECANTUSD")
+        pytest.skip("needs SECANTUSD to start a server of its own")
+    server = MongoServer(command, storage=tmp_path / "mongo")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def storage(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """The `[storage]` section of a fresh, empty store of `backend`."""
     if backend == "tinydb":

@@ -100,9 +100,9 @@ def stored_job(
     }
 
 
-async def listed(jobs: Any) -> list[dict[str, Any]]:
-    """Everything a store's job iterator yields."""
-    return [job async for job in jobs]
+async def listed(documents: Any) -> list[dict[str, Any]]:
+    """Everything a store's listing (an async iterator) yields."""
+    return [document async for document in documents]
 
 
 async def post_jobs(client: TestClient, *jobs: dict[str, Any]) -> list[dict[str, Any]]:

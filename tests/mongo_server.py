@@ -2,7 +2,8 @@
 
 It is a test tool installed in a venv of its own (see the README's test command), found
 through `SECANTUSD` (the path of its `secantusd-py`) or on PATH. `MONGODB_URL` points the
-tests at a server that is already running instead.
+tests at a server that is already running instead (a mongod started with
+`--setParameter enableTestCommands=1`, for the tests that inject failures).
 """
 
 from __future__ import annotations
@@ -40,7 +41,17 @@ class MongoServer:
 
     def start(self, timeout: float = 30) -> None:
         self.process = subprocess.Popen(
-            [self.command, "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", self.storage],
+            # Test commands on: tests fail chosen commands with the `failCommand` fail point, as on a mongod.
+            [
+                self.command,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                self.storage,
+                "--enable-test-commands",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -10,7 +10,8 @@ from datetime import datetime
 import pytest
 from helpers import bump_job, create_job, post_jobs, put_job, stored_job
 
-from job_service import STORE
+from backends import MAX_LOG_CHARACTERS
+from job_service import MAX_TEXT_LENGTH, STORE
 
 ISO_WITH_OFFSET = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 
@@ -223,6 +224,25 @@ async def test_a_final_job_frees_its_target_and_never_changes_again(client):
 
     await create_job(client, operation="ADD", target="MY_DATASET")
     assert len(await (await client.get("/jobs?status=failed")).json()) == 1
+
+
+async def test_a_full_log_refuses_more_lines_with_413_but_the_job_can_still_finish(client):
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    line = "x" * MAX_TEXT_LENGTH
+    lines_that_fit = MAX_LOG_CHARACTERS // (MAX_TEXT_LENGTH + len("Set status: validating"))
+    for _ in range(lines_that_fit):
+        await put_job(client, job_id, status="validating", log=line)
+
+    response = await client.put(f"/jobs/{job_id}", json={"status": "validating", "log": line})
+    assert response.status == 413
+    assert "is full" in (await response.json())["message"]
+    job = await (await client.get(f"/jobs/{job_id}")).json()
+    assert len(job["log"]) == 2 * lines_that_fit, "the refused change added nothing"
+
+    await put_job(client, job_id, status="completed", log="Done despite the long log")
+    job = await (await client.get(f"/jobs/{job_id}")).json()
+    assert job["status"] == "completed"
+    assert job["log"][-1]["message"] == "Done despite the long log"
 
 
 async def test_a_job_completed_shows_once_in_every_listing(client):

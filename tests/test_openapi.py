@@ -51,7 +51,7 @@ async def test_the_documented_schemas_are_the_handlers_schemas(client):
     assert "bumpToVersion" in schemas["JobParameters"]["properties"]
     assert schemas["BumpManifesto"]["properties"]["updateType"]["nullable"] is True
     post = document["paths"]["/jobs"]["post"]
-    assert set(post["responses"]) == {"200", "400", "401", "403", "408", "413", "415", "500", "503"}
+    assert set(post["responses"]) == {"200", "400", "401", "403", "408", "413", "415", "500", "503", "507"}
     assert post["responses"]["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Message"}
 
 

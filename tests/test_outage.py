@@ -27,7 +27,6 @@ STORE_ROUTES = [
     ("POST", "/maintenance-status", {"msg": "Upgrading", "paused": True}),
     ("GET", "/maintenance-status", None),
     ("GET", "/maintenance-history", None),
-    ("GET", "/metrics", None),
     ("GET", "/health/ready", None),
     ("GET", "/datastores/rdns", None),
     ("GET", "/datastores", None),
@@ -70,3 +69,16 @@ async def test_a_route_that_needs_the_database_answers_503_while_it_is_unreachab
 async def test_what_needs_no_database_still_answers(client):
     assert (await client.get("/health/alive")).status == 200
     assert (await client.get("/importable-datasets")).status == 200
+
+
+async def test_metrics_answer_with_the_process_series_and_leave_the_store_counts_out(client):
+    """Monitoring is not blind during an outage: the requests are counted, the store's failures too."""
+    await client.get("/jobs")
+    response = await client.get("/metrics")
+    assert response.status == 200
+    text = await response.text()
+    assert 'http_requests_total{method="GET",route="/jobs",status="503"} 1.0' in text
+    assert 'store_operation_errors_total{operation="find_jobs"} 1.0' in text
+    assert "store_up 0.0" in text
+    for gauge in ("jobs_in_progress", "jobs_completed", "maintenance_paused"):
+        assert gauge not in text

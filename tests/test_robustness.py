@@ -13,12 +13,15 @@ import threading
 import aiohttp
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.test_utils import make_mocked_request
 from helpers import create_job, stored_job
+from marshmallow import ValidationError
 
 from job_service import (
     MAX_ARCHIVE_MEMBERS,
     MAX_TEXT_LENGTH,
     STORE,
+    JobQueries,
     JsonFormatter,
     MalformedRequestFilter,
     RequestContextFilter,
@@ -223,6 +226,16 @@ async def test_an_archive_of_too_many_members_is_read_once_for_all_listings_and_
     assert caplog.text.count(f"BOMB.tar: cannot read it as a plain tar archive: more than {MAX_ARCHIVE_MEMBERS:,}") == 1
 
 
+async def test_concurrent_listings_share_one_scan_of_the_input_directory(client, input_dir, caplog):
+    plain_tar(input_dir / "GOOD.tar", ["GOOD.json", "chunks/1.parquet"])
+    plain_tar(input_dir / "not-a-dataset-name.tar", ["x.json"])  # each scan logs that it skips it
+    caplog.set_level(logging.INFO)
+    listings = await asyncio.gather(*(client.get("/importable-datasets") for _ in range(8)))
+    for listing in listings:
+        assert [dataset["datasetName"] for dataset in await listing.json()] == ["GOOD"]
+    assert caplog.text.count("not-a-dataset-name.tar: not a valid dataset name") == 1
+
+
 def test_an_inspection_stops_at_its_next_member_when_the_service_stops(tmp_path):
     plain_tar(tmp_path / "LONG.tar", [f"member{n}" for n in range(100)])
     stopping = threading.Event()
@@ -273,3 +286,14 @@ def test_a_malformed_request_is_one_warning_line_not_an_error_with_a_traceback()
     assert MalformedRequestFilter().filter(record)
     assert (record.levelname, record.exc_info) == ("WARNING", None)
     assert "Invalid header token" in record.getMessage()
+
+
+def test_parsed_job_queries_are_bounded_and_a_bad_one_is_never_kept():
+    queries = JobQueries(limit=4)
+    for number in range(10):
+        request = make_mocked_request("GET", f"/jobs?status=queued&operation=ADD&n{number}=")
+        assert queries.of(request).status == "queued"
+    assert len(queries._parsed) == 4
+    with pytest.raises(ValidationError):
+        queries.of(make_mocked_request("GET", "/jobs?status=nonsense"))
+    assert "status=nonsense" not in queries._parsed

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from helpers import DEFAULT_DATASTORE, create_job, store_options, stored_job
+from helpers import DEFAULT_DATASTORE, create_job, listed, store_options, stored_job
 
 from backends import (
     JobChange,
@@ -87,19 +87,19 @@ async def test_the_initial_maintenance_status_is_stored_once_however_often_store
     first = await open_stores({**INITIAL, "msg": "first"})
     await first.close()
     again = await open_stores({**INITIAL, "msg": "second"})
-    assert [status["msg"] for status in await again.maintenance_history()] == ["first"]
+    assert [status["msg"] for status in await listed(again.maintenance_history())] == ["first"]
 
 
 async def test_a_store_opened_without_an_initial_status_stores_none(store):
     assert await store.latest_maintenance() is None
-    assert await store.maintenance_history() == []
+    assert await listed(store.maintenance_history()) == []
 
 
 @pytest.mark.parametrize("backend", ["mongodb"])
 async def test_processes_starting_together_on_one_database_store_one_initial_status(open_stores):
     stores = [await open_stores({**INITIAL, "msg": f"process {n}"}) for n in range(4)]
     await asyncio.gather(*(store.ping() for store in stores))  # each prepares the database
-    [status] = await stores[0].maintenance_history()
+    [status] = await listed(stores[0].maintenance_history())
     assert status["msg"].startswith("process ")
 
 
@@ -163,8 +163,8 @@ async def test_a_store_keeps_no_part_of_a_target_and_hands_out_none_of_its_own(s
     given_back = await store.get_target(DEFAULT_DATASTORE, "MINE")
     assert given_back["action"] == ["ADD"]
     given_back["action"].append("CHANGED")
-    [listed] = await store.list_targets(DEFAULT_DATASTORE)
-    listed["lastUpdatedBy"]["userId"] = "someone else"
+    [listed_target] = await listed(store.list_targets(DEFAULT_DATASTORE))
+    listed_target["lastUpdatedBy"]["userId"] = "someone else"
     assert await store.get_target(DEFAULT_DATASTORE, "MINE") == {**target, "action": ["ADD"]}
 
 

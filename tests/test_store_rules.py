@@ -190,9 +190,9 @@ async def test_targets_are_kept_per_datastore(store):
     assert await store.get_target(DEFAULT_DATASTORE, "MY_DATASET") == target("MY_DATASET", status="completed")
     assert await store.get_target(FDB, "MY_DATASET") == target("MY_DATASET", FDB, status="validating")
     assert await store.get_target("no.ssb", "MY_DATASET") is None
-    assert [found["name"] for found in await store.list_targets(FDB)] == ["ANOTHER", "MY_DATASET"]
-    assert await store.list_targets(DEFAULT_DATASTORE) == [target("MY_DATASET", status="completed")]
-    assert await store.list_targets("no.ssb") == []
+    assert [found["name"] for found in await listed(store.list_targets(FDB))] == ["ANOTHER", "MY_DATASET"]
+    assert await listed(store.list_targets(DEFAULT_DATASTORE)) == [target("MY_DATASET", status="completed")]
+    assert await listed(store.list_targets("no.ssb")) == []
 
 
 async def test_datastores_are_registered_and_listed_by_rdn(store):
@@ -226,7 +226,7 @@ async def test_deleting_a_datastore_marks_it_and_keeps_its_jobs_and_targets(stor
     assert await store.get_datastore(FDB) == datastore(FDB, deleted=True)
     assert await store.list_datastores() == [datastore(FDB, deleted=True)]
     assert await ids(store.find_jobs(JobQuery(datastore=FDB))) == ["1"]
-    assert await store.list_targets(FDB) == [target("MY_DATASET", FDB, status="completed")]
+    assert await listed(store.list_targets(FDB)) == [target("MY_DATASET", FDB, status="completed")]
 
 
 async def test_a_datastore_with_a_job_in_progress_cannot_be_deleted(store):
@@ -288,7 +288,7 @@ async def test_stats_count_jobs_in_progress_by_datastore_and_status(store):
 async def test_datastores_are_dumped_by_rdn_and_loaded_as_they_are(store):
     exported = [datastore("no.ssb", deleted=True), datastore(FDB)]
     await store.load_collection("datastores", list(reversed(exported)))
-    assert await store.dump_collection("datastores") == exported
+    assert await listed(store.dump_collection("datastores")) == exported
     assert await store.list_datastores() == exported
 
 
@@ -304,7 +304,7 @@ async def test_an_import_cannot_register_an_rdn_twice(store):
 async def test_targets_are_dumped_by_datastore_then_name(store):
     for name, rdn in [("B", FDB), ("B", DEFAULT_DATASTORE), ("A", FDB), ("C", DEFAULT_DATASTORE)]:
         await store.save_target(target(name, rdn))
-    dumped = await store.dump_collection("targets")
+    dumped = await listed(store.dump_collection("targets"))
     assert [(found["datastoreRdn"], found["name"]) for found in dumped] == [
         ("local", "B"),
         ("local", "C"),
@@ -327,8 +327,8 @@ async def test_jobs_and_targets_imported_without_a_datastore_land_in_the_default
         stored_job("1", "OLD", "completed"),
         stored_job("2", "HELD"),
     ]
-    assert await store.list_targets(DEFAULT_DATASTORE) == [target("HELD")]
-    assert [job["datastoreRdn"] for job in await store.dump_collection("inprogress")] == [DEFAULT_DATASTORE]
+    assert await listed(store.list_targets(DEFAULT_DATASTORE)) == [target("HELD")]
+    assert [job["datastoreRdn"] for job in await listed(store.dump_collection("inprogress"))] == [DEFAULT_DATASTORE]
     with pytest.raises(TargetBusy):
         await store.insert_job(stored_job("3", "HELD"))
     await store.insert_job(stored_job("3", "HELD", datastore=FDB))
@@ -374,7 +374,7 @@ async def test_a_completed_bump_records_what_it_released_and_removed_and_a_faile
     await store.insert_job(bump_in("2", DEFAULT_DATASTORE))
     await store.update_job("2", JobChange(status="failed", at=AT))
 
-    released = {target["name"]: target for target in await store.list_targets(FDB)}
+    released = {target["name"]: target for target in await listed(store.list_targets(FDB))}
     assert {name: (target["status"], target["action"]) for name, target in released.items()} == {
         "DATASTORE": ("completed", ["BUMP", "1.0.0", "1.1.0"]),
         "NEW_DATASET": ("completed", ["RELEASED", "1.1.0"]),
@@ -382,7 +382,7 @@ async def test_a_completed_bump_records_what_it_released_and_removed_and_a_faile
     }
     assert {target["lastUpdatedAt"] for target in released.values()} == {AT}
     assert released["NEW_DATASET"]["lastUpdatedBy"] == USER
-    assert [target["name"] for target in await store.list_targets(DEFAULT_DATASTORE)] == ["DATASTORE"]
+    assert [target["name"] for target in await listed(store.list_targets(DEFAULT_DATASTORE))] == ["DATASTORE"]
 
 
 async def test_a_refused_change_records_no_target(store):
@@ -394,9 +394,44 @@ async def test_a_refused_change_records_no_target(store):
         await store.update_job("1", JobChange(status="queued", at="2027-01-01T00:00:00.000000+00:00"))
     with pytest.raises(JobNotFound):
         await store.update_job("nobody", JobChange(status="queued"))
-    assert [(target["status"], target["lastUpdatedAt"]) for target in await store.list_targets(DEFAULT_DATASTORE)] == [
-        ("completed", AT)
-    ]
+    assert [
+        (target["status"], target["lastUpdatedAt"]) for target in await listed(store.list_targets(DEFAULT_DATASTORE))
+    ] == [("completed", AT)]
+
+
+async def test_targets_follow_job_order_whatever_order_the_changes_land_in(store):
+    """A BUMP completes after a newer job was posted on a dataset it releases: that
+    dataset keeps showing the newer job; the BUMP's other datasets show the release.
+    An older job's change never replaces a newer job's target; a job's own later one does."""
+    await store.insert_job(bump_in("1", DEFAULT_DATASTORE))
+    await store.insert_job(stored_job("2", "NEW_DATASET"))
+    await store.insert_job(stored_job("3", "OLD_DATASET"))
+    await store.update_job("3", JobChange(status="completed", at=AT))
+    await store.update_job("1", JobChange(status="completed", at="2026-11-30T13:00:00.000000+00:00"))
+    await store.update_job("2", JobChange(status="validating", at="2026-11-30T14:00:00.000000+00:00"))
+    shown = {
+        found["name"]: (found["status"], found["action"])
+        for found in await listed(store.list_targets(DEFAULT_DATASTORE))
+    }
+    assert shown == {
+        "DATASTORE": ("completed", ["BUMP", "1.0.0", "1.1.0"]),
+        "NEW_DATASET": ("validating", ["ADD"]),
+        "OLD_DATASET": ("completed", ["ADD"]),
+    }
+
+
+async def test_listings_are_read_a_step_at_a_time(store):
+    """Every listing is an async iterator: none holds a collection whole."""
+    await store.insert_job(stored_job("1"))
+    await store.add_maintenance({"msg": "m", "paused": False, "timestamp": AT})
+    for listing in (
+        store.find_jobs(JobQuery()),
+        store.jobs_for_target(DEFAULT_DATASTORE, "MY_DATASET"),
+        store.list_targets(DEFAULT_DATASTORE),
+        store.maintenance_history(),
+    ):
+        assert hasattr(listing, "__anext__")
+        assert len(await listed(listing)) == 1
 
 
 def test_what_a_job_leaves_its_targets_showing():

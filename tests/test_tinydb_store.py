@@ -24,6 +24,14 @@ from job_service import STORE
 
 T1 = "2026-11-30T10:00:00.000001+00:00"
 T2 = "2026-11-30T10:00:00.000002+00:00"
+SAVED_TARGET = {
+    "datastoreRdn": "local",
+    "name": "MY_DATASET",
+    "lastUpdatedAt": T1,
+    "status": "queued",
+    "lastUpdatedBy": {"userId": "u", "firstName": "F", "lastName": "L"},
+    "action": ["ADD"],
+}
 
 
 @pytest.fixture
@@ -57,9 +65,9 @@ async def everything(store) -> dict:
     return {
         "jobs": await listed(store.find_jobs(JobQuery())),
         "in progress": [job["jobId"] for job in await listed(store.find_jobs(JobQuery(ignore_completed=True)))],
-        "targets": await store.list_targets("local"),
+        "targets": await listed(store.list_targets("local")),
         "counts": (stats.in_progress, stats.completed),
-        "maintenance": await store.maintenance_history(),
+        "maintenance": await listed(store.maintenance_history()),
     }
 
 
@@ -68,21 +76,18 @@ async def test_everything_written_is_there_after_reopening(tmp_path):
     await store.insert_job(stored_job("1"))
     await store.insert_job(stored_job("2", target="OTHER"))
     await store.update_job("2", JobChange(status="completed", at=T1))
-    await store.save_target({"datastoreRdn": "local", "name": "MY_DATASET", "status": "queued"})
+    saved = {**SAVED_TARGET, "action": ["CHANGE"]}
+    await store.save_target(saved)
     await store.add_maintenance({"msg": "m", "paused": True, "timestamp": "t"})
     await store.close()
 
     store = await TinyDBStore.open(tmp_path, "local")
     assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == ["1", "2"]
     assert (await store.get_job("2"))["status"] == "completed"
-    assert await store.get_target("local", "MY_DATASET") == {
-        "datastoreRdn": "local",
-        "name": "MY_DATASET",
-        "status": "queued",
-    }
+    assert await store.get_target("local", "MY_DATASET") == saved
     other = await store.get_target("local", "OTHER")
     assert (other["status"], other["lastUpdatedAt"]) == ("completed", T1)
-    assert await store.maintenance_history() == [{"msg": "m", "paused": True, "timestamp": "t"}]
+    assert await listed(store.maintenance_history()) == [{"msg": "m", "paused": True, "timestamp": "t"}]
     await store.close()
 
 
@@ -282,6 +287,29 @@ async def test_a_crash_at_any_byte_of_a_change_shows_all_of_it_or_none(tmp_path,
         assert shown == (after if cut >= end - 1 else before), f"cut at byte {cut - start} of the record"
 
 
+async def test_targets_follow_job_order_after_a_crash_and_after_a_fold(tmp_path, no_idle_fold):
+    """Which job a target shows is stored with it: reopened from the journal alone (a crash)
+    or from the files (a fold), a store still leaves a dataset to a job newer than the BUMP
+    that releases it when that BUMP completes."""
+    data = tmp_path / "data"
+    store = await TinyDBStore.open(data, "local")
+    await store.insert_job({**stored_job("1", "DATASTORE"), "parameters": bump_job()})
+    await store.insert_job(stored_job("2", "NEW_DATASET"))
+    crashed = tmp_path / "crashed"
+    shutil.copytree(data, crashed)
+    await store.close()
+    for path in (crashed, data):
+        reopened = await TinyDBStore.open(path, "local")
+        await reopened.update_job("1", JobChange(status="completed", at=T2))
+        shown = {target["name"]: target["action"] for target in await listed(reopened.list_targets("local"))}
+        assert shown == {
+            "DATASTORE": ["BUMP", "1.0.0", "1.1.0"],
+            "NEW_DATASET": ["ADD"],
+            "OLD_DATASET": ["REMOVED", "1.1.0"],
+        }
+        await reopened.close()
+
+
 async def test_a_crash_in_the_middle_of_a_fold_loses_nothing(tmp_path, no_idle_fold):
     """A fold writes the files one by one and deletes the journal last: whichever
     files it had written, the journal replayed over them gives the same store."""
@@ -400,6 +428,11 @@ DAMAGES = {
     "inprogress.json is not JSON": ("inprogress.json", b'{"_default": {"1": {"jobId": "tor', "is not valid JSON"),
     "maintenance.json is empty": ("maintenance.json", b"", "is empty"),
     "targets.json lacks a name": ("targets.json", b'{"_default": {"1": {"status": "queued"}}}', "has no text name"),
+    "a target lacks who updated it": (
+        "targets.json",
+        json.dumps({"_default": {"1": {**SAVED_TARGET, "lastUpdatedBy": None}}}).encode(),
+        "has no lastUpdatedBy with a text userId, firstName and lastName",
+    ),
     "datastores.json is a list": ("datastores.json", b"[]", "its top level is not an object"),
     "inprogress.json has another table": ("inprogress.json", b'{"_default": {}, "jobs": {}}', "holds a table 'jobs'"),
     "a segment holds a job in progress": (
@@ -491,6 +524,23 @@ def failing_journal_writes(monkeypatch, error: int):
         yield failing
     finally:
         failing["on"] = False
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/datastores/local/jobs"])
+async def test_a_post_of_many_jobs_on_a_full_disk_stores_none_of_them_and_all_once_there_is_room(
+    client, monkeypatch, path
+):
+    """TinyDB writes a POST's jobs as one journal record: a partial POST cannot happen,
+    so the 507 is the whole truth (MongoDB's per-entry answer: test_mongo_shared.py)."""
+    entries = [{"operation": "ADD", "target": f"DATASET_{n}"} for n in range(10)]
+    with failing_journal_writes(monkeypatch, errno.ENOSPC) as failing:
+        response = await client.post(path, json={"jobs": entries})
+        assert response.status == 507
+        assert await (await client.get("/jobs")).json() == []
+        assert await (await client.get("/targets")).json() == []
+        failing["on"] = False
+    results = await (await client.post(path, json={"jobs": entries})).json()
+    assert [result["status"] for result in results] == ["queued"] * 10
 
 
 async def test_a_full_disk_refuses_the_change_whole_and_takes_the_same_change_once_there_is_room(

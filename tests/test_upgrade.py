@@ -58,11 +58,11 @@ async def assert_everything_is_in_the_default_datastore(store) -> None:
     assert await listed(store.find_jobs(JobQuery())) == jobs
     assert await store.get_job("3") == jobs[2]
     assert [job["jobId"] for job in await listed(store.jobs_for_target(DEFAULT_DATASTORE, "NEW_DATASET"))] == ["2"]
-    assert await store.list_targets(DEFAULT_DATASTORE) == [in_default(target) for target in TARGETS]
+    assert await listed(store.list_targets(DEFAULT_DATASTORE)) == [in_default(target) for target in TARGETS]
     assert await store.target_in_progress(DEFAULT_DATASTORE, "HELD")
     stats = await store.stats()
     assert (stats.in_progress, stats.completed) == ({("local", "queued"): 1, ("local", "validating"): 1}, 2)
-    assert await store.maintenance_history() == [STARTED]
+    assert await listed(store.maintenance_history()) == [STARTED]
 
 
 async def assert_the_rule_holds_per_datastore(store) -> None:
@@ -70,7 +70,11 @@ async def assert_the_rule_holds_per_datastore(store) -> None:
         await store.insert_job(stored_job("5", "HELD"))
     await store.insert_job(stored_job("5", "HELD", datastore=FDB))
     await store.save_target({**previous_target("HELD", "queued"), "datastoreRdn": FDB})
-    assert [target["datastoreRdn"] for target in await store.dump_collection("targets")] == ["local", "local", FDB]
+    assert [target["datastoreRdn"] for target in await listed(store.dump_collection("targets"))] == [
+        "local",
+        "local",
+        FDB,
+    ]
 
 
 # TinyDB
@@ -109,7 +113,7 @@ async def test_a_data_directory_of_the_previous_release_opens_as_it_is_in_the_de
     store = await TinyDBStore.open(tmp_path, DEFAULT_DATASTORE, INITIAL)
     try:
         await assert_everything_is_in_the_default_datastore(store)
-        assert [job["datastoreRdn"] for job in await store.dump_collection("completed")] == ["local", "local"]
+        assert [job["datastoreRdn"] for job in await listed(store.dump_collection("completed"))] == ["local", "local"]
         assert files_in(tmp_path) == written, "opening and reading must write nothing"
     finally:
         await store.close()
@@ -142,7 +146,7 @@ async def test_a_document_of_the_previous_release_gains_its_datastore_when_next_
 
     store = await TinyDBStore.open(tmp_path, DEFAULT_DATASTORE)
     try:
-        assert [target["status"] for target in await store.list_targets(DEFAULT_DATASTORE)] == [
+        assert [target["status"] for target in await listed(store.list_targets(DEFAULT_DATASTORE))] == [
             "completed",
             "validating",
         ]

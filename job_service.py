@@ -125,7 +125,7 @@ OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")
 ENCODED_JOBS: web.AppKey[EncodedCache] = web.AppKey("encoded_jobs")
 ENCODED_TARGETS: web.AppKey[EncodedCache] = web.AppKey("encoded_targets")
 ARCHIVES: web.AppKey[ArchiveInspections] = web.AppKey("archives")
-ENCODED_LISTINGS: web.AppKey[EncodedCache] = web.AppKey("encoded_listings")
+ENCODED_LISTINGS: web.AppKey[EncodedListings] = web.AppKey("encoded_listings")
 JOB_QUERIES: web.AppKey[JobQueries] = web.AppKey("job_queries")
 #: Held while a datastore is provisioned: one at a time in a process.
 PROVISIONING: web.AppKey[asyncio.Lock] = web.AppKey("provisioning")
@@ -963,6 +963,29 @@ def listed_dataset_version(dataset: Mapping[str, Any]) -> Hashable:
     return dataset["hasMetadata"], dataset["hasData"]
 
 
+class EncodedListings:
+    """Listings of input directories as JSON. The admin UI polls them, and a listing
+    is a thousand archives: the last answer of each directory is kept for as long as
+    `ArchiveInspections.scan` hands out the same tuple and the same datasets are
+    hidden; a new answer joins datasets each encoded once. One answer per input
+    directory, so as many as there are datastores."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._datasets = EncodedCache(
+            IMPORTABLE_DATASET_SCHEMA, listed_dataset_identity, listed_dataset_version, max_bytes
+        )
+        self._answers: dict[Path, tuple[tuple[dict[str, Any], ...], frozenset[str], bytes]] = {}
+
+    def answer(self, input_dir: Path, datasets: tuple[dict[str, Any], ...], hidden: frozenset[str]) -> bytes:
+        kept = self._answers.get(input_dir)
+        if kept is not None and kept[0] is datasets and kept[1] == hidden:
+            return kept[2]
+        shown = [dataset for dataset in datasets if dataset["datasetName"] not in hidden]
+        body = self._datasets.encode_list(shown)
+        self._answers[input_dir] = (datasets, hidden, body)
+        return body
+
+
 def target_identity(target: Target) -> Hashable:
     return target["datastoreRdn"], target["name"]
 
@@ -1558,6 +1581,29 @@ class Metrics:
         )
         self.store_gauges = StoreGauges()
         registry.register(self.store_gauges)
+        self._request_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._store_series: dict[str, Any] = {}
+
+    def count_request(self, route: str, method: str, outcome: str, seconds: float) -> None:
+        """One answered request. Its series are looked up once: the labels come from
+        the route table, the known methods and the statuses, so they stay few."""
+        series = self._request_series.get((route, method, outcome))
+        if series is None:
+            series = (self.requests.labels(route, method, outcome), self.request_seconds.labels(route, method))
+            self._request_series[route, method, outcome] = series
+        series[0].inc()
+        series[1].observe(seconds)
+
+    def time_store_operation(self, operation: str, seconds: float) -> None:
+        series = self._store_series.get(operation)
+        if series is None:
+            series = self._store_series[operation] = self.store_seconds.labels(operation)
+        series.observe(seconds)
+
+    def count_store_failure(self, operation: str, exc: Exception) -> None:
+        """A failure of the backend; a store's answer (busy, not found) is none."""
+        if not isinstance(exc, StoreAnswer):
+            self.store_errors.labels(operation).inc()
 
     def count_malformed(self, collection: str) -> None:
         self.malformed_documents.labels(collection).inc()
@@ -1623,28 +1669,29 @@ class InstrumentedStore:
         setattr(self, name, timed)  # built once: later look-ups find it without __getattr__
         return timed
 
+    # Plain try blocks rather than one context manager: these wrap every store call
+    # of every request, and a generator-based context manager costs several times more.
     async def _timed_call(self, name: str, call: Awaitable[Any]) -> Any:
-        with self._measured(name):
+        start = time.perf_counter()
+        try:
             return await call
+        except Exception as exc:
+            self._metrics.count_store_failure(name, exc)
+            raise
+        finally:
+            self._metrics.time_store_operation(name, time.perf_counter() - start)
 
     async def _timed_listing(self, name: str, listing: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """A listing is timed from its start to its last item, its reader's pauses included."""
-        with self._measured(name):
-            async for item in listing:
-                yield item
-
-    @contextlib.contextmanager
-    def _measured(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            yield
-        except StoreAnswer:
-            raise
-        except Exception:
-            self._metrics.store_errors.labels(name).inc()
+            async for item in listing:
+                yield item
+        except Exception as exc:
+            self._metrics.count_store_failure(name, exc)
             raise
         finally:
-            self._metrics.store_seconds.labels(name).observe(time.perf_counter() - start)
+            self._metrics.time_store_operation(name, time.perf_counter() - start)
 
 
 # --- authentication -------------------------------------------------------------
@@ -2301,11 +2348,12 @@ async def targets_in_progress(store: Store, datastore: str) -> set[str]:
 )
 async def list_importable_datasets(request: web.Request) -> web.Response:
     datastore, _ = await acting_on(request, write=False)
-    datasets = await request.app[ARCHIVES].scan(input_directory(request.app[CONFIG], datastore))
+    input_dir = input_directory(request.app[CONFIG], datastore)
+    datasets = await request.app[ARCHIVES].scan(input_dir)
+    hidden: frozenset[str] = frozenset()
     if "rdn" in request.match_info:  # as the platform's API: what a job works on is not importable meanwhile
-        busy = await targets_in_progress(store_of(request), datastore["rdn"])
-        datasets = tuple(dataset for dataset in datasets if dataset["datasetName"] not in busy)
-    return respond_encoded(request.app[ENCODED_LISTINGS].encode_list(datasets))
+        hidden = frozenset(await targets_in_progress(store_of(request), datastore["rdn"]))
+    return respond_encoded(request.app[ENCODED_LISTINGS].answer(input_dir, datasets, hidden))
 
 
 @routes.delete("/importable-datasets/{name}")
@@ -2564,7 +2612,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Give a request its id (the caller's, when it is sane) for its response and
     every log line written while it is handled; log one access line; count it."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    request[REQUEST_ID] = given if SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = given if SAFE_REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
     context = log_context.set(
         {"xRequestId": request[REQUEST_ID], "method": request.method, "url": str(request.rel_url)}
     )
@@ -2587,8 +2635,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         method = request.method if request.method in KNOWN_METHODS else "OTHER"
         aborted = bool(request.get(ABORTED_MID_STREAM))
         # Only a 200 streams, so "aborted" says the status too, and is no success on a dashboard.
-        request.app[METRICS].requests.labels(route, method, "aborted" if aborted else str(status)).inc()
-        request.app[METRICS].request_seconds.labels(route, method).observe(elapsed)
+        request.app[METRICS].count_request(route, method, "aborted" if aborted else str(status), elapsed)
         level = logging.INFO if aborted else access_level(request, status)
         if access_log.isEnabledFor(level):  # the polled reads, at DEBUG, cost nothing more
             access_log.log(
@@ -2722,9 +2769,7 @@ def create_app(config: Config) -> web.Application:
     app[ENCODED_TARGETS] = EncodedCache(TARGET_SCHEMA, target_identity, target_version, max_bytes=8 << 20)
     app[ARCHIVES] = ArchiveInspections()
     app.on_shutdown.append(stop_inspections)
-    app[ENCODED_LISTINGS] = EncodedCache(
-        IMPORTABLE_DATASET_SCHEMA, listed_dataset_identity, listed_dataset_version, max_bytes=8 << 20
-    )
+    app[ENCODED_LISTINGS] = EncodedListings(max_bytes=8 << 20)
     app[PROVISIONING] = asyncio.Lock()
     app[JOB_QUERIES] = JobQueries()
     app.cleanup_ctx.append(storage_context)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -108,6 +109,26 @@ async def test_delete_removes_only_the_archive_in_the_input_directory(client, in
 
     response = await client.delete("/importable-datasets/MY_DATASET")
     assert response.status == 404
+
+
+@pytest.fixture
+def undeletable(input_dir):
+    """An archive the service may not delete, even as root: immutable (`chattr +i`)."""
+    path = make_archive(input_dir / "LOCKED.tar", "LOCKED.json")
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a file immutable here: {made.stderr.decode().strip()}")
+    yield path
+    subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+async def test_an_archive_the_service_may_not_delete_is_a_clear_message_and_stays(client, undeletable):
+    response = await client.delete("/importable-datasets/LOCKED")
+    assert response.status == 500
+    assert await response.json() == {"message": f"The service may not delete {undeletable}: permission denied"}
+    assert undeletable.exists()
+    listed = await (await client.get("/importable-datasets")).json()
+    assert [dataset["datasetName"] for dataset in listed] == ["LOCKED"]
 
 
 async def test_a_broken_upload_can_be_deleted(client, input_dir):

@@ -109,6 +109,7 @@ from backends import (
     open_store,
     revision_of,
 )
+from backends.adoption import Adoption, OriginalMongo, PlatformSqlite, Rules, adopt, time_zone
 from backends.base import parse_json
 from backends.transfer import TransferError, export_documents, import_documents
 
@@ -2804,6 +2805,30 @@ async def gunicorn_app() -> web.Application:
     return serving_app(config)
 
 
+#: How the API judges each kind of document: an adoption brings over only what these let through.
+ADOPTION_RULES = Rules(
+    job=JOB_SCHEMA,
+    target=TARGET_SCHEMA,
+    maintenance=MAINTENANCE_STATUS_SCHEMA,
+    datastore=DATASTORE_SCHEMA,
+    statuses=frozenset(STATUSES),
+    is_dataset_name=is_dataset_name,
+    describe=describe,
+)
+
+
+def platform_source(args: argparse.Namespace) -> PlatformSqlite | OriginalMongo:
+    """The platform's store that `import --from-platform-sqlite/--from-original-mongodb` names."""
+    return PlatformSqlite(args.platform_sqlite) if args.platform_sqlite else OriginalMongo(args.original_mongodb)
+
+
+def adoption_of(args: argparse.Namespace, config: Config) -> Adoption:
+    zone = time_zone(args.timezone)
+    return Adoption(
+        zone, config.storage.selected, default_datastore(config), ADOPTION_RULES, replace=args.replace, check=args.check
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """The `job-service` command: serve (the default), export or import."""
     parser = argparse.ArgumentParser(prog="job-service", description=__doc__.splitlines()[0])
@@ -2854,26 +2879,7 @@ def main(argv: list[str] | None = None) -> None:
             exported = asyncio.run(export_documents(config.storage.selected, config.datastores.default, args.to))
             print(f"exported {exported} documents to {args.to}")
         elif adopting:
-            # Only this command reads the platform's stores: serving never loads what it needs.
-            from backends.adoption import Adoption, OriginalMongo, PlatformSqlite, Rules, adopt, time_zone
-
-            rules = Rules(
-                job=JOB_SCHEMA,
-                target=TARGET_SCHEMA,
-                maintenance=MAINTENANCE_STATUS_SCHEMA,
-                datastore=DATASTORE_SCHEMA,
-                statuses=frozenset(STATUSES),
-                is_dataset_name=is_dataset_name,
-                describe=describe,
-            )
-            zone = time_zone(args.timezone)
-            source = (
-                PlatformSqlite(args.platform_sqlite) if args.platform_sqlite else OriginalMongo(args.original_mongodb)
-            )
-            adoption = Adoption(
-                zone, config.storage.selected, default_datastore(config), rules, replace=args.replace, check=args.check
-            )
-            asyncio.run(adopt(source, adoption))
+            asyncio.run(adopt(platform_source(args), adoption_of(args, config)))
         elif args.command == "import":
             imported = asyncio.run(
                 import_documents(config.storage.selected, config.datastores.default, args.source, args.replace)

@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from helpers import service_config, write_config  # noqa: E402
+from helpers import platform_row_parameters, service_config, write_config  # noqa: E402
 from mongo_server import MongoServer, secantusd  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
@@ -56,16 +56,6 @@ STEPS = [
 IN_PROGRESS = 50
 TARGETS = 5000
 MAINTENANCE = 200
-#: The platform's JobParameters, all of them stored, unset ones null.
-PARAMETERS = (
-    "operation",
-    "target",
-    "bumpManifesto",
-    "description",
-    "releaseStatus",
-    "bumpFromVersion",
-    "bumpToVersion",
-)
 SCHEMA = """
 CREATE TABLE job (job_id INTEGER PRIMARY KEY AUTOINCREMENT, target TEXT, datastore_id INTEGER, status TEXT,
     created_at TIMESTAMP, created_by TEXT, parameters TEXT);
@@ -158,7 +148,7 @@ def write_sqlite(path: Path, jobs: int) -> None:
     )
     logs = []
     for number, job in enumerate(history(jobs), start=1):
-        stored = json.dumps({name: job["parameters"].get(name) for name in PARAMETERS})
+        stored = platform_row_parameters(job["parameters"])
         db.execute(
             "INSERT INTO job VALUES (?, ?, 1, ?, ?, ?, ?)",
             (number, job["parameters"]["target"], job["status"], job["createdAt"].isoformat(),

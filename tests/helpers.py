@@ -6,6 +6,7 @@ without importing another test module.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -49,6 +50,23 @@ def store_options(storage: dict[str, Any]) -> TinyDBOptions | MongoDBOptions:
     """The options `backends.open_store` takes, for a `[storage]` section as the fixture gives."""
     backend = storage["backend"]
     return TinyDBOptions(**storage[backend]) if backend == "tinydb" else MongoDBOptions(**storage[backend])
+
+
+#: The platform's JobParameters fields, in its order: its SQLite service stores every one.
+PLATFORM_PARAMETERS = (
+    "operation",
+    "target",
+    "bumpManifesto",
+    "description",
+    "releaseStatus",
+    "bumpFromVersion",
+    "bumpToVersion",
+)
+
+
+def platform_row_parameters(parameters: dict[str, Any]) -> str:
+    """A job's `parameters` as the platform's SQLite service stores them: every field, unset ones null."""
+    return json.dumps({name: parameters.get(name) for name in PLATFORM_PARAMETERS})
 
 
 def bump_job(**overrides: Any) -> dict[str, Any]:

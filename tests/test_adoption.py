@@ -24,7 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import bump_job, post_jobs, service_config, write_config
+from helpers import bump_job, platform_row_parameters, post_jobs, service_config, write_config
 from mongo_server import free_port
 from pymongo import MongoClient
 
@@ -36,16 +36,6 @@ OSLO = ZoneInfo(ZONE)
 OUR_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 ADMIN = {"userId": "4a0c3c55-0000-4000-8000-00000000000a", "firstName": "Kari", "lastName": "Nordmann"}
 OTHER = {"userId": "4a0c3c55-0000-4000-8000-00000000000b", "firstName": "Ola", "lastName": "Hansen"}
-#: The order of the platform's JobParameters fields, which it stores all of, unset ones as null.
-PLATFORM_PARAMETERS = (
-    "operation",
-    "target",
-    "bumpManifesto",
-    "description",
-    "releaseStatus",
-    "bumpFromVersion",
-    "bumpToVersion",
-)
 
 
 def job_service(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -228,11 +218,6 @@ MAINTENANCE = [
     ("Oppgradering", True, "2025-08-01T22:00:00.000000"),
     ("Ferdig", False, "2025-08-02T06:00:00"),
 ]
-
-
-def platform_row_parameters(parameters: dict[str, Any]) -> str:
-    """`parameters` as the platform stores them: every field, unset ones null."""
-    return json.dumps({name: parameters.get(name) for name in PLATFORM_PARAMETERS})
 
 
 def write_platform_db(path: Path, jobs: list[SourceJob], schema: str = PLATFORM_SCHEMA) -> None:

@@ -284,7 +284,8 @@ async def test_a_datastores_archives_wait_in_its_input_directory(client, root, i
     response = await client.post(
         "/datastores/no.ssb.fdb/jobs", json={"jobs": [{"operation": "ADD", "target": "BEING_IMPORTED"}]}
     )
-    assert (await response.json())[0]["msg"] == "CREATED"
+    [created] = await response.json()
+    assert created["msg"] == "CREATED"
     listed = await (await client.get("/datastores/no.ssb.fdb/importable-datasets")).json()
     assert [dataset["datasetName"] for dataset in listed] == ["WAITING"]  # a dataset being imported is left out
     assert [dataset["datasetName"] for dataset in await (await client.get("/importable-datasets")).json()] == [
@@ -292,6 +293,9 @@ async def test_a_datastores_archives_wait_in_its_input_directory(client, root, i
     ]
     busy = await client.delete("/datastores/no.ssb.fdb/importable-datasets/BEING_IMPORTED")
     assert busy.status == 409
+    await put_job(client, created["job_id"], status="failed")  # the folder is unchanged: only the job is
+    listed = await (await client.get("/datastores/no.ssb.fdb/importable-datasets")).json()
+    assert [dataset["datasetName"] for dataset in listed] == ["BEING_IMPORTED", "WAITING"]
     deleted = await client.delete("/datastores/no.ssb.fdb/importable-datasets/WAITING")
     assert await deleted.json() == {"message": "OK, WAITING deleted"}
     assert not (root / "no.ssb.fdb_input" / "WAITING.tar").exists()

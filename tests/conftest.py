@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from helpers import OBSERVED_STATUSES, REPORT, KeyServer, service_config
+from helpers import DEFAULT_DATASTORE, OBSERVED_STATUSES, REPORT, KeyServer, service_config, store_options
 from mongo_server import MongoServer, secantusd
 from pymongo import MongoClient
 
+from backends import open_store
 from job_service import Config, ConfigSchema, create_app
 
 BACKENDS = ["tinydb", "mongodb"]
@@ -149,3 +150,23 @@ async def auth_client(make_client: Callable[..., Any], key_server: tuple[KeyServ
         return await make_client(auth={"enabled": True, "jwks_url": url, **auth})
 
     return make
+
+
+@pytest.fixture
+async def open_stores(storage):
+    """Open stores on the one fresh store of the test; all closed at its end."""
+    opened = []
+
+    async def open_one(initial_maintenance=None):
+        store = await open_store(store_options(storage), DEFAULT_DATASTORE, initial_maintenance)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(open_stores):
+    return await open_stores()

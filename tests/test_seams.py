@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from helpers import DEFAULT_DATASTORE, create_job, listed, store_options, stored_job
+from helpers import DEFAULT_DATASTORE, create_job, listed, stored_job
 
 from backends import (
     JobChange,
@@ -15,31 +15,10 @@ from backends import (
     StoreError,
     StoreFull,
     StoreUnavailable,
-    open_store,
 )
 from job_service import INITIAL_MAINTENANCE_MSG, STORE
 
 INITIAL = {"msg": "initial", "paused": False, "timestamp": "2026-11-30T00:00:00.000000+00:00"}
-
-
-@pytest.fixture
-async def open_stores(storage):
-    """Open stores on the one fresh store of the test; all closed at its end."""
-    opened = []
-
-    async def open_one(initial_maintenance=None):
-        store = await open_store(store_options(storage), DEFAULT_DATASTORE, initial_maintenance)
-        opened.append(store)
-        return store
-
-    yield open_one
-    for store in opened:
-        await store.close()
-
-
-@pytest.fixture
-async def store(open_stores):
-    return await open_stores()
 
 
 class DiskOnFire(StoreError):

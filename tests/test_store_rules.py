@@ -29,26 +29,6 @@ FDB = "no.ssb.fdb"
 USER = {"userId": "u", "firstName": "F", "lastName": "L"}
 
 
-@pytest.fixture
-async def open_stores(storage):
-    """Open stores on the one fresh store of the test; all closed at its end."""
-    opened = []
-
-    async def open_one():
-        store = await open_store(store_options(storage), DEFAULT_DATASTORE)
-        opened.append(store)
-        return store
-
-    yield open_one
-    for store in opened:
-        await store.close()
-
-
-@pytest.fixture
-async def store(open_stores):
-    return await open_stores()
-
-
 def datastore(rdn: str, **overrides) -> dict:
     """A registry entry as the service provisions it."""
     return {

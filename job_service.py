@@ -21,13 +21,14 @@ The sections of this file, in order (each starts with a `# --- name` line):
 - authentication: the JWKS, administrators' tokens, the executor's token;
 - the API's own documentation: OpenAPI from the handlers and schemas, Swagger UI;
 - handlers: one function per route, found by its path;
-- the application: middlewares, `create_app`, and the `job-service` command.
+- the application: its middleware, `create_app`, and the `job-service` command.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import collections.abc
 import contextlib
 import contextvars
@@ -37,12 +38,14 @@ import gc
 import hmac
 import importlib.metadata
 import inspect
+import itertools
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import sys
@@ -56,7 +59,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 import aiohttp
@@ -81,7 +83,8 @@ from marshmallow import (
     validates_schema,
 )
 from multidict import MultiMapping
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from backends import (
     FINAL_STATUSES,
@@ -128,6 +131,9 @@ ENCODED_TARGETS: web.AppKey[EncodedCache] = web.AppKey("encoded_targets")
 ARCHIVES: web.AppKey[ArchiveInspections] = web.AppKey("archives")
 ENCODED_LISTINGS: web.AppKey[EncodedListings] = web.AppKey("encoded_listings")
 JOB_QUERIES: web.AppKey[JobQueries] = web.AppKey("job_queries")
+REQUEST_IDS: web.AppKey[Iterator[str]] = web.AppKey("request_ids")
+#: Set by `serve`, which runs the app: not there in tests or under gunicorn.
+RUNNER: web.AppKey[web.AppRunner] = web.AppKey("runner")
 #: Held while a datastore is provisioned: one at a time in a process.
 PROVISIONING: web.AppKey[asyncio.Lock] = web.AppKey("provisioning")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
@@ -892,15 +898,6 @@ def respond_message(text: str, status: int = 200) -> web.Response:
     return respond(MESSAGE_SCHEMA, {"message": text}, status=status)
 
 
-async def take(jobs: AsyncIterator[Any], count: int) -> list[Any]:
-    taken: list[Any] = []
-    async for job in jobs:
-        taken.append(job)
-        if len(taken) == count:
-            break
-    return taken
-
-
 class EncodedCache:
     """Documents serialised once (marshmallow, then orjson) and kept with the
     version they were serialised at, so a hit is always current.
@@ -1002,23 +999,27 @@ def respond_encoded(body: bytes) -> web.Response:
 
 
 async def respond_listing(
-    request: web.Request, documents: AsyncIterator[Any], encode: Callable[[Any], bytes]
+    request: web.Request, pages: AsyncIterator[list[Any]], encode: Callable[[Any], bytes]
 ) -> web.StreamResponse:
-    """A list of documents (jobs, targets, statuses), each made bytes by `encode`,
-    written a few hundred at a time when it is long, so that years of history are
-    never in memory whole, as objects or as JSON."""
-    chunk = await take(documents, DOCUMENTS_PER_WRITE)  # before any header: a failure here still gets its status
-    if len(chunk) < DOCUMENTS_PER_WRITE or request.method == "HEAD":
-        # HEAD: the headers alone, framed, never a streamed body after them.
-        return respond_encoded(b"[" + b",".join(map(encode, chunk)) + b"]" if request.method != "HEAD" else b"")
+    """A store's listing (jobs, targets, statuses), each document made bytes by
+    `encode`: one answer when it is short, else written a page at a time, so that
+    years of history are never in memory whole, as objects or as JSON."""
+    documents: list[Any] = []
+    async for page in pages:  # before any header: a failure here still gets its status
+        documents += page
+        if len(documents) >= DOCUMENTS_PER_WRITE:
+            break
+    else:
+        return respond_encoded(b"" if request.method == "HEAD" else b"[" + b",".join(map(encode, documents)) + b"]")
+    if request.method == "HEAD":  # the headers alone, framed, never a streamed body after them
+        return respond_encoded(b"")
     response = web.StreamResponse(headers={"Content-Type": JSON_CONTENT_TYPE})
     await response.prepare(request)
     try:
-        separator = b"["
-        while chunk:
-            await response.write(separator + b",".join(map(encode, chunk)))
-            separator = b","
-            chunk = await take(documents, DOCUMENTS_PER_WRITE)
+        await response.write(b"[" + b",".join(map(encode, documents)))
+        async for page in pages:
+            if page:
+                await response.write(b"," + b",".join(map(encode, page)))
         await response.write(b"]")
     except ConnectionResetError:
         raise  # the client left: nobody to tell
@@ -1454,11 +1455,10 @@ def read_public_key(directory: Path) -> bytes:
 # --- logs and metrics -----------------------------------------------------------
 
 SERVICE_NAME = "job-service"
-#: Fields of the request being handled, which every log line written meanwhile
-#: carries, whichever logger or thread (the backends' included) writes it.
-log_context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
-    "log_context", default=MappingProxyType({})
-)
+#: The request being handled, whose id, method and URL every log line written
+#: meanwhile carries, whichever logger or thread (the backends' included) writes it.
+#: The request itself, not its fields: they are read only for a line that is written.
+current_request: contextvars.ContextVar[web.Request | None] = contextvars.ContextVar("current_request", default=None)
 access_log = logging.getLogger("job_service.access")
 
 
@@ -1471,8 +1471,11 @@ def service_version() -> str:
 
 class RequestContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.__dict__.update(log_context.get())
-        record.__dict__.setdefault("xRequestId", "-")
+        request = current_request.get()
+        if request is None:
+            record.xRequestId = "-"
+        else:
+            record.xRequestId, record.method, record.url = request[REQUEST_ID], request.method, str(request.rel_url)
         return True
 
 
@@ -1550,24 +1553,72 @@ def configure_process(config: LoggingConfig) -> None:
     logging._srcfile = None
 
 
+class Timings(prometheus_client.registry.Collector):
+    """Counts and a histogram of durations per label set, kept as plain numbers and
+    made Prometheus families at each scrape. prometheus_client's own children take a
+    lock and walk the buckets at every observation: every request makes two or three,
+    and on the polled routes they cost more than the answer's own work. Observed and
+    collected on the event loop alone, so no lock is needed."""
+
+    BUCKETS = prometheus_client.Histogram.DEFAULT_BUCKETS
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+        #: Per label set: the count in each bucket (not cumulative) and the sum of the durations.
+        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def observe(self, labels: tuple[str, ...], seconds: float) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = ([0] * len(self.BUCKETS), [0.0])
+        series[0][bisect.bisect_left(self.BUCKETS, seconds)] += 1
+        series[1][0] += seconds
+
+    def collect(self) -> Iterator[prometheus_client.Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
+        for labels, (counts, total) in self._series.items():
+            cumulative = itertools.accumulate(counts)
+            buckets = [(floatToGoString(bound), count) for bound, count in zip(self.BUCKETS, cumulative, strict=True)]
+            family.add_metric(list(labels), buckets, total[0])
+        yield family
+
+
+class RequestCounts(prometheus_client.registry.Collector):
+    """`http_requests_total`, counted as plain numbers, like Timings."""
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+
+    def count(self, route: str, method: str, outcome: str) -> None:
+        self._counts[route, method, outcome] += 1
+
+    def collect(self) -> Iterator[prometheus_client.Metric]:
+        family = CounterMetricFamily("http_requests", "HTTP requests answered", labels=["route", "method", "status"])
+        for labels, count in self._counts.items():
+            family.add_metric(list(labels), count)
+        yield family
+
+
 class Metrics:
-    """The service's Prometheus metrics, in a registry of the app's own."""
+    """The service's Prometheus metrics, in a registry of the app's own. The series
+    every request moves are kept by Timings and RequestCounts; their labels come
+    from the route table, the known methods, the statuses and the store's
+    operations, so they stay few."""
 
     def __init__(self) -> None:
         self.registry = prometheus_client.CollectorRegistry()
         registry = self.registry
-        self.requests = prometheus_client.Counter(
-            "http_requests", "HTTP requests answered", ["route", "method", "status"], registry=registry
+        self.requests = RequestCounts()
+        self.request_seconds = Timings(
+            "http_request_duration_seconds", "Time to answer an HTTP request", ["route", "method"]
         )
-        self.request_seconds = prometheus_client.Histogram(
-            "http_request_duration_seconds", "Time to answer an HTTP request", ["route", "method"], registry=registry
+        self.store_seconds = Timings(
+            "store_operation_duration_seconds", "Time of one storage backend operation", ["operation"]
         )
-        self.store_seconds = prometheus_client.Histogram(
-            "store_operation_duration_seconds",
-            "Time of one storage backend operation",
-            ["operation"],
-            registry=registry,
-        )
+        for collector in (self.requests, self.request_seconds, self.store_seconds):
+            registry.register(collector)
         self.store_errors = prometheus_client.Counter(
             "store_operation_errors", "Storage backend operations that failed", ["operation"], registry=registry
         )
@@ -1582,24 +1633,13 @@ class Metrics:
         )
         self.store_gauges = StoreGauges()
         registry.register(self.store_gauges)
-        self._request_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-        self._store_series: dict[str, Any] = {}
 
     def count_request(self, route: str, method: str, outcome: str, seconds: float) -> None:
-        """One answered request. Its series are looked up once: the labels come from
-        the route table, the known methods and the statuses, so they stay few."""
-        series = self._request_series.get((route, method, outcome))
-        if series is None:
-            series = (self.requests.labels(route, method, outcome), self.request_seconds.labels(route, method))
-            self._request_series[route, method, outcome] = series
-        series[0].inc()
-        series[1].observe(seconds)
+        self.requests.count(route, method, outcome)
+        self.request_seconds.observe((route, method), seconds)
 
     def time_store_operation(self, operation: str, seconds: float) -> None:
-        series = self._store_series.get(operation)
-        if series is None:
-            series = self._store_series[operation] = self.store_seconds.labels(operation)
-        series.observe(seconds)
+        self.store_seconds.observe((operation,), seconds)
 
     def count_store_failure(self, operation: str, exc: Exception) -> None:
         """A failure of the backend; a store's answer (busy, not found) is none."""
@@ -1658,14 +1698,12 @@ class InstrumentedStore:
         if not callable(operation):
             return operation
 
+        # Which kind of operation it is, judged once: the listings are the ones that are no coroutine functions.
+        timing = self._timed_call if inspect.iscoroutinefunction(operation) else self._timed_listing
+
         @functools.wraps(operation)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            result = operation(*args, **kwargs)
-            if inspect.isawaitable(result):
-                return self._timed_call(name, result)
-            if isinstance(result, collections.abc.AsyncIterator):
-                return self._timed_listing(name, result)
-            return result
+            return timing(name, operation(*args, **kwargs))
 
         setattr(self, name, timed)  # built once: later look-ups find it without __getattr__
         return timed
@@ -1683,7 +1721,7 @@ class InstrumentedStore:
             self._metrics.time_store_operation(name, time.perf_counter() - start)
 
     async def _timed_listing(self, name: str, listing: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """A listing is timed from its start to its last item, its reader's pauses included."""
+        """A listing is timed from its start to its last page, its reader's pauses included."""
         start = time.perf_counter()
         try:
             async for item in listing:
@@ -2065,20 +2103,24 @@ def store_of(request: web.Request) -> Store:
 
 
 class JobQueries:
-    """`GET /jobs` queries parsed once per query string: the executors send the same
-    few every few seconds. At most `limit` are kept, the oldest dropped first."""
+    """`GET /jobs` queries parsed once per query string and scope: the executors
+    send the same few every few seconds. At most `limit` are kept, the oldest
+    dropped first."""
 
     def __init__(self, limit: int = 256) -> None:
-        self._parsed: dict[str, JobQuery] = {}
+        self._parsed: dict[tuple[str, str | None], JobQuery] = {}
         self._limit = limit
 
-    def of(self, request: web.Request) -> JobQuery:
-        query = self._parsed.get(request.query_string)
+    def of(self, request: web.Request, datastore: str | None) -> JobQuery:
+        """The request's query, limited to `datastore` (None: every datastore)."""
+        key = request.query_string, datastore
+        query = self._parsed.get(key)
         if query is None:
-            query = JOBS_QUERY_SCHEMA.load(query_arguments(request.query))  # a bad query raises, and is not kept
+            parsed = JOBS_QUERY_SCHEMA.load(query_arguments(request.query))  # a bad query raises, and is not kept
+            query = dataclasses.replace(parsed, datastore=datastore)
             if len(self._parsed) >= self._limit:
                 del self._parsed[next(iter(self._parsed))]
-            self._parsed[request.query_string] = query
+            self._parsed[key] = query
         return query
 
 
@@ -2158,8 +2200,7 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
     else:
         await require_job_reader(request)
         scope = None
-    query = request.app[JOB_QUERIES].of(request)
-    jobs = store_of(request).find_jobs(dataclasses.replace(query, datastore=scope))
+    jobs = store_of(request).find_jobs(request.app[JOB_QUERIES].of(request, scope))
     return await respond_listing(request, jobs, request.app[ENCODED_JOBS].encode)
 
 
@@ -2336,7 +2377,8 @@ def input_directory(config: Config, datastore: Datastore) -> Path:
 
 
 async def targets_in_progress(store: Store, datastore: str) -> set[str]:
-    return {job["parameters"]["target"] async for job in store.find_jobs(JobQuery(datastore, ignore_completed=True))}
+    in_progress = store.find_jobs(JobQuery(datastore, ignore_completed=True))
+    return {job["parameters"]["target"] async for page in in_progress for job in page}
 
 
 @routes.get("/importable-datasets")
@@ -2608,25 +2650,52 @@ SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
+def request_ids() -> Iterator[str]:
+    """Ids for the requests that bring none, 32 hex digits: a random start (so that two
+    processes never share one) and a count, with no system call per request."""
+    start = os.urandom(8).hex()
+    return (f"{start}{number:016x}" for number in itertools.count())
+
+
 @web.middleware
-async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give a request its id (the caller's, when it is sane) for its response and
-    every log line written while it is handled; log one access line; count it."""
+async def service_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What every request goes through, in one middleware: each layer of aiohttp's
+    chain costs every request, and the polled reads are cheap enough to feel it.
+
+    - Its id (the caller's, when it is sane), for its response and every log line
+      written while it is handled; one access line; its count and time.
+    - A body of a media type its route does not take is refused before it is read
+      (`refuse_body`).
+    - The one error path: every failure becomes `{"message"}` with its status
+      (`failure_response`). A client that went away is nobody's error: there is no
+      one to answer, and it counts as nginx's 499."""
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    request[REQUEST_ID] = given if SAFE_REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
-    context = log_context.set(
-        {"xRequestId": request[REQUEST_ID], "method": request.method, "url": str(request.rel_url)}
-    )
+    made_up: Iterator[str] = request.app[REQUEST_IDS]
+    request[REQUEST_ID] = given if SAFE_REQUEST_ID.fullmatch(given) else next(made_up)
+    request[ABORTED_MID_STREAM] = False
+    context = current_request.set(request)
     start = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
+        try:
+            refuse_body(request)
+            response = await handler(request)
+        except ConnectionResetError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, web.HTTPException) and exc.status < 400:
+                raise  # a redirect, which aiohttp answers
+            response = failure_response(request, exc)
         status = response.status
         return response
-    except web.HTTPException as exc:  # only redirects get past the error middleware
+    except web.HTTPException as exc:
         status = exc.status
         raise
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
+        log.info("The client closed the connection before its answer")
+        status = CLIENT_CLOSED_REQUEST
+        raise
+    except asyncio.CancelledError:
         status = CLIENT_CLOSED_REQUEST
         raise
     finally:
@@ -2634,7 +2703,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        aborted = bool(request.get(ABORTED_MID_STREAM))
+        aborted = request[ABORTED_MID_STREAM]
         # Only a 200 streams, so "aborted" says the status too, and is no success on a dashboard.
         request.app[METRICS].count_request(route, method, "aborted" if aborted else str(status), elapsed)
         level = logging.INFO if aborted else access_level(request, status)
@@ -2648,7 +2717,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
                 " aborted mid-stream" if aborted else "",
                 extra={"statusCode": status, "responseTime": round(elapsed * 1000, 3)},
             )
-        log_context.reset(context)
+        current_request.reset(context)
 
 
 #: What nginx logs for a client that went away before its answer.
@@ -2670,14 +2739,13 @@ async def send_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
 
 
-@web.middleware
-async def body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A body is refused before it is read when it is of a media type its route
-    does not take (a `text/plain` post would let another site's page send an
+def refuse_body(request: web.Request) -> None:
+    """Refuse a body before it is read when it is of a media type its route does
+    not take (a `text/plain` post would let another site's page send an
     administrator's cookies along), or announced larger than the limit (so an
     `Expect: 100-continue` gets its 413 before it sends anything)."""
     routed = request.match_info.http_exception is None
-    if routed and (request.body_exists or request.content_length):
+    if routed and request.body_exists:
         operation: Operation | None = getattr(request.match_info.handler, "openapi", None)
         accepted = operation.body_media_type if operation is not None else JSON_MEDIA_TYPE
         if request.content_type != accepted:
@@ -2685,33 +2753,22 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
         limit = request.app[CONFIG].server.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, f"Request body is larger than the limit of {limit} bytes")
-    return await handler(request)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one error path: every failure becomes `{"message"}` with its status,
-    and one nobody expected is logged with its traceback and answered 500. A
-    client that went away is nobody's error: there is no one to answer."""
-    try:
-        return await handler(request)
-    except ConnectionResetError:
-        log.info("The client closed the connection before its answer")
-        raise
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+def failure_response(request: web.Request, exc: Exception) -> web.Response:
+    """The answer to a failure, called where it is caught: one nobody expected is
+    logged with its traceback and answered 500."""
+    if isinstance(exc, web.HTTPException):
         response = respond_message(exc.reason, exc.status)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except Exception as exc:
-        status = error_status(exc)
-        if status is None:
-            log.exception("Unhandled error in %s %s", request.method, request.rel_url)
-            return respond_message("Internal Server Error", 500)
-        text = describe(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-        return respond_message(text, status)
+    status = error_status(exc)
+    if status is None:
+        log.exception("Unhandled error in %s %s", request.method, request.rel_url)
+        return respond_message("Internal Server Error", 500)
+    text = describe(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+    return respond_message(text, status)
 
 
 async def stop_inspections(app: web.Application) -> None:
@@ -2758,7 +2815,7 @@ async def signing_keys_context(app: web.Application) -> Any:
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware, body_middleware],
+        middlewares=[service_middleware],
         client_max_size=config.server.max_body_bytes,
         # The admin UI sends two JWTs in one Cookie header, which can outgrow
         # aiohttp's 8 KiB default for a header line.
@@ -2773,6 +2830,7 @@ def create_app(config: Config) -> web.Application:
     app[ENCODED_LISTINGS] = EncodedListings(max_bytes=8 << 20)
     app[PROVISIONING] = asyncio.Lock()
     app[JOB_QUERIES] = JobQueries()
+    app[REQUEST_IDS] = request_ids()
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(signing_keys_context)
     app.add_routes(routes)
@@ -2803,6 +2861,43 @@ async def gunicorn_app() -> web.Application:
     configure_process(config.logging)
     prepare_directories(config)
     return serving_app(config)
+
+
+async def serve(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully: `web.run_app`'s steps,
+    done here to keep the runner, whose connections `close_late_connections` needs."""
+    app = serving_app(config)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
+    app[RUNNER] = runner
+    app.on_shutdown.append(close_late_connections)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+        await site.start()
+        log.info("Running on %s", site.name)
+        stop = asyncio.Event()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signal_number, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+async def close_late_connections(app: web.Application) -> None:
+    """Close again the connections aiohttp closed when shutdown began. On Python 3.11 a
+    connection accepted in the instant before is not yet waiting for its request then:
+    it misses that close, then ignores its request's bytes, and would hold shutdown for
+    the whole `shutdown_timeout`. Closed once it waits, it ends at once; its request,
+    never started, is never answered, and its client sees the connection closed."""
+    for _ in range(LATE_CONNECTION_STEPS):
+        await asyncio.sleep(0)
+    server = app[RUNNER].server
+    for connection in server.connections if server is not None else ():
+        connection.close()
+
+
+#: Turns of the loop a connection accepted as shutdown began needs to wait for its request.
+LATE_CONNECTION_STEPS = 3
 
 
 #: How the API judges each kind of document: an adoption brings over only what these let through.
@@ -2886,15 +2981,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"imported {imported} documents from {args.source}")
         else:
-            web.run_app(
-                serving_app(config),
-                host=config.server.host,
-                port=config.server.port,
-                shutdown_timeout=config.server.shutdown_timeout,
-                access_log=None,  # the observe middleware writes the access lines
-                # aiohttp's banner, framed in "=" over two lines: one log line of its words.
-                print=lambda text: log.info("%s", " ".join(text.replace("=", " ").split())),
-            )
+            asyncio.run(serve(config))
     except (ConfigError, TransferError, StoreError) as exc:
         sys.exit(f"job-service: {exc}")
 

@@ -10,8 +10,10 @@ exceptions below; the service's error middleware turns each into its HTTP status
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, NotRequired, Protocol, TypedDict, TypeVar, cast
@@ -80,6 +82,29 @@ def copy_document(document: D) -> D:
     """A deep copy of JSON-shaped documents: what crosses the seam in either direction."""
     copied: D = orjson.loads(orjson.dumps(document))
     return copied
+
+
+async def pages_of(documents: Sequence[Any], read: Callable[[Any], D | None], size: int) -> AsyncIterator[list[D]]:
+    """A listing of `documents` as readers get them (`read`; None leaves one out),
+    `size` at a time. The loop gets a turn between pages, never after the last: a
+    long listing does not hold up other requests, a short one costs one step."""
+    for start in range(0, len(documents), size):
+        if start:
+            await asyncio.sleep(0)
+        yield [document for document in map(read, documents[start : start + size]) if document is not None]
+
+
+async def paged(documents: AsyncGenerator[D, None], size: int) -> AsyncIterator[list[D]]:
+    """A listing that comes a document at a time (a database cursor) as pages of `size`."""
+    page: list[D] = []
+    async with contextlib.aclosing(documents):
+        async for document in documents:
+            page.append(document)
+            if len(page) == size:
+                yield page
+                page = []
+    if page:
+        yield page
 
 
 def reject_constant(name: str) -> None:
@@ -491,8 +516,12 @@ class Store(Protocol):
     datastores existed (no `datastoreRdn`) belongs to it, on every read and
     every import, without the store rewriting anything it need not.
 
-    Listings are async iterators, read a batch at a time, so that no listing ever
-    holds a collection whole. A document without the shape the API promises (see
+    Listings are async iterators of pages: lists of documents, in the listing's
+    order, at most a few hundred each (a page may be empty). No listing ever holds
+    a collection whole, and the short ones the executor polls, one page, cost one
+    step instead of one per document.
+
+    A document without the shape the API promises (see
     PROBLEMS) is left out of every listing, and reading it alone raises
     MalformedDocument; a backend that checks every document at open (TinyDB)
     refuses to open instead. Opening, or the first operation of a store opened
@@ -522,11 +551,11 @@ class Store(Protocol):
     async def get_job(self, job_id: str) -> Job | None:
         """The job with this id, in any datastore."""
 
-    def find_jobs(self, query: JobQuery) -> AsyncIterator[Job]:
-        """Jobs matching `query`, in `job_order`, each once; an iterator, so that
-        years of history are never in memory whole."""
+    def find_jobs(self, query: JobQuery) -> AsyncIterator[list[Job]]:
+        """Jobs matching `query`, in `job_order`, each once; pages, so that years
+        of history are never in memory whole."""
 
-    def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[Job]:
+    def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[list[Job]]:
         """Jobs of the datastore whose target is `name` or whose BUMP manifesto lists it, as `find_jobs`."""
 
     async def update_job(self, job_id: str, change: JobChange) -> Job:
@@ -545,7 +574,7 @@ class Store(Protocol):
 
     async def get_target(self, datastore: str, name: str) -> Target | None: ...
 
-    def list_targets(self, datastore: str) -> AsyncIterator[Target]:
+    def list_targets(self, datastore: str) -> AsyncIterator[list[Target]]:
         """The datastore's targets, ordered by name."""
 
     async def add_datastore(self, datastore: Datastore) -> None:
@@ -569,7 +598,7 @@ class Store(Protocol):
     async def latest_maintenance(self) -> MaintenanceStatus | None:
         """The newest status; None only while none was ever stored."""
 
-    def maintenance_history(self) -> AsyncIterator[MaintenanceStatus]:
+    def maintenance_history(self) -> AsyncIterator[list[MaintenanceStatus]]:
         """Every status, newest first (by insertion, so equal timestamps keep order)."""
 
     async def stats(self) -> StoreStats:
@@ -577,7 +606,7 @@ class Store(Protocol):
         maintenance flag, without reading the completed history. A final job whose
         move a crash left unfinished counts as completed, as readers show it."""
 
-    def dump_collection(self, name: str) -> AsyncIterator[dict[str, Any]]:
+    def dump_collection(self, name: str) -> AsyncIterator[list[dict[str, Any]]]:
         """Every document of one of COLLECTIONS, in a stable order that `load_collection`
         keeps: jobs in job order, targets by datastore and name, datastores by rdn,
         maintenance oldest first."""

@@ -38,7 +38,7 @@ import contextlib
 import functools
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from bson import ObjectId
@@ -75,6 +75,7 @@ from .base import (
     job_order,
     job_problem,
     log_room_needed,
+    paged,
     targets_to_record,
 )
 
@@ -505,7 +506,7 @@ class MongoStore:
             raise MalformedDocument(collection, shown_id(document.get("_id")), problem)
         return document
 
-    async def _stream(self, collection: str, cursor: AsyncCursor) -> AsyncIterator[Any]:
+    async def _stream(self, collection: str, cursor: AsyncCursor) -> AsyncGenerator[Any, None]:
         """The sound documents of `cursor`, a batch at a time; the cursor is closed however the reading ends."""
         try:
             async with translate_errors():
@@ -515,7 +516,7 @@ class MongoStore:
         finally:
             await cursor.close()
 
-    async def _listing(self, collection: str, cursor: AsyncCursor) -> AsyncIterator[Any]:
+    async def _listing(self, collection: str, cursor: AsyncCursor) -> AsyncGenerator[Any, None]:
         async with translate_errors():
             await self.ensure_prepared()
         async for document in self._stream(collection, cursor):
@@ -620,7 +621,7 @@ class MongoStore:
                 return cast(Job, self._checked(name, job))
         return None
 
-    async def _find_both(self, conditions: dict[str, Any]) -> AsyncIterator[Job]:
+    async def _find_both(self, conditions: dict[str, Any]) -> AsyncGenerator[Job, None]:
         """Jobs from both sets, in job order, each once, a window at a time.
 
         A window is a page of in-progress jobs, read whole, then the completed jobs up
@@ -654,7 +655,10 @@ class MongoStore:
                 return
             after = edge
 
-    async def find_jobs(self, query: JobQuery) -> AsyncIterator[Job]:
+    def find_jobs(self, query: JobQuery) -> AsyncIterator[list[Job]]:
+        return paged(self._jobs_matching(query), BATCH_SIZE)
+
+    async def _jobs_matching(self, query: JobQuery) -> AsyncGenerator[Job, None]:
         conditions = job_filter(query)
         if not query.ignore_completed:
             async for job in self._find_both(conditions):
@@ -664,16 +668,13 @@ class MongoStore:
         async for job in self._listing("inprogress", self._inprogress.find(conditions, JOB_FIELDS).sort(JOB_SORT)):
             yield job
 
-    def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[Job]:
+    def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[list[Job]]:
         # The datastore in each branch, so that each can use its own index.
-        return self._find_both(
-            {
-                "$or": [
-                    {"datastoreRdn": datastore, "parameters.target": name},
-                    {"datastoreRdn": datastore, "parameters.operation": "BUMP", MANIFESTO_NAME: name},
-                ]
-            }
-        )
+        either = [
+            {"datastoreRdn": datastore, "parameters.target": name},
+            {"datastoreRdn": datastore, "parameters.operation": "BUMP", MANIFESTO_NAME: name},
+        ]
+        return paged(self._find_both({"$or": either}), BATCH_SIZE)
 
     @store_operation
     async def update_job(self, job_id: str, change: JobChange) -> Job:
@@ -727,9 +728,9 @@ class MongoStore:
         target = await self._targets.find_one({"datastoreRdn": datastore, "name": name}, TARGET_FIELDS)
         return None if target is None else cast(Target, self._checked("targets", target))
 
-    def list_targets(self, datastore: str) -> AsyncIterator[Target]:
+    def list_targets(self, datastore: str) -> AsyncIterator[list[Target]]:
         cursor = self._targets.find({"datastoreRdn": datastore}, TARGET_FIELDS).sort("name", ASCENDING)
-        return self._listing("targets", cursor)
+        return paged(self._listing("targets", cursor), BATCH_SIZE)
 
     # --- datastores ----------------------------------------------------------------------
 
@@ -777,8 +778,8 @@ class MongoStore:
         latest = await self._maintenance.find_one({}, sort=HISTORY_SORT)
         return None if latest is None else cast(MaintenanceStatus, self._checked("maintenance", latest))
 
-    def maintenance_history(self) -> AsyncIterator[MaintenanceStatus]:
-        return self._listing("maintenance", self._maintenance.find().sort(HISTORY_SORT))
+    def maintenance_history(self) -> AsyncIterator[list[MaintenanceStatus]]:
+        return paged(self._listing("maintenance", self._maintenance.find().sort(HISTORY_SORT)), BATCH_SIZE)
 
     @store_operation
     async def stats(self) -> StoreStats:
@@ -803,13 +804,14 @@ class MongoStore:
 
     # --- export and import ------------------------------------------------------------------
 
-    def dump_collection(self, name: str) -> AsyncIterator[dict[str, Any]]:
+    def dump_collection(self, name: str) -> AsyncIterator[list[dict[str, Any]]]:
         order = {
             "datastores": [("rdn", ASCENDING)],
             "targets": [("datastoreRdn", ASCENDING), ("name", ASCENDING)],
             "maintenance": [(key, ASCENDING) for key, _ in HISTORY_SORT],
         }
-        return self._listing(name, self._collections[name].find({}, DUMPED_FIELDS).sort(order.get(name, JOB_SORT)))
+        cursor = self._collections[name].find({}, DUMPED_FIELDS).sort(order.get(name, JOB_SORT))
+        return paged(self._listing(name, cursor), BATCH_SIZE)
 
     @store_operation
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:

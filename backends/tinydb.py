@@ -91,6 +91,7 @@ from .base import (
     maintenance_problem,
     manifesto_datasets,
     may_replace,
+    pages_of,
     revision_of,
     shown_target,
     target_problem,
@@ -116,9 +117,9 @@ SEGMENT_NAME = re.compile(r"[0-9]{8}\.json")
 JOURNAL_NAME = re.compile(r"[0-9]{8}\.jsonl")
 #: Jobs per completed segment: a fold rewrites at most the newest (and one it just filled).
 SEGMENT_SIZE = 500
-#: Documents decoded or copied per step of a listing, so a listing of years of
-#: history never holds every job as objects at once.
-DOCUMENTS_PER_STEP = 500
+#: Documents a listing's page holds, so a listing of years of history never
+#: holds every job as objects at once.
+PAGE_SIZE = 500
 #: The collections whose documents belong to a datastore.
 IN_DATASTORES = frozenset({"inprogress", "completed", "targets"})
 #: A journal this large is folded into the files at once, in the background.
@@ -507,6 +508,58 @@ def segment_path(directory: Path, number: int) -> Path:
     return directory / f"{number:08d}.json"
 
 
+class PublishedJobs:
+    """The in-progress jobs as the loop reads them: replaced whole by the worker at
+    every change and never changed, so no reader needs a lock. Each job is kept with
+    its JSON, so a reader's own copy is one decode. The jobs a query matches are
+    remembered for as long as this snapshot is the published one: the executors
+    poll the same few queries every few seconds, and jobs change far less often.
+    """
+
+    #: Queries whose matches one snapshot remembers; more start the memory afresh.
+    MATCHES_KEPT = 64
+
+    def __init__(self, jobs: dict[str, Job], encoded: dict[str, bytes]) -> None:
+        self.jobs: Mapping[str, Job] = MappingProxyType(jobs)
+        self._encoded = encoded
+        self._matches: dict[JobQuery, list[str]] = {}
+
+    @classmethod
+    def of(cls, jobs: Iterable[Job]) -> PublishedJobs:
+        return PublishedJobs({}, {}).changed(jobs, ())
+
+    def changed(self, jobs: Iterable[Job], finished: Iterable[str]) -> PublishedJobs:
+        """The snapshot with `jobs` put in progress (inserted or replaced) and the `finished` ones out."""
+        current, encoded = dict(self.jobs), dict(self._encoded)
+        for job in jobs:
+            current[job["jobId"]] = job
+            # A copy of exactly its length: orjson's own bytes keep their whole working buffer.
+            encoded[job["jobId"]] = bytes(memoryview(orjson.dumps(job)))
+        for job_id in finished:
+            current.pop(job_id, None)
+            encoded.pop(job_id, None)
+        return PublishedJobs(current, encoded)
+
+    def copy(self, job_id: str) -> Job | None:
+        encoded = self._encoded.get(job_id)
+        return None if encoded is None else cast(Job, orjson.loads(encoded))
+
+    def matching(self, query: JobQuery) -> list[str]:
+        """The ids of the jobs `query` matches, in job order."""
+        job_ids = self._matches.get(query)
+        if job_ids is None:
+            matched = [
+                job
+                for job in self.jobs.values()
+                if wanted(job["datastoreRdn"], job["status"], job["parameters"]["operation"], query)
+            ]
+            job_ids = [job["jobId"] for job in sorted(matched, key=job_order)]
+            if len(self._matches) >= self.MATCHES_KEPT:
+                self._matches.clear()
+            self._matches[query] = job_ids
+        return job_ids
+
+
 class CompletedJobs:
     """The completed set: append-only segments of at most SEGMENT_SIZE jobs, each a
     TinyDB file, and in memory each job's JSON and the facts queries need.
@@ -761,7 +814,7 @@ class TinyDBStore:
             self._apply(record)
         # A crash of the release before the journal, between "add to completed" and
         # "remove from in-progress", left a finished job in both: the completed copy is the truth.
-        self._change_jobs([], [job_id for job_id in self._current if job_id in self._completed])
+        self._change_jobs([], [job_id for job_id in self._current.jobs if job_id in self._completed])
         last = int(journals[-1].stem) if journals else 0
         self._journal = Journal(journal_directory, last + 1)
         self._fold_guard = threading.Lock()  # the pending fold below, shared with the fold thread
@@ -794,7 +847,7 @@ class TinyDBStore:
         latest = dict(history[max(history, key=int)]) if history else None
         self._latest_maintenance: MaintenanceStatus | None = cast(MaintenanceStatus | None, latest)
         jobs: list[Job] = [self._read(job) for job in self._inprogress.documents.values()]
-        self._current: Mapping[str, Job] = MappingProxyType({job["jobId"]: job for job in jobs})
+        self._current = PublishedJobs.of(jobs)
         self._held = {held_target(job): job["jobId"] for job in jobs}
         targets = {target_key(target): target for target in map(self._read, self._targets.documents.values())}
         by_datastore: dict[str, list[Target]] = {}
@@ -847,19 +900,16 @@ class TinyDBStore:
     def _change_jobs(self, jobs: list[Job], finished: Iterable[str] = ()) -> None:
         """Put `jobs` in progress (inserted or replaced) and take the `finished` ones out:
         one new snapshot of the in-progress jobs for all of them."""
-        current = dict(self._current)
-        for stored in jobs:
-            job = self._read(stored)
+        put = [self._read(stored) for stored in jobs]
+        for job in put:
             self._inprogress.put(job)
-            current[job["jobId"]] = job
             self._held[held_target(job)] = job["jobId"]
-        for job_id in finished:
-            gone = current.pop(job_id, None)
-            if gone is not None:
-                self._inprogress.remove(job_id)
-                if self._held.get(held_target(gone)) == job_id:
-                    del self._held[held_target(gone)]
-        self._current = MappingProxyType(current)
+        gone = [self._current.jobs[job_id] for job_id in finished if job_id in self._current.jobs]
+        for job in gone:
+            self._inprogress.remove(job["jobId"])
+            if self._held.get(held_target(job)) == job["jobId"]:
+                del self._held[held_target(job)]
+        self._current = self._current.changed(put, [job["jobId"] for job in gone])
 
     def _put_targets(self, targets: list[Target]) -> None:
         """Record targets: a target that replaces one costs a look-up, a new one a list
@@ -1051,39 +1101,36 @@ class TinyDBStore:
 
     async def get_job(self, job_id: str) -> Job | None:
         # In-progress first: a job that moves meanwhile is in the completed set by then.
-        job = self._current.get(job_id)
-        return copy_document(job) if job is not None else self._completed.get(job_id)
+        job = self._current.copy(job_id)
+        return job if job is not None else self._completed.get(job_id)
 
-    async def _stream(
-        self, snapshot: Callable[[], Sequence[JobFacts | Job]], on_loop: bool = False
-    ) -> AsyncIterator[Job]:
-        """Jobs in order, a step at a time: in-progress ones copied (the snapshot holds the
-        published jobs themselves, which are replaced, never changed), completed ones
-        decoded. A snapshot of in-progress jobs alone is taken `on_loop`, without the worker."""
-        entries = snapshot() if on_loop else await self._run(snapshot)
-        for start in range(0, len(entries), DOCUMENTS_PER_STEP):
-            for entry in entries[start : start + DOCUMENTS_PER_STEP]:
-                job = self._completed.get(entry.job_id) if isinstance(entry, JobFacts) else copy_document(entry)
-                if job is not None:  # None: an import --replace emptied the store meanwhile
-                    yield job
-            await asyncio.sleep(0)
+    def _read_entry(self, entry: JobFacts | Job) -> Job | None:
+        """A job of a snapshot as readers get it: in-progress ones copied (the snapshot holds
+        the published jobs themselves, which are replaced, never changed), completed ones
+        decoded; None when an import --replace emptied the store meanwhile."""
+        return self._completed.get(entry.job_id) if isinstance(entry, JobFacts) else copy_document(entry)
 
-    def find_jobs(self, query: JobQuery) -> AsyncIterator[Job]:
+    async def _stream(self, snapshot: Callable[[], Sequence[JobFacts | Job]]) -> AsyncIterator[list[Job]]:
+        """Jobs in order, a page at a time, of a snapshot taken on the worker."""
+        async for page in pages_of(await self._run(snapshot), self._read_entry, PAGE_SIZE):
+            yield page
+
+    def find_jobs(self, query: JobQuery) -> AsyncIterator[list[Job]]:
+        if self._completed.excluded_by(query):  # the executors' polls: read on the loop, without the worker
+            current = self._current
+            return pages_of(current.matching(query), current.copy, PAGE_SIZE)
+
         def snapshot() -> list[JobFacts | Job]:
-            current: list[JobFacts | Job] = [
-                job
-                for job in self._current.values()
-                if wanted(job["datastoreRdn"], job["status"], job["parameters"]["operation"], query)
-            ]
+            current: list[JobFacts | Job] = [self._current.jobs[job_id] for job_id in self._current.matching(query)]
             return sorted([*current, *self._completed.facts(query)], key=entry_order)
 
-        return self._stream(snapshot, on_loop=self._completed.excluded_by(query))
+        return self._stream(snapshot)
 
-    def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[Job]:
+    def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[list[Job]]:
         def snapshot() -> list[JobFacts | Job]:
             current: list[JobFacts | Job] = [
                 job
-                for job in self._current.values()
+                for job in self._current.jobs.values()
                 if job["datastoreRdn"] == datastore
                 and (job["parameters"]["target"] == name or name in manifesto_datasets(job))
             ]
@@ -1095,7 +1142,7 @@ class TinyDBStore:
         at = change_time(change)
 
         def update() -> Job:
-            current = self._current.get(job_id)
+            current = self._current.jobs.get(job_id)
             if current is None:
                 finished = self._completed.get(job_id)
                 if finished is not None:
@@ -1122,7 +1169,7 @@ class TinyDBStore:
         ]
 
     async def target_in_progress(self, datastore: str, name: str) -> bool:
-        return any(held_target(job) == (datastore, name) for job in self._current.values())
+        return any(held_target(job) == (datastore, name) for job in self._current.jobs.values())
 
     # --- targets ---------------------------------------------------------------------
 
@@ -1134,14 +1181,10 @@ class TinyDBStore:
         target = self._targets_by_key.get((datastore, name))
         return None if target is None else shown_target(target)
 
-    async def list_targets(self, datastore: str) -> AsyncIterator[Target]:
+    def list_targets(self, datastore: str) -> AsyncIterator[list[Target]]:
         # The list is copied whole in one call (its targets are replaced, never changed),
-        # and handed out a step at a time: a copy of every target never exists at once.
-        targets = list(self._targets_by_datastore.get(datastore, ()))
-        for start in range(0, len(targets), DOCUMENTS_PER_STEP):
-            for target in targets[start : start + DOCUMENTS_PER_STEP]:
-                yield shown_target(target)
-            await asyncio.sleep(0)
+        # and shown a page at a time: a copy of every target never exists at once.
+        return pages_of(list(self._targets_by_datastore.get(datastore, ())), shown_target, PAGE_SIZE)
 
     # --- datastores --------------------------------------------------------------------
 
@@ -1165,7 +1208,7 @@ class TinyDBStore:
     async def delete_datastore(self, rdn: str) -> None:
         def delete() -> None:
             # On the worker, like every insert: no job can start between this check and the mark.
-            if any(job["datastoreRdn"] == rdn for job in self._current.values()):
+            if any(job["datastoreRdn"] == rdn for job in self._current.jobs.values()):
                 raise DatastoreBusy(rdn)
             registered = self._datastores.get(rdn)
             if registered is not None:
@@ -1194,18 +1237,16 @@ class TinyDBStore:
         latest = self._latest_maintenance
         return None if latest is None else cast(MaintenanceStatus, dict(latest))
 
-    async def maintenance_history(self) -> AsyncIterator[MaintenanceStatus]:
+    async def maintenance_history(self) -> AsyncIterator[list[MaintenanceStatus]]:
         # Taken on the worker, which adds to the history; document ids only grow, so they
         # give the order of insertion even between statuses set in the same microsecond.
         history = await self._run(self._maintenance.in_order)
-        for start in range(len(history), 0, -DOCUMENTS_PER_STEP):
-            for status in reversed(history[max(0, start - DOCUMENTS_PER_STEP) : start]):
-                yield cast(MaintenanceStatus, dict(status))
-            await asyncio.sleep(0)
+        async for page in pages_of(history[::-1], dict, PAGE_SIZE):
+            yield cast(list[MaintenanceStatus], page)
 
     async def stats(self) -> StoreStats:
         def count() -> StoreStats:
-            in_progress = Counter((job["datastoreRdn"], job["status"]) for job in self._current.values())
+            in_progress = Counter((job["datastoreRdn"], job["status"]) for job in self._current.jobs.values())
             latest = self._latest_maintenance
             return StoreStats(dict(in_progress), len(self._completed), bool(latest and latest["paused"]))
 
@@ -1213,23 +1254,26 @@ class TinyDBStore:
 
     # --- export and import: not journaled, each written out (folded) at once ------------
 
-    def dump_collection(self, name: str) -> AsyncIterator[dict[str, Any]]:
-        if name == "completed":  # years of history: decoded a step at a time, as listings are
-            return cast(AsyncIterator[dict[str, Any]], self._stream(lambda: sorted(self._completed.facts(JobQuery()))))
+    def dump_collection(self, name: str) -> AsyncIterator[list[dict[str, Any]]]:
+        if name == "completed":  # years of history: decoded a page at a time, as listings are
+            return cast(
+                AsyncIterator[list[dict[str, Any]]], self._stream(lambda: sorted(self._completed.facts(JobQuery())))
+            )
         return self._dump_small_collection(name)
 
-    async def _dump_small_collection(self, name: str) -> AsyncIterator[dict[str, Any]]:
+    async def _dump_small_collection(self, name: str) -> AsyncIterator[list[dict[str, Any]]]:
         def dump() -> list[Any]:
             if name == "inprogress":
-                return sorted((copy_document(job) for job in self._current.values()), key=job_order)
+                return sorted(self._current.jobs.values(), key=job_order)
             if name == "targets":
-                return [shown_target(self._targets_by_key[key]) for key in sorted(self._targets_by_key)]
+                return [self._targets_by_key[key] for key in sorted(self._targets_by_key)]
             if name == "datastores":
-                return copy_document(list(self._datastores.values()))
-            return [dict(status) for status in self._maintenance.in_order()]
+                return list(self._datastores.values())
+            return self._maintenance.in_order()
 
-        for document in await self._run(dump):
-            yield document
+        read = cast(Callable[[Any], dict[str, Any]], shown_target if name == "targets" else copy_document)
+        async for page in pages_of(await self._run(dump), read, PAGE_SIZE):
+            yield page
 
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:
         documents = copy_document(documents)

@@ -26,11 +26,13 @@ async def export_documents(options: TinyDBOptions | MongoDBOptions, default_data
     try:
         with open(path, "w", encoding="utf-8") as out:
             for collection in COLLECTIONS:
-                async for document in store.dump_collection(collection):
-                    document.pop("revision", None)  # the store's own bookkeeping, not the job's
-                    line = {"collection": collection, "document": document}
-                    out.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
-                    count += 1
+                async for page in store.dump_collection(collection):
+                    for document in page:
+                        # Without the store's own bookkeeping, which is not the job's.
+                        exported = {key: value for key, value in document.items() if key != "revision"}
+                        line = {"collection": collection, "document": exported}
+                        out.write(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n")
+                        count += 1
     finally:
         await store.close()
     return count

@@ -118,9 +118,9 @@ def stored_job(
     }
 
 
-async def listed(documents: Any) -> list[dict[str, Any]]:
-    """Everything a store's listing (an async iterator) yields."""
-    return [document async for document in documents]
+async def listed(pages: Any) -> list[dict[str, Any]]:
+    """Every document of a store's listing (an async iterator of pages)."""
+    return [document async for page in pages for document in page]
 
 
 async def post_jobs(client: TestClient, *jobs: dict[str, Any]) -> list[dict[str, Any]]:

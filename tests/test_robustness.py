@@ -61,11 +61,12 @@ async def test_a_failure_mid_stream_cuts_the_connection_and_says_so(client, capl
 
     async def fails_after_600(query):
         count = 0
-        async for job in find_jobs(query):
-            count += 1
-            if count > 600:
-                raise OSError("the disk went away")
-            yield job
+        async for page in find_jobs(query):
+            for job in page:
+                count += 1
+                if count > 600:
+                    raise OSError("the disk went away")
+                yield [job]
 
     store.find_jobs = fails_after_600
     with caplog.at_level(logging.INFO):
@@ -292,8 +293,15 @@ def test_parsed_job_queries_are_bounded_and_a_bad_one_is_never_kept():
     queries = JobQueries(limit=4)
     for number in range(10):
         request = make_mocked_request("GET", f"/jobs?status=queued&operation=ADD&n{number}=")
-        assert queries.of(request).status == "queued"
+        assert queries.of(request, None).status == "queued"
     assert len(queries._parsed) == 4
     with pytest.raises(ValidationError):
-        queries.of(make_mocked_request("GET", "/jobs?status=nonsense"))
-    assert "status=nonsense" not in queries._parsed
+        queries.of(make_mocked_request("GET", "/jobs?status=nonsense"), None)
+    assert ("status=nonsense", None) not in queries._parsed
+
+
+def test_a_parsed_job_query_is_kept_for_its_scope_alone():
+    queries = JobQueries()
+    request = make_mocked_request("GET", "/jobs?status=queued")
+    assert queries.of(request, "no.ssb.fdb").datastore == "no.ssb.fdb"
+    assert queries.of(request, None).datastore is None

@@ -115,8 +115,8 @@ async def test_a_job_handed_out_is_the_callers_own(store):
     await store.update_job("1", JobChange(status="validating", log=[{"at": "t", "message": "Set status: validating"}]))
     handed_out = [
         await store.get_job("1"),
-        *[job async for job in store.find_jobs(JobQuery())],
-        *[job async for job in store.jobs_for_target(DEFAULT_DATASTORE, "MINE")],
+        *await listed(store.find_jobs(JobQuery())),
+        *await listed(store.jobs_for_target(DEFAULT_DATASTORE, "MINE")),
     ]
     for job in handed_out:
         job["log"].append({"at": "now", "message": "not through the store"})

@@ -400,8 +400,24 @@ async def test_targets_follow_job_order_whatever_order_the_changes_land_in(store
     }
 
 
-async def test_listings_are_read_a_step_at_a_time(store):
-    """Every listing is an async iterator: none holds a collection whole."""
+async def test_a_poll_repeated_between_changes_sees_each_change_at_once(store):
+    """The executors ask the same questions every few seconds; every answer is current."""
+    queued = JobQuery(status="queued", ignore_completed=True)
+    built = JobQuery(status="built", operations=frozenset({"ADD"}), ignore_completed=True)
+    await store.insert_job(stored_job("1", "FIRST"))
+    assert [await ids(store.find_jobs(queued)), await ids(store.find_jobs(built))] == [["1"], []]
+    assert await ids(store.find_jobs(queued)) == ["1"]
+    await store.update_job("1", JobChange(status="built", log=[{"at": "t", "message": "built"}]))
+    await store.insert_job(stored_job("2", "SECOND"))
+    assert [await ids(store.find_jobs(queued)), await ids(store.find_jobs(built))] == [["2"], ["1"]]
+    [polled] = await listed(store.find_jobs(built))
+    assert [entry["message"] for entry in polled["log"]] == ["built"]
+    await store.update_job("1", JobChange(status="completed"))
+    assert [await ids(store.find_jobs(queued)), await ids(store.find_jobs(built))] == [["2"], []]
+
+
+async def test_every_listing_comes_as_pages(store):
+    """Every listing is an async iterator of lists: a short one is one page."""
     await store.insert_job(stored_job("1"))
     await store.add_maintenance({"msg": "m", "paused": False, "timestamp": AT})
     for listing in (
@@ -409,9 +425,19 @@ async def test_listings_are_read_a_step_at_a_time(store):
         store.jobs_for_target(DEFAULT_DATASTORE, "MY_DATASET"),
         store.list_targets(DEFAULT_DATASTORE),
         store.maintenance_history(),
+        store.dump_collection("inprogress"),
     ):
-        assert hasattr(listing, "__anext__")
-        assert len(await listed(listing)) == 1
+        assert [len(page) async for page in listing] == [1]
+
+
+async def test_a_long_listing_never_holds_the_collection_whole(store):
+    """1,200 jobs come a few hundred at a time, in order, each once."""
+    jobs = [stored_job(f"{number:06d}", f"DATASET_{number}", status="completed") for number in range(1200)]
+    await store.load_collection("completed", jobs)
+    for listing in (store.find_jobs(JobQuery()), store.dump_collection("completed")):
+        pages = [page async for page in listing]
+        assert len(pages) > 1 and all(len(page) <= 500 for page in pages)
+        assert [job["jobId"] for page in pages for job in page] == [job["jobId"] for job in jobs]
 
 
 def test_what_a_job_leaves_its_targets_showing():

@@ -132,6 +132,7 @@ ARCHIVES: web.AppKey[ArchiveInspections] = web.AppKey("archives")
 ENCODED_LISTINGS: web.AppKey[EncodedListings] = web.AppKey("encoded_listings")
 JOB_QUERIES: web.AppKey[JobQueries] = web.AppKey("job_queries")
 REQUEST_IDS: web.AppKey[Iterator[str]] = web.AppKey("request_ids")
+POLL_ANSWERS: web.AppKey[PollAnswers] = web.AppKey("poll_answers")
 #: Set by `serve`, which runs the app: not there in tests or under gunicorn.
 RUNNER: web.AppKey[web.AppRunner] = web.AppKey("runner")
 #: Held while a datastore is provisioned: one at a time in a process.
@@ -2124,6 +2125,31 @@ class JobQueries:
         return query
 
 
+class PollAnswers:
+    """The last answer to each query of in-progress jobs alone (the executors' polls),
+    kept with the store's `in_progress_version` it was made at: a poll repeated while
+    no job has changed gets those bytes again, with no job read, copied or encoded.
+    At most `limit` queries (the oldest dropped first), answers of at most
+    `max_bytes` each: a longer one is made anew every time."""
+
+    def __init__(self, limit: int = 256, max_bytes: int = 64 << 10) -> None:
+        self._answers: dict[JobQuery, tuple[Hashable, bytes]] = {}
+        self._limit = limit
+        self._max_bytes = max_bytes
+
+    def get(self, query: JobQuery, version: Hashable) -> bytes | None:
+        kept = self._answers.get(query)
+        return kept[1] if kept is not None and kept[0] == version else None
+
+    def keep(self, query: JobQuery, version: Hashable, answer: bytes) -> None:
+        if len(answer) > self._max_bytes:
+            return
+        self._answers.pop(query, None)
+        if len(self._answers) >= self._limit:
+            del self._answers[next(iter(self._answers))]
+        self._answers[query] = (version, answer)
+
+
 def query_arguments(query: MultiMapping[str]) -> dict[str, str]:
     """The query string as one value per name: empty values count as absent, and
     repeated operations add up, while any other repeated name is ambiguous."""
@@ -2200,8 +2226,20 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
     else:
         await require_job_reader(request)
         scope = None
-    jobs = store_of(request).find_jobs(request.app[JOB_QUERIES].of(request, scope))
-    return await respond_listing(request, jobs, request.app[ENCODED_JOBS].encode)
+    query = request.app[JOB_QUERIES].of(request, scope)
+    store = store_of(request)
+    # Read before the jobs: an answer is never kept under a version newer than its jobs.
+    version = store.in_progress_version if query.in_progress_only else None
+    answers = request.app[POLL_ANSWERS]
+    if version is not None and request.method == "GET":
+        kept = answers.get(query, version)
+        if kept is not None:
+            return respond_encoded(kept)
+    response = await respond_listing(request, store.find_jobs(query), request.app[ENCODED_JOBS].encode)
+    body = response.body if isinstance(response, web.Response) else None  # a streamed answer is long
+    if version is not None and request.method == "GET" and isinstance(body, bytes):
+        answers.keep(query, version, body)
+    return response
 
 
 @routes.get("/jobs/{jobId}")
@@ -2830,6 +2868,7 @@ def create_app(config: Config) -> web.Application:
     app[ENCODED_LISTINGS] = EncodedListings(max_bytes=8 << 20)
     app[PROVISIONING] = asyncio.Lock()
     app[JOB_QUERIES] = JobQueries()
+    app[POLL_ANSWERS] = PollAnswers()
     app[REQUEST_IDS] = request_ids()
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(signing_keys_context)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, NotRequired, Protocol, TypedDict, TypeVar, cast
@@ -365,6 +365,11 @@ class JobQuery:
     operations: frozenset[str] | None = None
     ignore_completed: bool = False
 
+    @property
+    def in_progress_only(self) -> bool:
+        """Whether no completed job can match, without looking: the executors' polls."""
+        return self.ignore_completed or (self.status is not None and self.status not in FINAL_STATUSES)
+
 
 @dataclass(frozen=True)
 class JobChange:
@@ -550,6 +555,13 @@ class Store(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with this id, in any datastore."""
+
+    @property
+    def in_progress_version(self) -> Hashable | None:
+        """A value that stays the same exactly as long as no in-progress job changes, so
+        that an answer made of in-progress jobs alone (`JobQuery.in_progress_only`) may
+        be kept while it does; never the same again once one has. None from a store that
+        cannot tell (a database that others write to as well)."""
 
     def find_jobs(self, query: JobQuery) -> AsyncIterator[list[Job]]:
         """Jobs matching `query`, in `job_order`, each once; pages, so that years

@@ -613,6 +613,11 @@ class MongoStore:
                 return answers + [exc] * (len(jobs) - len(answers))
         return answers
 
+    @property
+    def in_progress_version(self) -> None:
+        """Others may write to the database: no answer is kept."""
+        return None
+
     @store_operation
     async def get_job(self, job_id: str) -> Job | None:
         for name in ("inprogress", "completed"):

@@ -42,6 +42,7 @@ import errno
 import fcntl
 import functools
 import gc
+import itertools
 import logging
 import os
 import re
@@ -518,8 +519,11 @@ class PublishedJobs:
 
     #: Queries whose matches one snapshot remembers; more start the memory afresh.
     MATCHES_KEPT = 64
+    #: Each snapshot's own number: never the same twice in a process, an import's included.
+    _versions = itertools.count()
 
     def __init__(self, jobs: dict[str, Job], encoded: dict[str, bytes]) -> None:
+        self.version = next(self._versions)
         self.jobs: Mapping[str, Job] = MappingProxyType(jobs)
         self._encoded = encoded
         self._matches: dict[JobQuery, list[str]] = {}
@@ -631,13 +635,8 @@ class CompletedJobs:
     def __len__(self) -> int:
         return len(self._facts)
 
-    @staticmethod
-    def excluded_by(query: JobQuery) -> bool:
-        """Whether no completed job can match `query`, without looking."""
-        return query.ignore_completed or (query.status is not None and query.status not in FINAL_STATUSES)
-
     def facts(self, query: JobQuery) -> list[JobFacts]:
-        if self.excluded_by(query):
+        if query.in_progress_only:
             return []
         return [
             facts for facts in self._facts.values() if wanted(facts.datastore, facts.status, facts.operation, query)
@@ -1099,6 +1098,10 @@ class TinyDBStore:
 
         return await self._run(insert)
 
+    @property
+    def in_progress_version(self) -> Hashable:
+        return self._current.version
+
     async def get_job(self, job_id: str) -> Job | None:
         # In-progress first: a job that moves meanwhile is in the completed set by then.
         job = self._current.copy(job_id)
@@ -1116,7 +1119,7 @@ class TinyDBStore:
             yield page
 
     def find_jobs(self, query: JobQuery) -> AsyncIterator[list[Job]]:
-        if self._completed.excluded_by(query):  # the executors' polls: read on the loop, without the worker
+        if query.in_progress_only:  # the executors' polls: read on the loop, without the worker
             current = self._current
             return pages_of(current.matching(query), current.copy, PAGE_SIZE)
 

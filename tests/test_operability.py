@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service_process import ServiceProcess
 
 from backends import MaintenanceStatus, open_store
+from job_service import STORE
 
 INITIAL = MaintenanceStatus(msg="Set by the test", paused=False, timestamp="2026-11-30T00:00:00.000000+00:00")
 
@@ -97,6 +98,27 @@ async def metrics(client) -> dict[tuple[str, tuple], float]:
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain; version=")
     return samples(await response.text())
+
+
+FIND_JOBS_READS = ("store_operation_duration_seconds_count", (("operation", "find_jobs"),))
+
+
+async def test_a_poll_repeated_while_no_job_changes_is_answered_without_reading_the_store(client):
+    """The executors poll every few seconds. While no job changes, a store that can tell
+    (TinyDB; not a MongoDB others write to) is not read again; the first poll after a change
+    sees it."""
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    poll = "/jobs?status=queued&ignoreCompleted=true"
+    first = await (await client.get(poll)).json()
+    reads = (await metrics(client))[FIND_JOBS_READS]
+    assert await (await client.get(poll)).json() == first
+    assert [job["jobId"] for job in first] == [job_id]
+    kept = client.app[STORE].in_progress_version is not None
+    assert (await metrics(client))[FIND_JOBS_READS] == reads + (0 if kept else 1)
+    await put_job(client, job_id, status="validating", log="started")
+    assert await (await client.get(poll)).json() == []
+    [validating] = await (await client.get("/jobs?status=validating")).json()
+    assert [entry["message"] for entry in validating["log"]][-1] == "started"
 
 
 async def test_metrics_parse_and_move_as_requests_are_made(client):

@@ -416,6 +416,30 @@ async def test_a_poll_repeated_between_changes_sees_each_change_at_once(store):
     assert [await ids(store.find_jobs(queued)), await ids(store.find_jobs(built))] == [["2"], []]
 
 
+async def test_the_in_progress_version_changes_with_every_change_of_a_job_in_progress(store):
+    """A store that can tell (TinyDB) gives a version that reads leave alone and every change of
+    an in-progress job replaces for good; one that cannot (a shared MongoDB) always gives None."""
+    versions = [store.in_progress_version]
+    await store.insert_job(stored_job("1", "FIRST"))
+    versions.append(store.in_progress_version)
+    await store.get_job("1")
+    await listed(store.find_jobs(JobQuery(status="queued", ignore_completed=True)))
+    await store.add_maintenance({"msg": "m", "paused": True, "timestamp": AT})
+    assert store.in_progress_version == versions[-1]
+    await store.update_job("1", JobChange(log=[{"at": "t", "message": "a line"}]))
+    versions.append(store.in_progress_version)
+    await store.update_job("1", JobChange(status="completed"))
+    versions.append(store.in_progress_version)
+    await store.load_collection("inprogress", [stored_job("2", "SECOND")])
+    versions.append(store.in_progress_version)
+    await store.clear()
+    versions.append(store.in_progress_version)
+    if versions[0] is None:
+        assert versions == [None] * len(versions)
+    else:
+        assert len(set(versions)) == len(versions)
+
+
 async def test_every_listing_comes_as_pages(store):
     """Every listing is an async iterator of lists: a short one is one page."""
     await store.insert_job(stored_job("1"))

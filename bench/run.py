@@ -6,14 +6,17 @@ the 2025 executor's poll, the 2026 executor's three polls, one job by id, the
 targets, a filtered job list, the input directory with 1,000 archives; then a
 job's whole life (a POST, 10 status PUTs and the completing PUT); start-up time
 and memory. A bare aiohttp endpoint that returns a small JSON object, measured in
-the same run, is the ceiling every throughput is also given as a ratio of.
+the same run, is the ceiling every throughput is also given as a ratio of. On a
+shared machine the speed drifts within a run, and a ratio to a ceiling measured
+minutes earlier says as much about the drift as about the service: so each
+throughput is measured `--rounds` times, each time between two measurements of the
+ceiling at the same connections, and every figure is the median of its rounds.
 
 With `--datastores N` (N > 1) each size is seeded a second time, the same jobs,
 targets and in-progress jobs spread over N datastores (the default one and N - 1
 registered ones), and a second service is started beside the first. The three
 polls and the job by id are then measured on the two services in turn, `--rounds`
-times each (every figure is the median of its rounds), so that both see the same
-machine, and each figure of the N datastores is also a ratio of the single
+times each, so that both see the same machine, and each figure of the N datastores is also a ratio of the single
 datastore's; then the time `POST /datastores` takes to provision
 `--provisionings` new datastores.
 
@@ -332,16 +335,39 @@ async def provisionings(base: str, count: int) -> list[float]:
     return times
 
 
-def row(
-    name: str,
-    size: str,
-    connections: object,
-    result: dict[str, float],
-    ceiling: float | None,
-    reference: float | None = None,
-) -> str:
+class Ceiling:
+    """The bare endpoint, measured beside every figure (see the module's docstring)."""
+
+    def __init__(self, url: str, seconds: float) -> None:
+        self.url = url
+        self.seconds = seconds
+        #: Every measurement of the ceiling, by connections.
+        self.seen: dict[int, list[float]] = {}
+
+    async def beside(self, url: str, connections: int, rounds: int = 1) -> dict[str, float]:
+        """`url` measured `rounds` times, each between two measurements of the ceiling:
+        the median of each figure, its ratio to the ceiling (`ratio`) included."""
+        results = []
+        for _ in range(rounds):
+            before = await load(self.url, connections, self.seconds)
+            result = await load(url, connections, self.seconds)
+            after = await load(self.url, connections, self.seconds)
+            self.seen.setdefault(connections, []).extend([before["rps"], after["rps"]])
+            results.append({**result, "ratio": result["rps"] * 2 / (before["rps"] + after["rps"])})
+        return median_of(results)
+
+    def rows(self) -> list[str]:
+        return [
+            f"| bare aiohttp (the ceiling), the median of {len(seen)} measurements, "
+            f"{min(seen):,.0f} to {max(seen):,.0f} "
+            f"| | {connections} | {statistics.median(seen):,.0f} | 100% | | | |"
+            for connections, seen in sorted(self.seen.items())
+        ]
+
+
+def row(name: str, size: str, connections: object, result: dict[str, float], reference: float | None = None) -> str:
     """A line of the table; `reference` is the single-datastore req/s this one is compared with."""
-    ratio = f"{result['rps'] / ceiling:.0%}" if ceiling else ""
+    ratio = f"{result['ratio']:.0%}" if "ratio" in result else ""
     rps = f"{result['rps']:,.0f}" if "rps" in result else ""
     versus = f"{result['rps'] / reference:.0%}" if reference else ""
     return (
@@ -373,7 +399,7 @@ def median_of(results: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(result[key] for result in results) for key in results[0]}
 
 
-async def bench_size(args: argparse.Namespace, size: int, ceilings: dict[int, float], work: Path) -> list[str]:
+async def bench_size(args: argparse.Namespace, size: int, ceiling: Ceiling, work: Path) -> list[str]:
     directory = work / f"size-{size}"
     directory.mkdir()
     storage = storage_section(args, directory, size)
@@ -386,32 +412,32 @@ async def bench_size(args: argparse.Namespace, size: int, ceilings: dict[int, fl
         rss_at_start, _ = rss_mb(service.pid)
         label = f"{size:,}"
         for connections in (1, 16):
-            result = await load(f"{base}/jobs?status=queued&ignoreCompleted=true", connections, args.seconds)
-            rows.append(row("executor poll", label, connections, result, ceilings[connections]))
+            result = await ceiling.beside(f"{base}/jobs?status=queued&ignoreCompleted=true", connections, args.rounds)
+            rows.append(row("executor poll", label, connections, result))
         compared = [*((f"2026 executor poll: GET {poll}", poll) for poll in POLLS), (BY_ID, f"/jobs/{oldest}")]
         if args.datastores > 1:
-            single_rows, datastore_rows = await bench_datastores(args, size, ceilings, work, base, compared)
+            single_rows, datastore_rows = await bench_datastores(args, size, ceiling, work, base, compared)
             rows += single_rows
         else:
             datastore_rows = []
             for name, path in compared:
                 for connections in (1, 16):
-                    result = await load(base + path, connections, args.seconds)
-                    rows.append(row(name, label, connections, result, ceilings[connections]))
+                    result = await ceiling.beside(base + path, connections, args.rounds)
+                    rows.append(row(name, label, connections, result))
         for name, path in [
             ("GET /targets", "/targets"),
             ("GET /jobs?status=queued&operation=ADD,CHANGE", "/jobs?status=queued&operation=ADD,CHANGE"),
         ]:
             for connections in (1, 16):
-                result = await load(base + path, connections, args.seconds)
-                rows.append(row(name, label, connections, result, ceilings[connections]))
+                result = await ceiling.beside(base + path, connections, args.rounds)
+                rows.append(row(name, label, connections, result))
         life = await lifecycles(base, args.lifecycles)
-        rows.append(row("lifecycle: the completing PUT", label, 1, life["completing"], None))
-        rows.append(row("lifecycle: POST + 10 PUTs + completion", label, 1, life["whole"], None))
+        rows.append(row("lifecycle: the completing PUT", label, 1, life["completing"]))
+        rows.append(row("lifecycle: POST + 10 PUTs + completion", label, 1, life["whole"]))
         for connections in (1, 16):
-            result = await load(f"{base}/importable-datasets", connections, args.seconds)
+            result = await ceiling.beside(f"{base}/importable-datasets", connections, args.rounds)
             name = "GET /importable-datasets (1,000 archives)"
-            rows.append(row(name, label, connections, result, ceilings[connections]))
+            rows.append(row(name, label, connections, result))
         rows.append(startup_row(label, startup, rss_at_start, service.pid))
     finally:
         service.stop(timeout=DEADLINE)
@@ -421,7 +447,7 @@ async def bench_size(args: argparse.Namespace, size: int, ceilings: dict[int, fl
 async def bench_datastores(
     args: argparse.Namespace,
     size: int,
-    ceilings: dict[int, float],
+    ceiling: Ceiling,
     work: Path,
     single: str,
     compared: list[tuple[str, str]],
@@ -454,15 +480,15 @@ async def bench_datastores(
                 for round_ in range(args.rounds):
                     # Each service first in every other round: neither is always measured on a warmer machine.
                     for which in (0, 1) if round_ % 2 == 0 else (1, 0):
-                        results[which].append(await load(urls[which], connections, args.seconds))
+                        results[which].append(await ceiling.beside(urls[which], connections))
                 one, many = (median_of(figures) for figures in results)
-                single_rows.append(row(name, label, connections, one, ceilings[connections]))
-                rows.append(row(prefix + name, label, connections, many, ceilings[connections], one["rps"]))
+                single_rows.append(row(name, label, connections, one))
+                rows.append(row(prefix + name, label, connections, many, one["rps"]))
         # Last: each provisioning queues a GENERATE_RSA_KEYS job, which the polls above would find.
         times = await provisionings(base, args.provisionings)
         median, slowest = statistics.median(times), max(times)
         name = f"{prefix}POST /datastores, {len(times)} provisionings (max in the p99 column)"
-        rows.append(row(name, label, 1, {"p50": median, "p99": slowest}, None))
+        rows.append(row(name, label, 1, {"p50": median, "p99": slowest}))
         rows.append(startup_row(label, startup, rss_at_start, service.pid, prefix))
     finally:
         service.stop(timeout=DEADLINE)
@@ -482,7 +508,10 @@ async def main() -> None:
         help="also measure each size spread over this many datastores (the default one included), if more than 1",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds of each measure compared between one and many datastores"
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of each throughput measure, each between two of the ceiling (a figure is their median)",
     )
     parser.add_argument("--provisionings", type=int, default=10, help="datastores provisioned in the datastores case")
     parser.add_argument("--mongodb-url", default=os.environ.get("MONGODB_URL"))
@@ -507,13 +536,16 @@ async def main() -> None:
         bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port)])
         try:
             await wait_ready(f"http://127.0.0.1:{bare_port}/", bare, DEADLINE)
-            ceilings = {c: (await load(f"http://127.0.0.1:{bare_port}/", c, args.seconds))["rps"] for c in (1, 16)}
+            ceiling = Ceiling(f"http://127.0.0.1:{bare_port}/", args.seconds)
+            measured = []
+            for size in (int(size) for size in args.sizes.split(",")):
+                measured += await bench_size(args, size, ceiling, work)
             table = [
                 f"Backend: {args.backend}; load: {'wrk' if shutil.which('wrk') else 'aiohttp client loop'}; "
-                f"{os.cpu_count()} cores; {args.seconds:g} s per measurement"
+                f"{os.cpu_count()} cores; {args.seconds:g} s per measurement; every throughput the median of "
+                f"{args.rounds} round(s), each between two measurements of the ceiling"
                 + (
-                    f"; the polls and the job by id: the median of {args.rounds} round(s), on one datastore "
-                    f"and {args.datastores} in turn."
+                    f"; the polls and the job by id on one datastore and {args.datastores} in turn."
                     if args.datastores > 1
                     else "."
                 ),
@@ -521,11 +553,9 @@ async def main() -> None:
                 "| measure | completed jobs | connections | req/s | of ceiling | median ms | p99 ms "
                 "| of 1 datastore's req/s |",
                 "|---|---|---|---|---|---|---|---|",
-                f"| bare aiohttp (the ceiling) | | 1 | {ceilings[1]:,.0f} | 100% | | | |",
-                f"| bare aiohttp (the ceiling) | | 16 | {ceilings[16]:,.0f} | 100% | | | |",
+                *ceiling.rows(),
+                *measured,
             ]
-            for size in (int(size) for size in args.sizes.split(",")):
-                table += await bench_size(args, size, ceilings, work)
         finally:
             stop_process(bare, timeout=DEADLINE)
             if server is not None:

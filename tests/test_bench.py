@@ -25,7 +25,12 @@ def test_the_benchmark_runs_and_prints_its_table(tmp_path):
     assert table in result.stdout
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| measure")]
     names = {line.split(" | ")[0].removeprefix("| ") for line in rows}
-    assert {"bare aiohttp (the ceiling)", "executor poll", "GET /jobs/{id}", "lifecycle: the completing PUT"} <= names
+    assert {"executor poll", "GET /jobs/{id}", "lifecycle: the completing PUT"} <= names
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in rows]
+    ceilings = [row for row in cells if row[0].startswith("bare aiohttp (the ceiling), the median of ")]
+    assert [row[2] for row in ceilings] == ["1", "16"]
+    # Every throughput is a ratio to the ceiling measured beside it.
+    assert all(row[4].endswith("%") for row in cells if row[0] == "executor poll")
     assert any(line.startswith("| start-up") for line in rows)
     polls = {name for name in names if name.startswith("2026 executor poll: ")}
     assert len(polls) == 3

@@ -2909,14 +2909,14 @@ async def serve(config: Config) -> None:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.server.shutdown_timeout)
     app[RUNNER] = runner
     app.on_shutdown.append(close_late_connections)
+    stop = asyncio.Event()  # set before start-up ends too: the service then stops once started
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signal_number, stop.set)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port)
         await site.start()
         log.info("Running on %s", site.name)
-        stop = asyncio.Event()
-        for signal_number in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(signal_number, stop.set)
         await stop.wait()
     finally:
         await runner.cleanup()

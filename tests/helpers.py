@@ -7,6 +7,8 @@ without importing another test module.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -44,6 +46,16 @@ def service_config(storage: dict[str, Any], input_dir: Path, **sections: dict[st
     datastores are provisioned in `datastores/` beside the input directory."""
     datastores = {"root": str(input_dir.parent / "datastores")}
     return {"storage": storage, "input": {"dir": str(input_dir)}, "datastores": datastores, **sections}
+
+
+def run_job_service(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `job-service` command on `config`, to its end (two minutes at most): its exit status and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "job_service", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def store_options(storage: dict[str, Any]) -> TinyDBOptions | MongoDBOptions:

@@ -15,7 +15,6 @@ import json
 import re
 import sqlite3
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import bump_job, platform_row_parameters, post_jobs, service_config, write_config
+from helpers import bump_job, platform_row_parameters, post_jobs, run_job_service, service_config, write_config
 from mongo_server import free_port
 from pymongo import MongoClient
 
@@ -38,18 +37,9 @@ ADMIN = {"userId": "4a0c3c55-0000-4000-8000-00000000000a", "firstName": "Kari", 
 OTHER = {"userId": "4a0c3c55-0000-4000-8000-00000000000b", "firstName": "Ola", "lastName": "Hansen"}
 
 
-def job_service(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "job_service", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def adopted(config: Path, *source: str) -> str:
     """Run an import that must succeed; its report."""
-    result = job_service(config, "import", *source, "--timezone", ZONE)
+    result = run_job_service(config, "import", *source, "--timezone", ZONE)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -578,7 +568,7 @@ def test_a_bad_sqlite_source_is_refused_with_one_line_and_nothing_written(tinydb
     path = tmp_path / "source.db"
     if make is not None:
         make(path)
-    result = job_service(tinydb_config, "import", "--from-platform-sqlite", str(path), "--timezone", ZONE)
+    result = run_job_service(tinydb_config, "import", "--from-platform-sqlite", str(path), "--timezone", ZONE)
     assert refused(result) == "job-service: " + expected.format(path=path)
     assert nothing_written(tinydb_config)
 
@@ -589,7 +579,7 @@ def test_a_platform_database_lacking_a_column_is_refused(tinydb_config, tmp_path
     db = sqlite3.connect(path)
     db.execute("ALTER TABLE job_log DROP COLUMN at")
     db.close()
-    result = job_service(tinydb_config, "import", "--from-platform-sqlite", str(path), "--timezone", ZONE)
+    result = run_job_service(tinydb_config, "import", "--from-platform-sqlite", str(path), "--timezone", ZONE)
     assert refused(result) == (
         f"job-service: {path} is not a database of the platform's job service: its table job_log has no column at"
     )
@@ -598,7 +588,7 @@ def test_a_platform_database_lacking_a_column_is_refused(tinydb_config, tmp_path
 def test_an_unreachable_mongodb_is_refused_with_one_line_and_nothing_written(tinydb_config):
     port = free_port()
     url = f"mongodb://127.0.0.1:{port}/jobdb?directConnection=true"
-    result = job_service(tinydb_config, "import", "--from-original-mongodb", url, "--timezone", ZONE)
+    result = run_job_service(tinydb_config, "import", "--from-original-mongodb", url, "--timezone", ZONE)
     assert refused(result) == f"job-service: cannot reach MongoDB at 127.0.0.1:{port} within 5 s"
     assert nothing_written(tinydb_config)
 
@@ -615,7 +605,7 @@ def test_an_import_that_fails_on_the_way_leaves_the_store_empty_again(tinydb_con
     middle = len(content) // 2
     content[middle - 20_000 : middle + 20_000] = bytes(range(256)) * 156 + bytes(64)
     path.write_bytes(bytes(content))
-    result = job_service(tinydb_config, "import", "--from-platform-sqlite", str(path), "--timezone", ZONE)
+    result = run_job_service(tinydb_config, "import", "--from-platform-sqlite", str(path), "--timezone", ZONE)
     assert refused(result) == (
         f"job-service: cannot read {path}: database disk image is malformed; nothing was imported"
     )
@@ -628,7 +618,7 @@ def test_an_import_that_fails_on_the_way_leaves_the_store_empty_again(tinydb_con
 
 def test_a_mongodb_database_that_is_not_the_originals_is_refused(tinydb_config, original_url):
     write_original(original_url, {"orders": [{"number": 1}]})
-    result = job_service(tinydb_config, "import", "--from-original-mongodb", original_url, "--timezone", ZONE)
+    result = run_job_service(tinydb_config, "import", "--from-original-mongodb", original_url, "--timezone", ZONE)
     assert refused(result).endswith(
         "is not the original job service's: it has none of the collections inprogress, completed, targets, maintenance"
     )
@@ -642,7 +632,7 @@ def test_the_originals_own_database_is_never_the_destination(tmp_path, input_dir
     name = original_url.split("/")[3].split("?")[0]
     storage = {"backend": "mongodb", "mongodb": {"url": mongodb_url, "database": name}}
     config = write_config(tmp_path / "adopting.toml", service_config(storage, input_dir))
-    result = job_service(config, "import", "--from-original-mongodb", original_url, "--timezone", ZONE, "--replace")
+    result = run_job_service(config, "import", "--from-original-mongodb", original_url, "--timezone", ZONE, "--replace")
     assert refused(result).endswith(
         f"database {name} at {mongodb_url.split('/')[2]} is the configured store: import into a database of its own"
     )
@@ -653,13 +643,15 @@ def test_the_originals_own_database_is_never_the_destination(tmp_path, input_dir
 def test_an_unknown_time_zone_is_refused_with_one_line(tinydb_config, tmp_path):
     path = tmp_path / "source.db"
     write_platform_db(path, platform_jobs())
-    result = job_service(tinydb_config, "import", "--from-platform-sqlite", str(path), "--timezone", "Europe/Atlantis")
+    result = run_job_service(
+        tinydb_config, "import", "--from-platform-sqlite", str(path), "--timezone", "Europe/Atlantis"
+    )
     assert refused(result) == "job-service: unknown time zone 'Europe/Atlantis': give an IANA name, such as Europe/Oslo"
     assert nothing_written(tinydb_config)
 
 
 def test_the_time_zone_is_needed_to_read_the_platforms_times(tinydb_config, tmp_path):
-    result = job_service(tinydb_config, "import", "--from-platform-sqlite", str(tmp_path / "source.db"))
+    result = run_job_service(tinydb_config, "import", "--from-platform-sqlite", str(tmp_path / "source.db"))
     assert result.returncode == 2
     assert "--timezone is needed" in result.stderr
 
@@ -667,7 +659,9 @@ def test_the_time_zone_is_needed_to_read_the_platforms_times(tinydb_config, tmp_
 def test_a_check_reads_and_reports_everything_and_writes_nothing(tinydb_config, tmp_path):
     path = tmp_path / "source.db"
     write_platform_db(path, [*platform_jobs(), UNKNOWN_OPERATION])
-    result = job_service(tinydb_config, "import", "--from-platform-sqlite", str(path), "--timezone", ZONE, "--check")
+    result = run_job_service(
+        tinydb_config, "import", "--from-platform-sqlite", str(path), "--timezone", ZONE, "--check"
+    )
     assert result.returncode == 0, result.stderr
     assert f"not brought over: job {UNKNOWN_OPERATION.job_id}: parameters.operation" in result.stdout
     assert "datastores: 3 (1 deleted), jobs: 9 (5 in progress)" in result.stdout
@@ -685,7 +679,7 @@ async def test_a_store_that_is_not_empty_is_refused_unless_replace(tmp_path, sto
     await post_jobs(client, {"operation": "ADD", "target": "POSTED_LATER"})
     await client.close()
 
-    result = job_service(config, "import", "--from-platform-sqlite", str(path), "--timezone", ZONE)
+    result = run_job_service(config, "import", "--from-platform-sqlite", str(path), "--timezone", ZONE)
     assert refused(result) == "job-service: the destination store is not empty; add --replace to empty it first"
     adopted(config, "--from-platform-sqlite", str(path), "--replace")
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_config
+from helpers import run_job_service, write_config
 
 from backends import MongoDBOptions, TinyDBOptions
 from job_service import ConfigError, load_config, prepare_directories
@@ -70,9 +68,7 @@ def test_a_directory_that_cannot_be_created_names_its_key(tmp_path):
 
 def test_the_command_prints_one_line_and_exits_1_on_a_bad_config(tmp_path):
     path = write_text(tmp_path, "[server]\nport = 'eighty'\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "job_service", "--config", str(path)], capture_output=True, text=True, timeout=30
-    )
+    result = run_job_service(path)
     assert result.returncode == 1
     assert result.stderr == "job-service: bad config: server.port: Not a valid integer.\n"
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from helpers import bump_job, create_job, put_job, service_config, write_config
+from helpers import bump_job, create_job, put_job, run_job_service, service_config, write_config
 from pymongo import MongoClient
 
 
@@ -16,15 +14,6 @@ from pymongo import MongoClient
 def backend() -> str:
     """The store filled over HTTP here is TinyDB; the MongoDB side is configured by hand."""
     return "tinydb"
-
-
-def job_service(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "job_service", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture
@@ -59,13 +48,13 @@ async def test_a_round_trip_tinydb_to_mongodb_is_identical(make_client, tinydb_c
     await fill_store(make_client)
     from_tinydb, from_mongodb = tmp_path / "from-tinydb.jsonl", tmp_path / "from-mongodb.jsonl"
 
-    exported = job_service(tinydb_config, "export", "--to", str(from_tinydb))
+    exported = run_job_service(tinydb_config, "export", "--to", str(from_tinydb))
     assert exported.returncode == 0, exported.stderr
     # 3 jobs, 4 targets, 3 posted maintenance statuses and the initial one stored at start
     assert exported.stdout.strip() == f"exported 12 documents to {from_tinydb}"
-    imported = job_service(mongodb_config, "import", "--from", str(from_tinydb))
+    imported = run_job_service(mongodb_config, "import", "--from", str(from_tinydb))
     assert imported.returncode == 0, imported.stderr
-    assert job_service(mongodb_config, "export", "--to", str(from_mongodb)).returncode == 0
+    assert run_job_service(mongodb_config, "export", "--to", str(from_mongodb)).returncode == 0
 
     assert from_tinydb.read_text() == from_mongodb.read_text()
     lines = from_tinydb.read_text().splitlines()
@@ -75,17 +64,17 @@ async def test_a_round_trip_tinydb_to_mongodb_is_identical(make_client, tinydb_c
 async def test_import_refuses_a_store_that_is_not_empty_unless_told(make_client, tinydb_config, tmp_path):
     await fill_store(make_client)
     backup = tmp_path / "backup.jsonl"
-    assert job_service(tinydb_config, "export", "--to", str(backup)).returncode == 0
+    assert run_job_service(tinydb_config, "export", "--to", str(backup)).returncode == 0
 
-    refused = job_service(tinydb_config, "import", "--from", str(backup))
+    refused = run_job_service(tinydb_config, "import", "--from", str(backup))
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (
         "job-service: the destination store is not empty; add --replace to empty it first"
     )
-    replaced = job_service(tinydb_config, "import", "--from", str(backup), "--replace")
+    replaced = run_job_service(tinydb_config, "import", "--from", str(backup), "--replace")
     assert replaced.returncode == 0, replaced.stderr
     again = tmp_path / "again.jsonl"
-    assert job_service(tinydb_config, "export", "--to", str(again)).returncode == 0
+    assert run_job_service(tinydb_config, "export", "--to", str(again)).returncode == 0
     assert again.read_text() == backup.read_text()
 
 
@@ -96,7 +85,7 @@ async def test_import_refuses_a_store_that_is_not_empty_unless_told(make_client,
 def test_a_bad_export_file_is_refused_before_anything_is_written(tinydb_config, tmp_path, content):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"collection": "targets", "document": {"name": "A"}}\n' + content)
-    result = job_service(tinydb_config, "import", "--from", str(path))
+    result = run_job_service(tinydb_config, "import", "--from", str(path))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"job-service: {path}:2: ")
     assert not Path(tinydb_config.parent / "data" / "targets.json").exists()

@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from helpers import listed, service_config, stored_job, write_config
+from helpers import listed, run_job_service, service_config, stored_job, write_config
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import OperationFailure
 
@@ -249,9 +247,7 @@ def test_the_service_refuses_to_start_on_such_a_database_with_one_line(storage, 
     with MongoClient(storage["mongodb"]["url"]) as client:
         client[storage["mongodb"]["database"]]["inprogress"].insert_many(two_jobs_on_one_target())
     config = write_config(tmp_path / "config.toml", service_config(storage, tmp_path / "in"))
-    result = subprocess.run(
-        [sys.executable, "-m", "job_service", "--config", str(config)], capture_output=True, text=True, timeout=60
-    )
+    result = run_job_service(config)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]

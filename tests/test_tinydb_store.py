@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from helpers import bump_job, listed, service_config, stored_job, write_config
+from helpers import bump_job, listed, run_job_service, service_config, stored_job, write_config
 
 import backends.tinydb as tinydb_backend
 from backends import JobChange, JobQuery, StoreCorrupt, StoreFull, StoreLocked, StoreUnavailable, TargetBusy
@@ -118,9 +118,7 @@ def test_a_second_service_process_refuses_to_start_with_one_clear_line(tmp_path)
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        result = subprocess.run(
-            [sys.executable, "-m", "job_service", "--config", str(config)], capture_output=True, text=True, timeout=30
-        )
+        result = run_job_service(config)
     finally:
         holder.kill()
         holder.wait()
@@ -492,9 +490,7 @@ def test_the_service_refuses_to_start_on_a_damaged_file_with_one_line(tmp_path):
     (data / "maintenance.json").write_bytes(b"")
     before = files_in(data)
     config = write_config(tmp_path / "config.toml", service_config({"tinydb": {"path": str(data)}}, tmp_path / "in"))
-    result = subprocess.run(
-        [sys.executable, "-m", "job_service", "--config", str(config)], capture_output=True, text=True, timeout=30
-    )
+    result = run_job_service(config)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"job-service: {data / 'maintenance.json'}: is empty")

@@ -55,6 +55,8 @@ class Target(TypedDict):
     status: str
     lastUpdatedBy: User
     action: list[str]
+    #: Bumped by the store on every write of the target, as a job's is. Absent means 0.
+    revision: NotRequired[int]
 
 
 class Datastore(TypedDict):
@@ -117,8 +119,9 @@ def parse_json(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=reject_constant)
 
 
-def revision_of(job: Job) -> int:
-    return job.get("revision", 0)
+def revision_of(document: Job | Target) -> int:
+    """The store's revision of a job or a target: it changes with every change the store makes."""
+    return document.get("revision", 0)
 
 
 #: The collections every backend keeps, by these names: what export writes and import reads.
@@ -312,6 +315,15 @@ class DatastoreBusy(StoreAnswer):
 
     def __init__(self, rdn: str) -> None:
         super().__init__(f"Datastore {rdn} has a job in progress")
+
+
+class DatastoreGone(StoreAnswer):
+    """A job for a datastore that is neither the default nor registered and live."""
+
+    status = 404
+
+    def __init__(self, rdn: str) -> None:
+        super().__init__(f"No datastore found for datastore_rdn: {rdn}")
 
 
 class JobFinal(StoreAnswer):
@@ -529,9 +541,14 @@ class Store(Protocol):
     A document without the shape the API promises (see
     PROBLEMS) is left out of every listing, and reading it alone raises
     MalformedDocument; a backend that checks every document at open (TinyDB)
-    refuses to open instead. Opening, or the first operation of a store opened
-    while its server was down, raises StoreCorrupt for documents the store
-    cannot work with at all, naming them.
+    refuses to open instead.
+
+    A store remembers the default datastore it was first opened with: opened with
+    another, it raises StoreCorrupt naming both, since its documents from before
+    datastores (and the default's own) would silently change datastore.
+
+    Opening, or the first operation of a store opened while its server was down,
+    raises StoreCorrupt for documents the store cannot work with at all, naming them.
     """
 
     async def ping(self) -> None:
@@ -540,12 +557,23 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    @property
+    def sole_writer(self) -> bool:
+        """Whether every change of the store goes through this object (TinyDB, which locks
+        its directory). Only then may the service keep what it derives from documents
+        (their encoded forms) under their revisions: a database that others write to,
+        restore or edit by hand (MongoDB) changes documents without changing those."""
+
     async def insert_job(self, job: Job) -> None:
         """Store a new in-progress job and its target (`targets_of(job, job["createdAt"])`)
-        as one change; raise TargetBusy if its target has one in its datastore."""
+        as one change; raise TargetBusy if its target has one in its datastore, and
+        DatastoreGone unless its datastore is the default or registered and not deleted.
+        That check and the insert are one step: a `delete_datastore` at the same time,
+        from any process, either sees the job (DatastoreBusy) or makes this insert fail."""
 
     async def insert_jobs(self, jobs: list[Job]) -> list[StoreError | None]:
-        """Insert each job as `insert_job` does, in order, each judged on its own: a job
+        """Insert each job as `insert_job` does (all of them in one datastore: DatastoreGone
+        is raised for the whole list, before any is stored), in order, each judged on its own: a job
         whose target is held (in progress, or by an earlier job of the list) is refused
         alone, its place in the answer holding the TargetBusy, a stored one's None. A
         backend may store them all as one change (TinyDB: one write for all); one that

@@ -613,6 +613,9 @@ class MongoStore:
                 return answers + [exc] * (len(jobs) - len(answers))
         return answers
 
+    #: Other processes, restores and hand edits change the database too.
+    sole_writer = False
+
     @property
     def in_progress_version(self) -> None:
         """Others may write to the database: no answer is kept."""

@@ -1098,6 +1098,9 @@ class TinyDBStore:
 
         return await self._run(insert)
 
+    #: The store locks its directory: every change goes through this object.
+    sole_writer = True
+
     @property
     def in_progress_version(self) -> Hashable:
         return self._current.version

@@ -18,9 +18,12 @@ The sections of this file, in order (each starts with a `# --- name` line):
 - targets: what a job leaves its target(s) showing;
 - the input directory: importable dataset archives;
 - logs and metrics: request-scoped log fields, Prometheus, the timed store;
-- authentication: the JWKS, administrators' tokens, the executor's token;
-- the API's own documentation: OpenAPI from the handlers and schemas, Swagger UI;
-- handlers: one function per route, found by its path;
+- authentication: the JWKS, administrators' tokens, the executor's key;
+- datastores: the registry as the routes see it, the default datastore's special cases;
+- routes: `@route` declares each route once (path, twin, `Access`, body, errors), and
+  the one resolver (`endpoint`, `authorize`) enforces it before any body is read;
+- the API's own documentation: OpenAPI from the route declarations and schemas, Swagger UI;
+- handlers: one function per route, each taking the request and its `Scope`;
 - the application: its middleware, `create_app`, and the `job-service` command.
 """
 
@@ -33,6 +36,7 @@ import collections.abc
 import contextlib
 import contextvars
 import dataclasses
+import enum
 import functools
 import gc
 import hmac
@@ -133,6 +137,7 @@ ENCODED_LISTINGS: web.AppKey[EncodedListings] = web.AppKey("encoded_listings")
 JOB_QUERIES: web.AppKey[JobQueries] = web.AppKey("job_queries")
 REQUEST_IDS: web.AppKey[Iterator[str]] = web.AppKey("request_ids")
 POLL_ANSWERS: web.AppKey[PollAnswers] = web.AppKey("poll_answers")
+DATASTORES: web.AppKey[Datastores] = web.AppKey("datastores")
 #: Set by `serve`, which runs the app: not there in tests or under gunicorn.
 RUNNER: web.AppKey[web.AppRunner] = web.AppKey("runner")
 #: Held while a datastore is provisioned: one at a time in a process.
@@ -1407,8 +1412,7 @@ async def provision(app: web.Application, datastore: Datastore, keys_job: Job) -
     """
     store, directory = app[STORE], Path(datastore["directory"])
     await finish_or_undo_provisioning(app, directory)
-    if datastore["rdn"] == app[CONFIG].datastores.default or await store.get_datastore(datastore["rdn"]):
-        raise DatastoreTaken(datastore["rdn"])
+    await app[DATASTORES].check_free(datastore["rdn"])
     await asyncio.to_thread(lay_out_datastore, datastore, keys_job)
     try:
         await store.add_datastore(datastore)
@@ -1925,51 +1929,246 @@ def require_api_key(request: web.Request) -> None:
     raise ApiError(401, "The API key is not valid")
 
 
-async def require_api_key_or_administrator(request: web.Request) -> None:
-    """The executor (by its key) or an administrator (by tokens) may do this."""
-    if request.app[CONFIG].auth.enabled and not has_api_key(request):
-        await require_administrator(request)
+# --- datastores: the registry as the routes see it -----------------------------------
 
 
-async def require_job_reader(request: web.Request) -> None:
-    """Reading jobs across datastores: the executor, an administrator, or anyone
-    where `open_job_reads` keeps an executor that sends no key working."""
-    if not request.app[CONFIG].auth.open_job_reads:
-        await require_api_key_or_administrator(request)
+class Datastores:
+    """The live datastores: the default one, which the configuration describes and no
+    store holds, and the registered ones, which the store keeps. Every special case of
+    the default datastore is here."""
+
+    def __init__(self, config: Config, store: Store) -> None:
+        self._config = config
+        self._store = store
+        self.default = default_datastore(config)
+
+    def is_default(self, rdn: str) -> bool:
+        return rdn == self.default["rdn"]
+
+    async def live(self, rdn: str) -> Datastore:
+        """The datastore with this rdn: the default, or a registered one not deleted."""
+        if self.is_default(rdn):
+            return self.default
+        datastore = await self._store.get_datastore(rdn)
+        if datastore is None or datastore["deleted"]:
+            raise ApiError(404, f"No datastore found for datastore_rdn: {rdn}")
+        return datastore
+
+    async def every_live(self) -> list[Datastore]:
+        registered = [datastore for datastore in await self._store.list_datastores() if not datastore["deleted"]]
+        return sorted([self.default, *registered], key=lambda datastore: datastore["rdn"])
+
+    def input_directory(self, datastore: Datastore) -> Path:
+        """Where a datastore's archives wait: the configured directory for the default
+        datastore (as before datastores), `<directory>_input` for the others."""
+        if self.is_default(datastore["rdn"]):
+            return self._config.input.dir
+        return Path(f"{datastore['directory']}_input")
+
+    async def check_free(self, rdn: str) -> None:
+        """Raise DatastoreTaken unless a new datastore may be registered as `rdn`:
+        neither the default's nor any registered one's, live or deleted."""
+        if self.is_default(rdn) or await self._store.get_datastore(rdn) is not None:
+            raise DatastoreTaken(rdn)
+
+    async def delete(self, rdn: str) -> None:
+        if self.is_default(rdn):
+            raise ApiError(409, f"{rdn} is the default datastore, which cannot be deleted")
+        await self._store.delete_datastore(rdn)
 
 
-# --- the API's own documentation ------------------------------------------------
+# --- routes: each declared once, resolved in one place ------------------------------
+
+
+class Access(enum.Enum):
+    """Who may call a route when auth is on; with auth off, anyone may (as the local
+    user), except that a configured API key is always needed where EXECUTOR says so.
+    On a datastore's own twin of an original route (`/datastores/{rdn}/...`) every
+    policy but OPEN needs an administrator whose token names that datastore."""
+
+    #: Anyone: probes, the executor's maintenance read, the documentation.
+    OPEN = enum.auto()
+    #: Anyone on the original route: the admin UI's reads of the default datastore.
+    READ = enum.auto()
+    #: The executor's key or an administrator; anyone where `[auth] open_job_reads` says so.
+    READ_JOBS = enum.auto()
+    #: An administrator (of the datastore, on a route that names one).
+    ADMINISTER = enum.auto()
+    #: The job executor, by its API key.
+    EXECUTOR = enum.auto()
+    EXECUTOR_OR_ADMINISTRATOR = enum.auto()
+    #: A datastore provisioner in the configured list.
+    PROVISION = enum.auto()
 
 
 @dataclass(frozen=True)
-class Operation:
-    """What the OpenAPI document says of one handler: its answer and its errors."""
+class Scope:
+    """What the resolver hands a handler: the datastore it acts on, and who calls."""
 
+    #: The datastore of the route (the default one on an original route that acts on
+    #: one); None on a route that acts on every datastore at once, or on none.
+    datastore: Datastore | None
+    #: Who acts, as a new job's `createdBy` records them: the administrator or provisioner
+    #: whose tokens were verified, else the configured local user.
+    user: User
+    #: Whether the request came by a datastore's own route, the platform's API, whose
+    #: answers follow the platform's where the original's differ.
+    platform_route: bool = False
+
+    @property
+    def rdn(self) -> str:
+        """The rdn of the route's datastore, on a route that has one."""
+        assert self.datastore is not None, "only a route that acts on a datastore has an rdn"
+        return self.datastore["rdn"]
+
+
+ScopedHandler = Callable[[web.Request, Scope], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route as it is declared: what it is, who may call it, what it takes and answers.
+    The resolver enforces it, the OpenAPI document is made from it, and the errors every
+    route of its kind may answer (a bad path parameter, a credential, an unknown
+    datastore, a body's size, time and media type) are derived from it; `errors` are the
+    handler's own."""
+
+    method: str
+    path: str
+    handler: ScopedHandler
+    access: Access
     summary: str
     response: Any
     tag: str
+    #: Other paths of the same route: the platform's names for the original's.
+    aliases: tuple[str, ...] = ()
+    #: Also served as `/datastores/{rdn}<path>`, acting on that datastore.
+    twin: bool = False
+    #: Whether the original route acts on every datastore at once (its twin on one),
+    #: rather than on the default datastore.
+    spans_datastores: bool = False
     errors: tuple[int, ...] = ()
-    #: What the handler answers besides `errors` on its `/datastores/{rdn}/...` route.
-    scoped_errors: tuple[int, ...] = ()
     body: Any = None
     body_media_type: str = "application/json"
     query: type[Schema] | None = None
     media_type: str = "application/json"
 
+    @property
+    def paths(self) -> tuple[str, ...]:
+        twin = (f"/datastores/{{rdn}}{self.path}",) if self.twin else ()
+        return (self.path, *self.aliases, *twin)
 
-def documented(summary: str, response: Any, tag: str, **details: Any) -> Callable[[Handler], Handler]:
-    """Attach the OpenAPI description to a handler; routes without one fail `openapi_document`."""
+    def access_on(self, path: str) -> Access:
+        """The policy on one of `paths`: a twin's is an administrator of its datastore."""
+        if self.twin and path != self.path and self.access is not Access.OPEN:
+            return Access.ADMINISTER
+        return self.access
 
-    def attach(handler: Handler) -> Handler:
-        handler.openapi = Operation(summary, response, tag, **details)  # type: ignore[attr-defined]
+    def acts_on_datastore(self, path: str) -> bool:
+        return "{rdn}" in path or (self.twin and not self.spans_datastores)
+
+    def errors_on(self, path: str) -> set[int]:
+        """Every error status the route may answer on `path`, besides 405 and 500."""
+        errors = set(self.errors)
+        parameters = set(re.findall(r"{(\w+)}", path))
+        if parameters & VALIDATED_PATH_PARAMETERS or self.body is not None or self.query is not None:
+            errors.add(400)
+        access = self.access_on(path)
+        if access not in (Access.OPEN, Access.READ):
+            errors.add(401)
+            if access is not Access.EXECUTOR:
+                errors.add(403)
+        if "rdn" in parameters:  # the datastore is looked up in the store
+            errors |= {404, 503}
+        if self.body is not None:
+            errors |= {408, 413, 415}
+        return errors
+
+
+#: Every route, in the order they are registered (a fixed path before a parameter's).
+ROUTES: list[Route] = []
+
+
+def route(
+    method: str, path: str, access: Access, summary: str, response: Any, tag: str, **details: Any
+) -> Callable[[ScopedHandler], ScopedHandler]:
+    """Declare the decorated handler's route (see Route for `details`)."""
+
+    def declare(handler: ScopedHandler) -> ScopedHandler:
+        ROUTES.append(Route(method, path, handler, access, summary, response, tag, **details))
         return handler
 
-    return attach
+    return declare
 
 
-#: What a datastore's own route adds to the original's answers: a bad or unknown
-#: rdn, and (auth on) a caller who is not an administrator of that datastore.
-SCOPED = (400, 401, 403, 404)
+def endpoint(declared: Route, path: str) -> Handler:
+    """The aiohttp handler of one of a route's paths: the body's media type and
+    announced size, then the path, the caller and the datastore are checked, all
+    before any body is read (a caller who may not write learns nothing of the schema),
+    and the handler gets its scope."""
+    access = declared.access_on(path)
+    acts_on_datastore = declared.acts_on_datastore(path)
+    rdn_in_path = "{rdn}" in path
+    dataset_in_path = "{name}" in path
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        refuse_body(request, declared.body_media_type)
+        rdn = path_rdn(request) if rdn_in_path else None
+        user = await authorize(request, access, rdn)
+        datastores = request.app[DATASTORES]
+        datastore = None
+        if rdn is not None:
+            datastore = await datastores.live(rdn)
+        elif acts_on_datastore:
+            datastore = datastores.default
+        if dataset_in_path:
+            path_dataset_name(request)
+        return await declared.handler(request, Scope(datastore, user, rdn_in_path))
+
+    return handle
+
+
+def path_rdn(request: web.Request) -> str:
+    """The rdn a `/datastores/{rdn}/...` path names, once it is a valid one."""
+    rdn = request.match_info["rdn"]
+    if not is_datastore_rdn(rdn):
+        raise ApiError(400, invalid_rdn_message(rdn))
+    return rdn
+
+
+def path_dataset_name(request: web.Request) -> str:
+    """The dataset a `.../{name}` path names, once it is a valid name."""
+    name = request.match_info["name"]
+    if not is_dataset_name(name):
+        raise ApiError(400, invalid_name_message(name))
+    return name
+
+
+async def authorize(request: web.Request, access: Access, rdn: str | None) -> User:
+    """Who calls, if `access` lets them: the one place every policy is checked."""
+    config = request.app[CONFIG]
+    auth = config.auth
+    match access:
+        case Access.OPEN | Access.READ:
+            return local_user(config)
+        case Access.EXECUTOR:
+            require_api_key(request)
+            return local_user(config)
+        case Access.PROVISION:
+            return await require_provisioner(request)
+        case Access.ADMINISTER:
+            return await require_administrator(request, rdn)
+        case Access.READ_JOBS if auth.open_job_reads:
+            return local_user(config)
+        case Access.READ_JOBS | Access.EXECUTOR_OR_ADMINISTRATOR:
+            if auth.enabled and not has_api_key(request):
+                return await require_administrator(request)
+            return local_user(config)
+
+
+# --- the API's own documentation ------------------------------------------------
+
+
 #: The sections of /docs, in order.
 TAGS = {
     "jobs": "Jobs: posted by the admin UI, polled and moved on by the job executor",
@@ -1982,12 +2181,15 @@ TAGS = {
 
 
 SWAGGER_UI_FILES = ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "favicon-32x32.png")
+#: How the path parameters are documented; one not named here is documented as text.
 PATH_PARAMETERS = {
     "jobId": {"type": "string"},
     "rdn": {"type": "string", "pattern": DATASTORE_RDN_PATTERN, "maxLength": MAX_RDN_LENGTH},
     "name": {"type": "string", "pattern": DATASET_NAME_PATTERN},
     "filename": {"type": "string", "enum": list(SWAGGER_UI_FILES)},
 }
+#: The path parameters the resolver checks before the handler runs (a 400 when bad).
+VALIDATED_PATH_PARAMETERS = frozenset({"rdn", "name"})
 ERROR_MEANINGS = {
     400: "Bad input: the message names what is wrong",
     401: "Auth is on and a token is missing or invalid",
@@ -2015,39 +2217,30 @@ def many(schema: type[Schema]) -> dict[str, Any]:
     return {"type": "array", "items": schema}
 
 
-def openapi_document(app: web.Application) -> dict[str, Any]:
-    """OpenAPI 3 for every route of `app`, from the marshmallow schemas the handlers use."""
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3 for every declared route, from the marshmallow schemas the handlers use."""
     marshmallow = MarshmallowPlugin()
     spec = APISpec(title="job-service", version=service_version(), openapi_version="3.0.3", plugins=[marshmallow])
     for name, description in TAGS.items():
         spec.tag({"name": name, "description": description})
     marshmallow.map_to_openapi_type(CommaSeparatedOperations, "string", None)
     marshmallow.map_to_openapi_type(QueryFlag, "string", None)
-    for route in app.router.routes():
-        if route.method == "HEAD":  # aiohttp adds one to every GET
-            continue
-        assert route.resource is not None  # every route of a RouteTableDef has one
-        path = route.resource.canonical
-        operation: Operation | None = getattr(route.handler, "openapi", None)
-        if operation is None:
-            raise RuntimeError(f"{route.method} {path} has no OpenAPI description")
-        spec.path(path=path, operations={route.method.lower(): openapi_operation(path, operation)})
+    for declared in ROUTES:
+        for path in declared.paths:
+            spec.path(path=path, operations={declared.method.lower(): openapi_operation(declared, path)})
     return spec.to_dict()
 
 
-def openapi_operation(path: str, operation: Operation) -> dict[str, Any]:
+def openapi_operation(operation: Route, path: str) -> dict[str, Any]:
     parameters: list[dict[str, Any]] = [
-        {"in": "path", "name": name, "required": True, "schema": PATH_PARAMETERS[name]}
+        {"in": "path", "name": name, "required": True, "schema": PATH_PARAMETERS.get(name, {"type": "string"})}
         for name in re.findall(r"{(\w+)}", path)
     ]
     if operation.query is not None:
         parameters.append({"in": "query", "schema": operation.query})
     answer = {"schema": operation.response} if operation.response is not None else {}
     responses = {"200": {"description": "OK", "content": {operation.media_type: answer}}}
-    scoped = operation.scoped_errors if "{rdn}" in path else ()
-    # A route that takes a body also refuses one too slow, too large or of another media type.
-    with_body = (408, 413, 415) if operation.body is not None else ()
-    for status in sorted({*operation.errors, *scoped, *with_body, 500}):
+    for status in sorted({*operation.errors_on(path), 500}):
         responses[str(status)] = {
             "description": ERROR_MEANINGS[status],
             "content": {"application/json": {"schema": MessageSchema}},
@@ -2095,8 +2288,6 @@ DOCS_PAGE = """<!doctype html>
 
 
 # --- handlers -----------------------------------------------------------------
-
-routes = web.RouteTableDef()
 
 
 def store_of(request: web.Request) -> Store:
@@ -2177,56 +2368,21 @@ async def expect_within_limit(request: web.Request) -> web.StreamResponse | None
     return None
 
 
-def path_rdn(request: web.Request) -> str:
-    """The rdn a `/datastores/{rdn}/...` path names, once it is a valid one."""
-    rdn = request.match_info["rdn"]
-    if not is_datastore_rdn(rdn):
-        raise ApiError(400, invalid_rdn_message(rdn))
-    return rdn
-
-
-async def live_datastore(request: web.Request, rdn: str) -> Datastore:
-    """The datastore with this rdn: the default, or a registered one not deleted."""
-    config = request.app[CONFIG]
-    if rdn == config.datastores.default:
-        return default_datastore(config)
-    datastore = await store_of(request).get_datastore(rdn)
-    if datastore is None or datastore["deleted"]:
-        raise ApiError(404, f"No datastore found for datastore_rdn: {rdn}")
-    return datastore
-
-
-async def acting_on(request: web.Request, *, write: bool) -> tuple[Datastore, User]:
-    """The datastore a route acts on and who acts: on an original route the default
-    datastore (writes need an administrator, reads are open); on a datastore's own
-    route that datastore, for its administrators alone, reads included."""
-    if "rdn" not in request.match_info:
-        config = request.app[CONFIG]
-        user = await require_administrator(request) if write else local_user(config)
-        return default_datastore(config), user
-    rdn = path_rdn(request)
-    user = await require_administrator(request, rdn)
-    return await live_datastore(request, rdn), user
-
-
-@routes.get("/jobs")
-@routes.get("/datastores/{rdn}/jobs")
-@documented(
+@route(
+    "GET",
+    "/jobs",
+    Access.READ_JOBS,
     "Jobs, oldest first, filtered: of every datastore, or of one",
     many(JobSchema),
     "jobs",
-    errors=(400, 401, 403, 503),
-    scoped_errors=SCOPED,
+    twin=True,
+    spans_datastores=True,
+    errors=(503,),
     query=JobsQuerySchema,
 )
-async def list_jobs(request: web.Request) -> web.StreamResponse:
-    if "rdn" in request.match_info:
-        datastore, _ = await acting_on(request, write=False)
-        scope: str | None = datastore["rdn"]
-    else:
-        await require_job_reader(request)
-        scope = None
-    query = request.app[JOB_QUERIES].of(request, scope)
+async def list_jobs(request: web.Request, scope: Scope) -> web.StreamResponse:
+    rdn = scope.datastore["rdn"] if scope.datastore is not None else None
+    query = request.app[JOB_QUERIES].of(request, rdn)
     store = store_of(request)
     # Read before the jobs: an answer is never kept under a version newer than its jobs.
     version = store.in_progress_version if query.in_progress_only else None
@@ -2242,19 +2398,21 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@routes.get("/jobs/{jobId}")
-@routes.get("/datastores/{rdn}/jobs/{jobId}")
-@documented("One job", JobSchema, "jobs", errors=(401, 403, 404, 503), scoped_errors=SCOPED)
-async def get_job(request: web.Request) -> web.Response:
-    if "rdn" in request.match_info:
-        datastore, _ = await acting_on(request, write=False)
-        scope: str | None = datastore["rdn"]
-    else:
-        await require_job_reader(request)
-        scope = None
+@route(
+    "GET",
+    "/jobs/{jobId}",
+    Access.READ_JOBS,
+    "One job",
+    JobSchema,
+    "jobs",
+    twin=True,
+    spans_datastores=True,
+    errors=(404, 503),
+)
+async def get_job(request: web.Request, scope: Scope) -> web.Response:
     job_id = request.match_info["jobId"]
     job = await store_of(request).get_job(job_id)
-    if job is None or scope not in (None, job["datastoreRdn"]):
+    if job is None or (scope.datastore is not None and job["datastoreRdn"] != scope.rdn):
         raise JobNotFound(job_id)
     return respond_encoded(request.app[ENCODED_JOBS].encode(job))
 
@@ -2313,33 +2471,35 @@ async def create_jobs(
     return results
 
 
-@routes.post("/jobs", expect_handler=expect_within_limit)
-@routes.post("/datastores/{rdn}/jobs", expect_handler=expect_within_limit)
-@documented(
+@route(
+    "POST",
+    "/jobs",
+    Access.ADMINISTER,
     "Post new jobs; each entry gets its own result, in order",
     many(PostJobResultSchema),
     "jobs",
-    errors=(400, 401, 403, 413, 503, 507),
-    scoped_errors=SCOPED,
+    twin=True,
+    errors=(503, 507),
     body=NEW_JOBS_BODY,
 )
-async def post_jobs(request: web.Request) -> web.Response:
-    datastore, user = await acting_on(request, write=True)
+async def post_jobs(request: web.Request, scope: Scope) -> web.Response:
+    assert scope.datastore is not None
     entries = NEW_JOBS_SCHEMA.load(await read_json_object(request))["jobs"]
-    results = await create_jobs(request, entries, user, datastore)
+    results = await create_jobs(request, entries, scope.user, scope.datastore)
     return respond(POST_JOB_RESULT_SCHEMA, results, many=True)
 
 
-@routes.put("/jobs/{jobId}", expect_handler=expect_within_limit)
-@documented(
+@route(
+    "PUT",
+    "/jobs/{jobId}",
+    Access.EXECUTOR,
     "Move a job on: a new status and/or description, and a log line",
     MessageSchema,
     "jobs",
-    errors=(400, 401, 404, 409, 413, 503, 507),
+    errors=(404, 409, 503, 507),
     body=JobUpdateSchema,
 )
-async def update_job(request: web.Request) -> web.Response:
-    require_api_key(request)
+async def update_job(request: web.Request, scope: Scope) -> web.Response:
     job_id = request.match_info["jobId"]
     update = JOB_UPDATE_SCHEMA.load(await read_json_object(request))
     at = now_iso()
@@ -2357,61 +2517,43 @@ async def update_job(request: web.Request) -> web.Response:
     return respond_message(f"Updated job with jobId {job_id}")
 
 
-@routes.get("/targets")
-@routes.get("/datastores/{rdn}/targets")
-@documented("Every target, by name", many(TargetSchema), "targets", errors=(503,), scoped_errors=SCOPED)
-async def list_targets(request: web.Request) -> web.StreamResponse:
-    datastore, _ = await acting_on(request, write=False)
-    targets = store_of(request).list_targets(datastore["rdn"])
+@route("GET", "/targets", Access.READ, "Every target, by name", many(TargetSchema), "targets", twin=True, errors=(503,))
+async def list_targets(request: web.Request, scope: Scope) -> web.StreamResponse:
+    targets = store_of(request).list_targets(scope.rdn)
     return await respond_listing(request, targets, request.app[ENCODED_TARGETS].encode)
 
 
-def target_name(request: web.Request) -> str:
-    name = request.match_info["name"]
-    if not is_dataset_name(name):
-        raise ApiError(400, invalid_name_message(name))
-    return name
-
-
-@routes.get("/targets/{name}")
-@routes.get("/datastores/{rdn}/targets/{name}")
-@documented(
+@route(
+    "GET",
+    "/targets/{name}",
+    Access.READ,
     "One target: the last action on a dataset",
     TargetSchema,
     "targets",
-    errors=(400, 404, 503),
-    scoped_errors=SCOPED,
+    twin=True,
+    errors=(404, 503),
 )
-async def get_target(request: web.Request) -> web.Response:
-    datastore, _ = await acting_on(request, write=False)
-    name = target_name(request)
-    target = await store_of(request).get_target(datastore["rdn"], name)
+async def get_target(request: web.Request, scope: Scope) -> web.Response:
+    name = request.match_info["name"]
+    target = await store_of(request).get_target(scope.rdn, name)
     if target is None:
         raise ApiError(404, f"No target named {name}")
     return respond(TARGET_SCHEMA, target)
 
 
-@routes.get("/targets/{name}/jobs")
-@routes.get("/datastores/{rdn}/targets/{name}/jobs")
-@documented(
+@route(
+    "GET",
+    "/targets/{name}/jobs",
+    Access.READ,
     "Every job on a target, BUMPs listing it included",
     many(JobSchema),
     "targets",
-    errors=(400, 503),
-    scoped_errors=SCOPED,
+    twin=True,
+    errors=(503,),
 )
-async def list_target_jobs(request: web.Request) -> web.StreamResponse:
-    datastore, _ = await acting_on(request, write=False)
-    jobs = store_of(request).jobs_for_target(datastore["rdn"], target_name(request))
+async def list_target_jobs(request: web.Request, scope: Scope) -> web.StreamResponse:
+    jobs = store_of(request).jobs_for_target(scope.rdn, request.match_info["name"])
     return await respond_listing(request, jobs, request.app[ENCODED_JOBS].encode)
-
-
-def input_directory(config: Config, datastore: Datastore) -> Path:
-    """Where a datastore's archives wait: the configured directory for the default
-    datastore (as before datastores), `<directory>_input` for the others."""
-    if datastore["rdn"] == config.datastores.default:
-        return config.input.dir
-    return Path(f"{datastore['directory']}_input")
 
 
 async def targets_in_progress(store: Store, datastore: str) -> set[str]:
@@ -2419,113 +2561,133 @@ async def targets_in_progress(store: Store, datastore: str) -> set[str]:
     return {job["parameters"]["target"] async for page in in_progress for job in page}
 
 
-@routes.get("/importable-datasets")
-@routes.get("/datastores/{rdn}/importable-datasets")
-@documented(
+@route(
+    "GET",
+    "/importable-datasets",
+    Access.READ,
     "Dataset archives waiting in the input directory",
     many(ImportableDatasetSchema),
     "importable datasets",
-    scoped_errors=(*SCOPED, 503),
+    twin=True,
 )
-async def list_importable_datasets(request: web.Request) -> web.Response:
-    datastore, _ = await acting_on(request, write=False)
-    input_dir = input_directory(request.app[CONFIG], datastore)
+async def list_importable_datasets(request: web.Request, scope: Scope) -> web.Response:
+    datastore = scope.datastore
+    assert datastore is not None
+    input_dir = request.app[DATASTORES].input_directory(datastore)
     datasets = await request.app[ARCHIVES].scan(input_dir)
     hidden: frozenset[str] = frozenset()
-    if "rdn" in request.match_info:  # as the platform's API: what a job works on is not importable meanwhile
+    if scope.platform_route:  # as the platform's API: what a job works on is not importable meanwhile
         hidden = frozenset(await targets_in_progress(store_of(request), datastore["rdn"]))
     return respond_encoded(request.app[ENCODED_LISTINGS].answer(input_dir, datasets, hidden))
 
 
-@routes.delete("/importable-datasets/{name}")
-@routes.delete("/datastores/{rdn}/importable-datasets/{name}")
-@documented(
+@route(
+    "DELETE",
+    "/importable-datasets/{name}",
+    Access.ADMINISTER,
     "Delete an archive from the input directory",
     MessageSchema,
     "importable datasets",
-    errors=(400, 401, 403, 404, 409, 503),
-    scoped_errors=SCOPED,
+    twin=True,
+    errors=(404, 409, 503),
 )
-async def delete_importable_dataset(request: web.Request) -> web.Response:
-    datastore, _ = await acting_on(request, write=True)
-    name = target_name(request)
-    if await store_of(request).target_in_progress(datastore["rdn"], name):
+async def delete_importable_dataset(request: web.Request, scope: Scope) -> web.Response:
+    name = request.match_info["name"]
+    if await store_of(request).target_in_progress(scope.rdn, name):
         raise ApiError(409, f"Cannot delete {name}: a job for it is in progress")
-    await asyncio.to_thread(delete_archive, input_directory(request.app[CONFIG], datastore), name)
+    assert scope.datastore is not None
+    await asyncio.to_thread(delete_archive, request.app[DATASTORES].input_directory(scope.datastore), name)
     return respond_message(f"OK, {name} deleted")
 
 
-@routes.post("/maintenance-status", expect_handler=expect_within_limit)
-@routes.post("/maintenance-statuses", expect_handler=expect_within_limit)
-@documented(
+@route(
+    "POST",
+    "/maintenance-status",
+    Access.EXECUTOR_OR_ADMINISTRATOR,
     "Set the maintenance flag (the executor's key or an administrator)",
     MaintenanceStatusSchema,
     "maintenance",
-    errors=(400, 401, 403, 413, 503),
+    aliases=("/maintenance-statuses",),
+    errors=(503,),
     body=MaintenanceRequestSchema,
 )
-async def set_maintenance_status(request: web.Request) -> web.Response:
-    await require_api_key_or_administrator(request)
+async def set_maintenance_status(request: web.Request, scope: Scope) -> web.Response:
     status = MAINTENANCE_REQUEST_SCHEMA.load(await read_json_object(request))
     status["timestamp"] = now_iso()
     await store_of(request).add_maintenance(status)
     return respond(MAINTENANCE_STATUS_SCHEMA, status)
 
 
-@routes.get("/maintenance-status")
-@routes.get("/maintenance-statuses/latest")
-@documented("The maintenance flag", MaintenanceStatusSchema, "maintenance", errors=(503,))
-async def get_maintenance_status(request: web.Request) -> web.Response:
+@route(
+    "GET",
+    "/maintenance-status",
+    Access.OPEN,
+    "The maintenance flag",
+    MaintenanceStatusSchema,
+    "maintenance",
+    aliases=("/maintenance-statuses/latest",),
+    errors=(503,),
+)
+async def get_maintenance_status(request: web.Request, scope: Scope) -> web.Response:
     latest = await store_of(request).latest_maintenance()
     if latest is None:  # the service stores the initial status at start: only a hand can remove it
         raise ApiError(503, "No maintenance status is stored; restart the service to store the initial one")
     return respond(MAINTENANCE_STATUS_SCHEMA, latest)
 
 
-@routes.get("/maintenance-history")
-@routes.get("/maintenance-statuses")
-@documented("Every maintenance status, newest first", many(MaintenanceStatusSchema), "maintenance", errors=(503,))
-async def get_maintenance_history(request: web.Request) -> web.StreamResponse:
+@route(
+    "GET",
+    "/maintenance-history",
+    Access.OPEN,
+    "Every maintenance status, newest first",
+    many(MaintenanceStatusSchema),
+    "maintenance",
+    aliases=("/maintenance-statuses",),
+    errors=(503,),
+)
+async def get_maintenance_history(request: web.Request, scope: Scope) -> web.StreamResponse:
     return await respond_listing(request, store_of(request).maintenance_history(), encode_maintenance_status)
 
 
-@routes.get("/datastores/rdns")
-@documented(
+@route(
+    "GET",
+    "/datastores/rdns",
+    Access.OPEN,
     "The rdns of the live datastores, sorted",
     {"type": "array", "items": {"type": "string"}},
     "datastores",
     errors=(503,),
 )
-async def list_datastore_rdns(request: web.Request) -> web.Response:
-    return web.Response(body=orjson.dumps(await live_rdns(request)), headers={"Content-Type": JSON_CONTENT_TYPE})
+async def list_datastore_rdns(request: web.Request, scope: Scope) -> web.Response:
+    rdns = [datastore["rdn"] for datastore in await request.app[DATASTORES].every_live()]
+    return web.Response(body=orjson.dumps(rdns), headers={"Content-Type": JSON_CONTENT_TYPE})
 
 
-async def live_datastores(request: web.Request) -> list[Datastore]:
-    registered = [datastore for datastore in await store_of(request).list_datastores() if not datastore["deleted"]]
-    return sorted([default_datastore(request.app[CONFIG]), *registered], key=lambda datastore: datastore["rdn"])
+@route(
+    "GET",
+    "/datastores",
+    Access.PROVISION,
+    "The live datastores, by rdn",
+    many(DatastoreSchema),
+    "datastores",
+    errors=(503,),
+)
+async def list_datastores(request: web.Request, scope: Scope) -> web.Response:
+    return respond(DATASTORE_SCHEMA, await request.app[DATASTORES].every_live(), many=True)
 
 
-async def live_rdns(request: web.Request) -> list[str]:
-    return [datastore["rdn"] for datastore in await live_datastores(request)]
-
-
-@routes.get("/datastores")
-@documented("The live datastores, by rdn", many(DatastoreSchema), "datastores", errors=(401, 403, 503))
-async def list_datastores(request: web.Request) -> web.Response:
-    await require_provisioner(request)
-    return respond(DATASTORE_SCHEMA, await live_datastores(request), many=True)
-
-
-@routes.post("/datastores", expect_handler=expect_within_limit)
-@documented(
+@route(
+    "POST",
+    "/datastores",
+    Access.PROVISION,
     "Provision a datastore: its directories and files, then the job that makes its keys",
     PostJobResultSchema,
     "datastores",
-    errors=(400, 401, 403, 409, 413, 503),
+    errors=(409, 503),
     body=NewDatastoreSchema,
 )
-async def post_datastore(request: web.Request) -> web.Response:
-    user = await require_provisioner(request)
+async def post_datastore(request: web.Request, scope: Scope) -> web.Response:
+    user = scope.user
     new = NEW_DATASTORE_SCHEMA.load(await read_json_object(request))
     config = request.app[CONFIG]
     datastore = Datastore(
@@ -2542,52 +2704,52 @@ async def post_datastore(request: web.Request) -> web.Response:
     return respond(POST_JOB_RESULT_SCHEMA, {"status": "queued", "msg": "CREATED", "job_id": keys_job["jobId"]})
 
 
-@routes.get("/datastores/{rdn}")
-@documented("One live datastore", DatastoreSchema, "datastores", errors=(400, 401, 403, 404, 503))
-async def get_datastore(request: web.Request) -> web.Response:
-    await require_provisioner(request)
-    return respond(DATASTORE_SCHEMA, await live_datastore(request, path_rdn(request)))
+@route("GET", "/datastores/{rdn}", Access.PROVISION, "One live datastore", DatastoreSchema, "datastores")
+async def get_datastore(request: web.Request, scope: Scope) -> web.Response:
+    return respond(DATASTORE_SCHEMA, scope.datastore)
 
 
-@routes.delete("/datastores/{rdn}")
-@documented(
+@route(
+    "DELETE",
+    "/datastores/{rdn}",
+    Access.PROVISION,
     "Delete a datastore: it leaves every list, its jobs and files are kept",
     MessageSchema,
     "datastores",
-    errors=(400, 401, 403, 404, 409, 503),
+    errors=(409,),
 )
-async def delete_datastore(request: web.Request) -> web.Response:
-    await require_provisioner(request)
-    rdn = path_rdn(request)
-    if rdn == request.app[CONFIG].datastores.default:
-        raise ApiError(409, f"{rdn} is the default datastore, which cannot be deleted")
-    await live_datastore(request, rdn)
-    await store_of(request).delete_datastore(rdn)
-    return respond_message(f"Deleted datastore {rdn}")
+async def delete_datastore(request: web.Request, scope: Scope) -> web.Response:
+    await request.app[DATASTORES].delete(scope.rdn)
+    return respond_message(f"Deleted datastore {scope.rdn}")
 
 
-@routes.get("/datastores/{rdn}/directory")
-@documented(
-    "The datastore's directory, as a JSON string", {"type": "string"}, "datastores", errors=(400, 401, 404, 503)
+@route(
+    "GET",
+    "/datastores/{rdn}/directory",
+    Access.EXECUTOR,
+    "The datastore's directory, as a JSON string",
+    {"type": "string"},
+    "datastores",
 )
-async def get_datastore_directory(request: web.Request) -> web.Response:
-    require_api_key(request)
-    datastore = await live_datastore(request, path_rdn(request))
-    return web.Response(body=orjson.dumps(datastore["directory"]), headers={"Content-Type": JSON_CONTENT_TYPE})
+async def get_datastore_directory(request: web.Request, scope: Scope) -> web.Response:
+    assert scope.datastore is not None
+    return web.Response(body=orjson.dumps(scope.datastore["directory"]), headers={"Content-Type": JSON_CONTENT_TYPE})
 
 
-@routes.post("/datastores/{rdn}/public-key", expect_handler=expect_within_limit)
-@documented(
+@route(
+    "POST",
+    "/datastores/{rdn}/public-key",
+    Access.EXECUTOR,
     "Store the datastore's public key (once)",
     MessageSchema,
     "datastores",
-    errors=(400, 401, 404, 409, 413, 415, 503),
+    errors=(409,),
     body={"type": "string"},
     body_media_type=PEM_CONTENT_TYPE,
 )
-async def post_public_key(request: web.Request) -> web.Response:
-    require_api_key(request)
-    datastore = await live_datastore(request, path_rdn(request))
+async def post_public_key(request: web.Request, scope: Scope) -> web.Response:
+    datastore = scope.datastore
+    assert datastore is not None
     if request.content_type != PEM_CONTENT_TYPE:
         raise ApiError(415, f"A public key is sent as {PEM_CONTENT_TYPE}")
     pem = await read_body(request)
@@ -2595,23 +2757,24 @@ async def post_public_key(request: web.Request) -> web.Response:
     return respond_message(f"Stored the public key of {datastore['rdn']}")
 
 
-@routes.get("/datastores/{rdn}/public-key")
-@documented(
+@route(
+    "GET",
+    "/datastores/{rdn}/public-key",
+    Access.ADMINISTER,
     "The datastore's public key, as PEM",
     {"type": "string"},
     "datastores",
-    errors=(*SCOPED, 503),
     media_type=PEM_CONTENT_TYPE,
 )
-async def get_public_key(request: web.Request) -> web.Response:
-    datastore, _ = await acting_on(request, write=False)
+async def get_public_key(request: web.Request, scope: Scope) -> web.Response:
+    datastore = scope.datastore
+    assert datastore is not None
     pem = await asyncio.to_thread(read_public_key, Path(datastore["directory"]))
     return web.Response(body=pem, headers={"Content-Type": PEM_CONTENT_TYPE})
 
 
-@routes.get("/metrics")
-@documented("Prometheus metrics", {"type": "string"}, "operations", media_type="text/plain")
-async def get_metrics(request: web.Request) -> web.Response:
+@route("GET", "/metrics", Access.OPEN, "Prometheus metrics", {"type": "string"}, "operations", media_type="text/plain")
+async def get_metrics(request: web.Request, scope: Scope) -> web.Response:
     """Always answered: the process's own series whatever the store does, the store's
     counts only when it answers (a store's failure is counted, and logged where it happens)."""
     metrics = request.app[METRICS]
@@ -2627,50 +2790,55 @@ async def get_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
-@routes.get("/health/alive")
-@routes.get("/datastores/{rdn}/health/alive")
-@documented("200 while the process serves", MessageSchema, "operations", scoped_errors=(400, 404, 503))
-async def health_alive(request: web.Request) -> web.Response:
-    if "rdn" in request.match_info:  # open, like the original: probes send no token
-        await live_datastore(request, path_rdn(request))
+@route("GET", "/health/alive", Access.OPEN, "200 while the process serves", MessageSchema, "operations", twin=True)
+async def health_alive(request: web.Request, scope: Scope) -> web.Response:
     return respond_message("I'm alive!")
 
 
-@routes.get("/health/ready")
-@routes.get("/datastores/{rdn}/health/ready")
-@documented(
-    "200 while the storage backend answers", MessageSchema, "operations", errors=(503,), scoped_errors=(400, 404)
+@route(
+    "GET",
+    "/health/ready",
+    Access.OPEN,
+    "200 while the storage backend answers",
+    MessageSchema,
+    "operations",
+    twin=True,
+    errors=(503,),
 )
-async def health_ready(request: web.Request) -> web.Response:
+async def health_ready(request: web.Request, scope: Scope) -> web.Response:
     await store_of(request).ping()
-    if "rdn" in request.match_info:
-        await live_datastore(request, path_rdn(request))
     return respond_message("I'm ready!")
 
 
-@routes.get("/openapi.json")
-@documented("This API's OpenAPI 3 document", {"type": "object"}, "operations")
-async def get_openapi(request: web.Request) -> web.Response:
+@route("GET", "/openapi.json", Access.OPEN, "This API's OpenAPI 3 document", {"type": "object"}, "operations")
+async def get_openapi(request: web.Request, scope: Scope) -> web.Response:
     return web.Response(body=request.app[OPENAPI], headers={"Content-Type": JSON_CONTENT_TYPE})
 
 
-@routes.get("/docs")
-@documented(
-    "Interactive documentation of this API (Swagger UI)", {"type": "string"}, "operations", media_type="text/html"
+@route(
+    "GET",
+    "/docs",
+    Access.OPEN,
+    "Interactive documentation of this API (Swagger UI)",
+    {"type": "string"},
+    "operations",
+    media_type="text/html",
 )
-async def get_docs(request: web.Request) -> web.Response:
+async def get_docs(request: web.Request, scope: Scope) -> web.Response:
     return web.Response(text=DOCS_PAGE, content_type="text/html")
 
 
-@routes.get("/docs/assets/{filename}")
-@documented(
+@route(
+    "GET",
+    "/docs/assets/{filename}",
+    Access.OPEN,
     "The files of the documentation page, served from the package",
     None,
     "operations",
     errors=(404,),
     media_type="*/*",
 )
-async def get_docs_asset(request: web.Request) -> web.FileResponse:
+async def get_docs_asset(request: web.Request, scope: Scope) -> web.FileResponse:
     filename = request.match_info["filename"]
     if filename not in SWAGGER_UI_FILES:
         raise ApiError(404, f"No documentation asset named {filename}")
@@ -2702,8 +2870,6 @@ async def service_middleware(request: web.Request, handler: Handler) -> web.Stre
 
     - Its id (the caller's, when it is sane), for its response and every log line
       written while it is handled; one access line; its count and time.
-    - A body of a media type its route does not take is refused before it is read
-      (`refuse_body`).
     - The one error path: every failure becomes `{"message"}` with its status
       (`failure_response`). A client that went away is nobody's error: there is no
       one to answer, and it counts as nginx's 499."""
@@ -2716,7 +2882,6 @@ async def service_middleware(request: web.Request, handler: Handler) -> web.Stre
     status = 500
     try:
         try:
-            refuse_body(request)
             response = await handler(request)
         except ConnectionResetError:
             raise
@@ -2777,15 +2942,12 @@ async def send_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
 
 
-def refuse_body(request: web.Request) -> None:
+def refuse_body(request: web.Request, accepted: str) -> None:
     """Refuse a body before it is read when it is of a media type its route does
     not take (a `text/plain` post would let another site's page send an
     administrator's cookies along), or announced larger than the limit (so an
     `Expect: 100-continue` gets its 413 before it sends anything)."""
-    routed = request.match_info.http_exception is None
-    if routed and request.body_exists:
-        operation: Operation | None = getattr(request.match_info.handler, "openapi", None)
-        accepted = operation.body_media_type if operation is not None else JSON_MEDIA_TYPE
+    if request.body_exists:
         if request.content_type != accepted:
             raise ApiError(415, f"The body must be {accepted}, not {request.content_type}")
         limit = request.app[CONFIG].server.max_body_bytes
@@ -2831,6 +2993,7 @@ async def storage_context(app: web.Application) -> Any:
     metrics = app[METRICS]
     store = await open_store(config.storage.selected, config.datastores.default, initial, metrics.count_malformed)
     app[STORE] = InstrumentedStore(store, metrics)
+    app[DATASTORES] = Datastores(config, app[STORE])
     await finish_or_undo_provisionings(app)
     yield
     await app[STORE].close()
@@ -2872,8 +3035,14 @@ def create_app(config: Config) -> web.Application:
     app[REQUEST_IDS] = request_ids()
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(signing_keys_context)
-    app.add_routes(routes)
-    app[OPENAPI] = orjson.dumps(openapi_document(app))
+    for declared in ROUTES:
+        for path in declared.paths:
+            expect = expect_within_limit if declared.body is not None else None
+            if declared.method == "GET":  # and HEAD, which aiohttp answers with the headers alone
+                app.router.add_get(path, endpoint(declared, path))
+            else:
+                app.router.add_route(declared.method, path, endpoint(declared, path), expect_handler=expect)
+    app[OPENAPI] = orjson.dumps(openapi_document())
     app.on_response_prepare.append(send_request_id)
     return app
 

@@ -91,7 +91,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from backends import (
+    DATASTORE,
+    DATASTORE_OPERATIONS,
     FINAL_STATUSES,
+    KEYS_OPERATIONS,
+    OPERATIONS,
+    RELEASE_STATUSES,
+    REQUIRED_BY_OPERATION,
+    STATUSES,
     Datastore,
     DatastoreTaken,
     Job,
@@ -149,46 +156,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # --- vocabulary ------------------------------------------------------------
+# Statuses, operations and what each operation needs are `backends.base`'s: one
+# vocabulary for the store, the schemas and the executor. Names and limits follow.
 
-STATUSES = (
-    "queued",
-    "initiated",
-    "validating",
-    "decrypting",
-    "transforming",
-    "pseudonymizing",
-    "enriching",
-    "converting",
-    "partitioning",
-    "built",
-    "importing",
-    "completed",
-    "failed",
-)
-OPERATIONS = (
-    "BUMP",
-    "ADD",
-    "CHANGE",
-    "PATCH_METADATA",
-    "SET_STATUS",
-    "DELETE_DRAFT",
-    "REMOVE",
-    "ROLLBACK_REMOVE",
-    "DELETE_ARCHIVE",
-    "GENERATE_RSA_KEYS",
-    # The 2026 executor's name for GENERATE_RSA_KEYS: its poll names it, so it must not be a 400.
-    "GENERATE_KEYS",
-)
-RELEASE_STATUSES = ("DRAFT", "PENDING_RELEASE", "PENDING_DELETE")
-DATASTORE = "DATASTORE"
-#: The operations on a datastore as a whole: their target is DATASTORE, and only theirs is.
-DATASTORE_OPERATIONS = ("BUMP", "GENERATE_RSA_KEYS", "GENERATE_KEYS")
-#: Fields a new job must have for its operation, beyond operation and target.
-REQUIRED_BY_OPERATION = {
-    "SET_STATUS": ("releaseStatus",),
-    "REMOVE": ("description",),
-    "BUMP": ("description", "bumpManifesto", "bumpFromVersion", "bumpToVersion"),
-}
 DATASET_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,127}")
 #: The same rule for the OpenAPI document (a JavaScript regular expression).
 DATASET_NAME_PATTERN = "^[A-Z][A-Z0-9_]{0,127}$"
@@ -313,6 +283,8 @@ class DatastoresConfig:
     default: str
     #: The default datastore's directory, as the executor is told it; `<root>/<default>` when unset.
     default_directory: Path | None
+    #: The name of the job that makes a datastore's keys, as the deployed executor parses it.
+    keys_operation: str
 
 
 @dataclass(frozen=True)
@@ -461,6 +433,7 @@ class DatastoresSection(ConfigSection):
     root = fields.Function(deserialize=Path, load_default=lambda: Path("datastores"))
     default = fields.String(validate=validate_rdn, load_default="local")
     default_directory = fields.Function(deserialize=Path, load_default=None)
+    keys_operation = fields.String(validate=validate.OneOf(KEYS_OPERATIONS), load_default=KEYS_OPERATIONS[0])
 
 
 class ConfigSchema(ConfigSection):
@@ -595,7 +568,8 @@ class BumpManifestoSchema(Schema):
 class JobParametersSchema(Schema):
     """A new job as posted, and the `parameters` of a stored job."""
 
-    operation = fields.String(required=True, validate=validate.OneOf(OPERATIONS))
+    # Either name of the keys job: a store may hold jobs under the other one (see `judge_entry`).
+    operation = fields.String(required=True, validate=validate.OneOf((*OPERATIONS, *KEYS_OPERATIONS)))
     target = dataset_name_field()
     releaseStatus = fields.String(validate=validate.OneOf(RELEASE_STATUSES))
     description = fields.String(validate=validate.Length(max=MAX_TEXT_LENGTH))
@@ -676,12 +650,18 @@ class QueryFlag(fields.Field):
         return word == "true"
 
 
+#: What a poll may name: both generations of the executor poll for their keys job.
+QUERIED_OPERATIONS = (*OPERATIONS, *KEYS_OPERATIONS)
+
+
 class CommaSeparatedOperations(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> frozenset[str]:
         operations = frozenset(item for item in str(value).split(",") if item)
-        unknown = sorted(operations.difference(OPERATIONS))
+        unknown = sorted(operations.difference(QUERIED_OPERATIONS))
         if unknown:
-            raise ValidationError(f"Unknown operation {', '.join(unknown)}; must be among {', '.join(OPERATIONS)}.")
+            raise ValidationError(
+                f"Unknown operation {', '.join(unknown)}; must be among {', '.join(QUERIED_OPERATIONS)}."
+            )
         return operations
 
 
@@ -691,7 +671,7 @@ class JobsQuerySchema(Schema):
 
     status = fields.String(validate=validate.OneOf(STATUSES))
     operation = CommaSeparatedOperations(
-        metadata={"pattern": "^(({0})?,)*({0})?$".format("|".join(OPERATIONS)), "example": "ADD,REMOVE"}
+        metadata={"pattern": "^(({0})?,)*({0})?$".format("|".join(QUERIED_OPERATIONS)), "example": "ADD,REMOVE"}
     )
     ignoreCompleted = QueryFlag(metadata={"pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"})
 
@@ -2430,12 +2410,18 @@ def new_job(datastore: Datastore, parameters: dict[str, Any], user: User) -> Job
     )
 
 
-def judge_entry(entry: Any, user: User, datastore: Datastore) -> Job | str:
-    """One posted entry judged on its own: the job to store, or why it is refused."""
+def judge_entry(entry: Any, user: User, datastore: Datastore, keys_operation: str) -> Job | str:
+    """One posted entry judged on its own: the job to store, or why it is refused.
+    A keys job under the name the deployed executor does not parse would stop it."""
     try:
         parameters = JOB_PARAMETERS_SCHEMA.load(entry)
     except ValidationError as exc:
         return f"FAILED: {describe(exc.messages)}"
+    if parameters["operation"] in KEYS_OPERATIONS and parameters["operation"] != keys_operation:
+        return (
+            f"FAILED: operation: {parameters['operation']} is not the keys job's name in this service;"
+            f" post {keys_operation} ([datastores] keys_operation)"
+        )
     if parameters["operation"] == "BUMP" and not datastore["bumpEnabled"]:
         return "FAILED: Bumping the datastore is disabled"
     return new_job(datastore, parameters, user)
@@ -2448,7 +2434,8 @@ async def create_jobs(
     target; the results, in order, say which. The store takes them in one call, so
     that a backend can write them all at once (TinyDB: one fsync for a POST); one
     that fails after storing some says which it did not store, each FAILED with why."""
-    judged = [judge_entry(entry, user, datastore) for entry in entries]
+    keys_operation = request.app[CONFIG].datastores.keys_operation
+    judged = [judge_entry(entry, user, datastore, keys_operation) for entry in entries]
     jobs = [job for job in judged if not isinstance(job, str)]
     store = store_of(request)
     refusals: list[StoreError | None] = [None] * len(jobs)
@@ -2698,7 +2685,7 @@ async def post_datastore(request: web.Request, scope: Scope) -> web.Response:
         bumpEnabled=new["bumpEnabled"],
         deleted=False,
     )
-    keys_job = new_job(datastore, {"operation": "GENERATE_RSA_KEYS", "target": DATASTORE}, user)
+    keys_job = new_job(datastore, {"operation": config.datastores.keys_operation, "target": DATASTORE}, user)
     async with request.app[PROVISIONING]:
         await provision(request.app, datastore, keys_job)
     return respond(POST_JOB_RESULT_SCHEMA, {"status": "queued", "msg": "CREATED", "job_id": keys_job["jobId"]})
@@ -2986,6 +2973,23 @@ async def finish_or_undo_provisionings(app: web.Application) -> None:
             log.warning("Cannot deal with the unfinished provisioning of %s now: %s", directory.name, exc)
 
 
+async def warn_of_unparsable_keys_jobs(store: Store, keys_operation: str) -> None:
+    """Keys jobs in progress under the other generation's name, which the deployed
+    executor cannot parse (and which hold their datastore's DATASTORE target), in one line."""
+    others = frozenset(KEYS_OPERATIONS) - {keys_operation}
+    found = store.find_jobs(JobQuery(operations=others, ignore_completed=True))
+    count = sum([len(page) async for page in found])
+    if count:
+        log.warning(
+            "%d job(s) in progress are %s jobs, which an executor that parses %s cannot read: set"
+            " [datastores] keys_operation to match the executor, or fail them (PUT /jobs/{jobId} with"
+            ' {"status": "failed"})',
+            count,
+            "/".join(sorted(others)),
+            keys_operation,
+        )
+
+
 async def storage_context(app: web.Application) -> Any:
     """Open the backend inside the app's lifetime: some drivers bind to the running loop."""
     config = app[CONFIG]
@@ -2994,6 +2998,7 @@ async def storage_context(app: web.Application) -> Any:
     store = await open_store(config.storage.selected, config.datastores.default, initial, metrics.count_malformed)
     app[STORE] = InstrumentedStore(store, metrics)
     app[DATASTORES] = Datastores(config, app[STORE])
+    await warn_of_unparsable_keys_jobs(app[STORE], config.datastores.keys_operation)
     await finish_or_undo_provisionings(app)
     yield
     await app[STORE].close()

@@ -7,8 +7,15 @@ from dataclasses import dataclass, field
 
 from .base import (
     COLLECTIONS,
+    DATASTORE,
+    DATASTORE_OPERATIONS,
     FINAL_STATUSES,
+    KEYS_OPERATIONS,
     MAX_LOG_CHARACTERS,
+    OPERATIONS,
+    RELEASE_STATUSES,
+    REQUIRED_BY_OPERATION,
+    STATUSES,
     Datastore,
     DatastoreBusy,
     DatastoreGone,
@@ -40,8 +47,15 @@ from .base import (
 
 __all__ = [
     "COLLECTIONS",
+    "DATASTORE",
+    "DATASTORE_OPERATIONS",
     "FINAL_STATUSES",
+    "KEYS_OPERATIONS",
     "MAX_LOG_CHARACTERS",
+    "OPERATIONS",
+    "RELEASE_STATUSES",
+    "REQUIRED_BY_OPERATION",
+    "STATUSES",
     "Datastore",
     "DatastoreBusy",
     "DatastoreGone",

@@ -127,9 +127,53 @@ def revision_of(document: Job | Target) -> int:
 #: The collections every backend keeps, by these names: what export writes and import reads.
 COLLECTIONS = ("datastores", "inprogress", "completed", "targets", "maintenance")
 
+# --- vocabulary: the words of jobs, in the store, the API and the executor alike ---------
+
+STATUSES = (
+    "queued",
+    "initiated",
+    "validating",
+    "decrypting",
+    "transforming",
+    "pseudonymizing",
+    "enriching",
+    "converting",
+    "partitioning",
+    "built",
+    "importing",
+    "completed",
+    "failed",
+)
 #: A job in one of these is done: it leaves the in-progress set for the
 #: completed set, which is how the storage layout follows the status.
 FINAL_STATUSES = frozenset({"completed", "failed"})
+#: The operations every executor generation parses.
+OPERATIONS = (
+    "BUMP",
+    "ADD",
+    "CHANGE",
+    "PATCH_METADATA",
+    "SET_STATUS",
+    "DELETE_DRAFT",
+    "REMOVE",
+    "ROLLBACK_REMOVE",
+    "DELETE_ARCHIVE",
+)
+#: The names executor generations give the job that makes a datastore's keys: today's
+#: (microdata-job-executor d447dd8) parses only the first, a coming one only the second.
+#: A service posts one of them, the one its configuration names.
+KEYS_OPERATIONS = ("GENERATE_RSA_KEYS", "GENERATE_KEYS")
+RELEASE_STATUSES = ("DRAFT", "PENDING_RELEASE", "PENDING_DELETE")
+#: The target of the operations on a datastore as a whole.
+DATASTORE = "DATASTORE"
+#: The operations on a datastore as a whole: their target is DATASTORE, and only theirs is.
+DATASTORE_OPERATIONS = ("BUMP", *KEYS_OPERATIONS)
+#: Fields a new job must have for its operation, beyond operation and target.
+REQUIRED_BY_OPERATION = {
+    "SET_STATUS": ("releaseStatus",),
+    "REMOVE": ("description",),
+    "BUMP": ("description", "bumpManifesto", "bumpFromVersion", "bumpToVersion"),
+}
 
 
 # --- the shape of stored documents: what every reader relies on -------------------------

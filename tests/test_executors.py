@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from helpers import USER, access_claims, cookies_for, info_claims
+from helpers import USER, access_claims, bump_job, cookies_for, info_claims
+from marshmallow import ValidationError
 
 API_KEY = "the executor's key, long enough"
 STATUSES = {
@@ -33,12 +34,28 @@ STATUSES = {
     "completed",
     "failed",
 }
+#: The operations the executor's `Operation` enum names, besides its keys job's.
+EXECUTOR_OPERATIONS = {
+    "BUMP",
+    "ADD",
+    "CHANGE",
+    "PATCH_METADATA",
+    "SET_STATUS",
+    "DELETE_DRAFT",
+    "REMOVE",
+    "ROLLBACK_REMOVE",
+    "DELETE_ARCHIVE",
+}
+#: The keys job's name in each executor generation: today's (d447dd8), and the next (branch a24fad9).
+KEYS_JOB = {"2026": "GENERATE_RSA_KEYS", "next": "GENERATE_KEYS"}
 DATASTORE_WIDE = "SET_STATUS,BUMP,DELETE_DRAFT,REMOVE,ROLLBACK_REMOVE,DELETE_ARCHIVE,GENERATE_RSA_KEYS"
 DATASET_WIDE = "PATCH_METADATA,ADD,CHANGE"
 
 
-def executor_job(job: dict[str, Any]) -> dict[str, Any]:
-    """What the 2026 executor's `Job` model accepts, checked as strictly as it checks."""
+def executor_job(job: dict[str, Any], keys_job: str = KEYS_JOB["2026"]) -> dict[str, Any]:
+    """What the executor's `Job` model accepts, checked as strictly as it checks: its
+    enums, and no key it does not know inside log entries, `createdBy` or a manifesto's
+    `dataStructureUpdates` (new keys are safe only at a job's top level)."""
     assert isinstance(job["jobId"], str) and isinstance(job["datastoreRdn"], str)
     assert job["status"] in STATUSES and isinstance(job["createdAt"], str)
     assert set(job["createdBy"]) == {"userId", "firstName", "lastName"}
@@ -47,6 +64,9 @@ def executor_job(job: dict[str, Any]) -> dict[str, Any]:
         datetime.fromisoformat(entry["at"])
     parameters = job["parameters"]
     assert {"operation", "target"} <= set(parameters) and None not in parameters.values()
+    assert parameters["operation"] in EXECUTOR_OPERATIONS | {keys_job}, parameters["operation"]
+    for update in parameters.get("bumpManifesto", {}).get("dataStructureUpdates", []):
+        assert set(update) == {"name", "description", "operation", "releaseStatus"}
     return job
 
 
@@ -347,3 +367,92 @@ async def test_the_maintenance_flag_is_set_by_the_key_or_an_administrator(platfo
     assert (await client.post(path, json=body, cookies=reader)).status == 403
     assert (await client.post(path, json=body, headers={"X-API-Key": API_KEY})).status == 200
     assert (await client.post(path, json=body, cookies=administrator_cookies(keys))).status == 200
+
+
+#: One job of every operation an administrator may post (the keys job aside: see below).
+EVERY_POSTABLE_JOB = [
+    {"operation": "ADD", "target": "MY_DATASET", "description": "A new dataset"},
+    {"operation": "CHANGE", "target": "CHANGED"},
+    {"operation": "PATCH_METADATA", "target": "PATCHED"},
+    {"operation": "SET_STATUS", "target": "RELEASED", "releaseStatus": "PENDING_RELEASE"},
+    {"operation": "DELETE_DRAFT", "target": "DRAFTED"},
+    {"operation": "REMOVE", "target": "REMOVED", "description": "Gone"},
+    {"operation": "ROLLBACK_REMOVE", "target": "ROLLED_BACK"},
+    {"operation": "DELETE_ARCHIVE", "target": "ARCHIVED"},
+]
+
+
+@pytest.mark.parametrize("generation", sorted(KEYS_JOB))
+async def test_every_job_any_route_makes_is_one_the_configured_executor_parses(make_client, key_server, generation):
+    keys, url = key_server
+    keys_job = KEYS_JOB[generation]
+    auth = {
+        "enabled": True,
+        "jwks_url": url,
+        "api_key": API_KEY,
+        "audience": "datastore-api-jobs",
+        "provisioners": [USER],
+    }
+    client = await make_client(auth=auth, datastores={"keys_operation": keys_job}, jobs={"bump_enabled": True})
+    created = await client.post(
+        "/datastores",
+        json={"rdn": "no.ssb.fdb", "name": "Forskningsdata", "description": "Research", "bumpEnabled": True},
+        cookies=provisioner_cookies(keys),
+    )
+    assert created.status == 200, await created.text()
+    posted = await client.post(
+        "/datastores/no.ssb.fdb/jobs",
+        json={"jobs": [*EVERY_POSTABLE_JOB, {"operation": "CHANGE", "target": "MY_DATASET"}]},
+        cookies=administrator_cookies(keys, "no.ssb.fdb"),
+    )
+    results = await posted.json()
+    assert [result["msg"] for result in results[:-1]] == ["CREATED"] * len(EVERY_POSTABLE_JOB)
+    assert results[-1]["status"] == "FAILED"  # the target is busy
+    bump = await client.post("/jobs", json={"jobs": [bump_job()]}, cookies=administrator_cookies(keys, "local"))
+    assert (await bump.json())[0]["msg"] == "CREATED"
+    executor = Executor2026(client)
+    jobs = [executor_job(job, keys_job) for job in await executor.interrupted()]
+    assert {job["parameters"]["operation"] for job in jobs} == {
+        "BUMP",
+        *(job["operation"] for job in EVERY_POSTABLE_JOB),
+        keys_job,
+    }
+    first = jobs[0]["jobId"]
+    await executor.update(first, status="validating", log="Checking the archive")
+    await executor.update(first, description="A better description")
+    await executor.update(first, status="failed", log="Something broke")
+    for job in await executor.ok("GET", "/jobs", headers=executor.headers):
+        executor_job(job, keys_job)
+
+
+@pytest.mark.parametrize(
+    ("configured", "other"), [("GENERATE_RSA_KEYS", "GENERATE_KEYS"), ("GENERATE_KEYS", "GENERATE_RSA_KEYS")]
+)
+async def test_the_keys_job_is_posted_under_the_configured_name_alone(make_client, configured, other):
+    client = await make_client(datastores={"keys_operation": configured})
+    response = await client.post(
+        "/jobs",
+        json={"jobs": [{"operation": other, "target": "DATASTORE"}, {"operation": configured, "target": "DATASTORE"}]},
+    )
+    refused, created = await response.json()
+    assert refused["status"] == "FAILED" and configured in refused["msg"] and other in refused["msg"]
+    assert created["msg"] == "CREATED"
+    # Either generation's poll of its keys job is still a query, never a 400.
+    assert (await client.get(f"/jobs?status=queued&operation={other}")).status == 200
+
+
+async def test_a_store_with_keys_jobs_under_the_other_name_opens_and_says_what_to_do(make_client, caplog):
+    first = await make_client()
+    response = await first.post("/jobs", json={"jobs": [{"operation": "GENERATE_RSA_KEYS", "target": "DATASTORE"}]})
+    assert (await response.json())[0]["msg"] == "CREATED"
+    await first.close()
+    with caplog.at_level("WARNING", logger="job_service"):
+        second = await make_client(datastores={"keys_operation": "GENERATE_KEYS"})
+    [line] = [record.getMessage() for record in caplog.records if "keys_operation" in record.getMessage()]
+    assert line.startswith("1 job(s) in progress are GENERATE_RSA_KEYS jobs") and "GENERATE_KEYS" in line
+    assert len(await (await second.get("/jobs")).json()) == 1
+
+
+async def test_keys_operation_takes_only_the_two_names(make_client):
+    with pytest.raises(ValidationError):
+        await make_client(datastores={"keys_operation": "GENERATE_KEYZ"})

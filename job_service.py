@@ -100,9 +100,13 @@ from backends import (
     REQUIRED_BY_OPERATION,
     STATUSES,
     Datastore,
+    DatastoreBusy,
+    DatastoreGone,
     DatastoreTaken,
     Job,
     JobChange,
+    JobFinal,
+    JobLogFull,
     JobNotFound,
     JobQuery,
     LogEntry,
@@ -795,13 +799,20 @@ class ApiError(Exception):
         self.status = status
 
 
-#: Backend failures that have a meaning in HTTP, looked up along the class
-#: hierarchy: a subclass means what its base means. A store's answers (busy,
-#: not found, final) carry their own status; anything else is a 500. A store that
-#: holds what it cannot work with is not ready (503, its one line saying what an
-#: operator must fix) until it is fixed; one malformed document read by itself is a
-#: 500 that names it, while every listing leaves it out.
-STORE_FAILURE_STATUS: dict[type[StoreError], int] = {
+#: What each error of the store means in HTTP, looked up along the class hierarchy:
+#: a subclass means what its base means, and an error not here is a 500 with its
+#: traceback logged. A store's answers say what is so (busy, not found, final); a store
+#: that holds what it cannot work with is not ready (503, its one line saying what an
+#: operator must fix) until it is fixed; one malformed document read by itself is a 500
+#: that names it, while every listing leaves it out.
+STORE_ERROR_STATUS: dict[type[StoreError], int] = {
+    TargetBusy: 409,
+    JobNotFound: 404,
+    DatastoreTaken: 409,
+    DatastoreBusy: 409,
+    DatastoreGone: 404,
+    JobFinal: 409,
+    JobLogFull: 413,
     StoreUnavailable: 503,
     StoreFull: 507,
     StoreCorrupt: 503,
@@ -811,11 +822,16 @@ STORE_FAILURE_STATUS: dict[type[StoreError], int] = {
 
 def error_status(exc: Exception) -> int | None:
     """The status that answers `exc`; None for a failure nobody expected."""
-    if isinstance(exc, ApiError | StoreAnswer):
+    if isinstance(exc, ApiError):
         return exc.status
     if isinstance(exc, ValidationError):
         return 400
-    return next((STORE_FAILURE_STATUS[cls] for cls in type(exc).__mro__ if cls in STORE_FAILURE_STATUS), None)
+    return next((STORE_ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in STORE_ERROR_STATUS), None)
+
+
+def body_too_large(limit: int) -> ApiError:
+    """The one answer to a body over the limit, whether it was announced, sent or asked about."""
+    return ApiError(413, f"Request body is larger than the limit of {limit} bytes")
 
 
 def describe(messages: Any, path: str = "") -> str:
@@ -844,7 +860,7 @@ async def read_body(request: web.Request) -> bytes:
         async with asyncio.timeout(server.body_timeout):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, f"Request body is larger than the limit of {server.max_body_bytes} bytes") from None
+        raise body_too_large(server.max_body_bytes) from None
     except TimeoutError:
         raise ApiError(408, f"The request body did not arrive within {server.body_timeout:g} seconds") from None
 
@@ -2340,7 +2356,7 @@ async def expect_within_limit(request: web.Request) -> web.StreamResponse | None
     client sends it (aiohttp asks this before any middleware runs); else go on."""
     limit = request.app[CONFIG].server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        return respond_message(f"Request body is larger than the limit of {limit} bytes", 413)
+        return failure_response(request, body_too_large(limit))
     if request.headers.get("Expect", "").lower() != "100-continue":
         return respond_message("The only expectation this service meets is 100-continue", 417)
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -2939,7 +2955,7 @@ def refuse_body(request: web.Request, accepted: str) -> None:
             raise ApiError(415, f"The body must be {accepted}, not {request.content_type}")
         limit = request.app[CONFIG].server.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise ApiError(413, f"Request body is larger than the limit of {limit} bytes")
+            raise body_too_large(limit)
 
 
 def failure_response(request: web.Request, exc: Exception) -> web.Response:
@@ -2996,9 +3012,9 @@ async def storage_context(app: web.Application) -> Any:
     initial = MaintenanceStatus(msg=INITIAL_MAINTENANCE_MSG, paused=False, timestamp=now_iso())
     metrics = app[METRICS]
     store = await open_store(config.storage.selected, config.datastores.default, initial, metrics.count_malformed)
+    await warn_of_unparsable_keys_jobs(store, config.datastores.keys_operation)
     app[STORE] = InstrumentedStore(store, metrics)
     app[DATASTORES] = Datastores(config, app[STORE])
-    await warn_of_unparsable_keys_jobs(app[STORE], config.datastores.keys_operation)
     await finish_or_undo_provisionings(app)
     yield
     await app[STORE].close()

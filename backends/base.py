@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, NotRequired, Protocol, TypedDict, TypeVar, cast
+from typing import Any, NotRequired, Protocol, TypedDict, TypeVar, cast
 
 import orjson
 
@@ -290,9 +290,7 @@ class StoreError(Exception):
 
 class StoreAnswer(StoreError):
     """An outcome the client is told of, not a failure of the backend: nothing
-    was written, and `status` is what it means in HTTP."""
-
-    status: ClassVar[int]
+    was written. What each means in HTTP is the service's (`STORE_ERROR_STATUS`)."""
 
 
 class StoreUnavailable(StoreError):
@@ -329,24 +327,18 @@ class MalformedDocument(StoreCorrupt):
 class TargetBusy(StoreAnswer):
     """A job for this target is already in progress."""
 
-    status = 409
-
     def __init__(self, target: str) -> None:
         super().__init__(f"Job with target {target} already in progress")
         self.target = target
 
 
 class JobNotFound(StoreAnswer):
-    status = 404
-
     def __init__(self, job_id: str) -> None:
         super().__init__(f"No job found for jobId: {job_id}")
 
 
 class DatastoreTaken(StoreAnswer):
     """The rdn is registered already, live or deleted: an rdn is never reused."""
-
-    status = 409
 
     def __init__(self, rdn: str) -> None:
         super().__init__(f"Datastore rdn {rdn} already exists")
@@ -355,8 +347,6 @@ class DatastoreTaken(StoreAnswer):
 class DatastoreBusy(StoreAnswer):
     """A datastore with a job in progress cannot be deleted."""
 
-    status = 409
-
     def __init__(self, rdn: str) -> None:
         super().__init__(f"Datastore {rdn} has a job in progress")
 
@@ -364,16 +354,12 @@ class DatastoreBusy(StoreAnswer):
 class DatastoreGone(StoreAnswer):
     """A job for a datastore that is neither the default nor registered and live."""
 
-    status = 404
-
     def __init__(self, rdn: str) -> None:
         super().__init__(f"No datastore found for datastore_rdn: {rdn}")
 
 
 class JobFinal(StoreAnswer):
     """The job is completed or failed, and a final job never changes again."""
-
-    status = 409
 
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(f"Job {job_id} is already {status}")
@@ -387,8 +373,6 @@ MAX_LOG_CHARACTERS = 1 << 20
 
 class JobLogFull(StoreAnswer):
     """The change would take the job's log past MAX_LOG_CHARACTERS."""
-
-    status = 413
 
     def __init__(self, job_id: str) -> None:
         super().__init__(

@@ -1872,22 +1872,34 @@ def local_user(config: Config) -> User:
     return User(userId=user.user_id, firstName=user.first_name, lastName=user.last_name)
 
 
-async def require_administrator(request: web.Request, datastore: str | None = None) -> User:
-    """The data administrator making this request, as `createdBy` records them;
-    on a datastore's route, one whose token names that datastore.
+@dataclass(frozen=True)
+class Reach:
+    """The datastores an administrator's token names. Each audience beside the one every
+    administrator's token carries covers its datastore and those below it; a token that
+    names none is the original service's, which had one datastore: it reaches the default
+    datastore alone."""
 
-    With auth off, the configured local user. Called before the body is read,
-    so that a caller who may not write learns nothing about the schema.
-    """
+    named: tuple[str, ...]
+    default: str
+
+    def covers(self, rdn: str) -> bool:
+        if not self.named:
+            return rdn == self.default
+        return any(covers(audience, rdn) for audience in self.named)
+
+
+async def require_administrator(request: web.Request, datastore: str | None = None) -> tuple[User, Reach]:
+    """The data administrator making this request, as `createdBy` records them, and
+    the datastores they reach; one who reaches `datastore`, when given."""
     config = request.app[CONFIG]
-    if not config.auth.enabled:
-        return local_user(config)
     caller = await verified_caller(request, config.auth.audience)
     if caller.role != config.auth.role:
         raise ApiError(403, "Only a data administrator may do this")
-    if datastore is not None and not any(covers(audience, datastore) for audience in caller.audiences):
+    named = tuple(audience for audience in caller.audiences if audience != config.auth.audience)
+    reach = Reach(named, config.datastores.default)
+    if datastore is not None and not reach.covers(datastore):
         raise ApiError(403, f"The token does not name the datastore {datastore}")
-    return caller.user
+    return caller.user, reach
 
 
 async def require_provisioner(request: web.Request) -> User:
@@ -2010,6 +2022,12 @@ class Scope:
     #: Whether the request came by a datastore's own route, the platform's API, whose
     #: answers follow the platform's where the original's differ.
     platform_route: bool = False
+    #: The datastores an administrator's token reaches; None for a caller who sees them
+    #: all (the executor's key, auth off, job reads opened by configuration).
+    reach: Reach | None = None
+
+    def sees(self, rdn: str) -> bool:
+        return self.reach is None or self.reach.covers(rdn)
 
     @property
     def rdn(self) -> str:
@@ -2109,9 +2127,10 @@ def endpoint(declared: Route, path: str) -> Handler:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         refuse_body(request, declared.body_media_type)
-        rdn = path_rdn(request) if rdn_in_path else None
-        user = await authorize(request, access, rdn)
         datastores = request.app[DATASTORES]
+        rdn = path_rdn(request) if rdn_in_path else None
+        acted_on = datastores.default["rdn"] if rdn is None and acts_on_datastore else rdn
+        user, reach = await authorize(request, access, acted_on)
         datastore = None
         if rdn is not None:
             datastore = await datastores.live(rdn)
@@ -2119,7 +2138,7 @@ def endpoint(declared: Route, path: str) -> Handler:
             datastore = datastores.default
         if dataset_in_path:
             path_dataset_name(request)
-        return await declared.handler(request, Scope(datastore, user, rdn_in_path))
+        return await declared.handler(request, Scope(datastore, user, rdn_in_path, reach))
 
     return handle
 
@@ -2140,26 +2159,31 @@ def path_dataset_name(request: web.Request) -> str:
     return name
 
 
-async def authorize(request: web.Request, access: Access, rdn: str | None) -> User:
-    """Who calls, if `access` lets them: the one place every policy is checked."""
+async def authorize(request: web.Request, access: Access, rdn: str | None) -> tuple[User, Reach | None]:
+    """Who calls, if `access` lets them act on the datastore `rdn` (None: on no one
+    datastore), and the datastores they reach (None: all): the one place every policy
+    is checked. With auth off, the configured local user, who reaches every datastore."""
     config = request.app[CONFIG]
     auth = config.auth
+    everyone = local_user(config), None
     match access:
         case Access.OPEN | Access.READ:
-            return local_user(config)
+            return everyone
         case Access.EXECUTOR:
             require_api_key(request)
-            return local_user(config)
+            return everyone
+        case _ if not auth.enabled:
+            return everyone
         case Access.PROVISION:
-            return await require_provisioner(request)
+            return await require_provisioner(request), None
         case Access.ADMINISTER:
             return await require_administrator(request, rdn)
         case Access.READ_JOBS if auth.open_job_reads:
-            return local_user(config)
+            return everyone
         case Access.READ_JOBS | Access.EXECUTOR_OR_ADMINISTRATOR:
-            if auth.enabled and not has_api_key(request):
-                return await require_administrator(request)
-            return local_user(config)
+            if has_api_key(request):
+                return everyone
+            return await require_administrator(request)
 
 
 # --- the API's own documentation ------------------------------------------------
@@ -2380,6 +2404,9 @@ async def list_jobs(request: web.Request, scope: Scope) -> web.StreamResponse:
     rdn = scope.datastore["rdn"] if scope.datastore is not None else None
     query = request.app[JOB_QUERIES].of(request, rdn)
     store = store_of(request)
+    if scope.reach is not None:  # an administrator, who sees the datastores they reach
+        seen = seen_jobs(store.find_jobs(query), scope)
+        return await respond_listing(request, seen, request.app[ENCODED_JOBS].encode)
     # Read before the jobs: an answer is never kept under a version newer than its jobs.
     version = store.in_progress_version if query.in_progress_only else None
     answers = request.app[POLL_ANSWERS]
@@ -2392,6 +2419,11 @@ async def list_jobs(request: web.Request, scope: Scope) -> web.StreamResponse:
     if version is not None and request.method == "GET" and isinstance(body, bytes):
         answers.keep(query, version, body)
     return response
+
+
+async def seen_jobs(pages: AsyncIterator[list[Job]], scope: Scope) -> AsyncIterator[list[Job]]:
+    async for page in pages:
+        yield [job for job in page if scope.sees(job["datastoreRdn"])]
 
 
 @route(
@@ -2408,7 +2440,9 @@ async def list_jobs(request: web.Request, scope: Scope) -> web.StreamResponse:
 async def get_job(request: web.Request, scope: Scope) -> web.Response:
     job_id = request.match_info["jobId"]
     job = await store_of(request).get_job(job_id)
-    if job is None or (scope.datastore is not None and job["datastoreRdn"] != scope.rdn):
+    # On a datastore's own route, a job of another datastore is not there.
+    elsewhere = scope.datastore is not None and job is not None and job["datastoreRdn"] != scope.rdn
+    if job is None or elsewhere or not scope.sees(job["datastoreRdn"]):
         raise JobNotFound(job_id)
     return respond_encoded(request.app[ENCODED_JOBS].encode(job))
 

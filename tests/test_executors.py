@@ -456,3 +456,36 @@ async def test_a_store_with_keys_jobs_under_the_other_name_opens_and_says_what_t
 async def test_keys_operation_takes_only_the_two_names(make_client):
     with pytest.raises(ValidationError):
         await make_client(datastores={"keys_operation": "GENERATE_KEYZ"})
+
+
+async def test_an_administrator_of_another_datastore_cannot_act_on_the_default_one(provisioned, input_dir):
+    client, keys = provisioned
+    (input_dir / "MY_DATASET.tar").write_bytes(b"not even a tar")
+    elsewhere = administrator_cookies(keys, "no.ssb.fdb")
+    posted = await client.post(
+        "/jobs", json={"jobs": [{"operation": "ADD", "target": "MY_DATASET"}]}, cookies=elsewhere
+    )
+    assert posted.status == 403
+    assert (await client.delete("/importable-datasets/MY_DATASET", cookies=elsewhere)).status == 403
+    assert (input_dir / "MY_DATASET.tar").exists()
+    # A token that names no datastore is the original service's: it administers the default alone.
+    original = administrator_cookies(keys)
+    posted = await client.post("/jobs", json={"jobs": [{"operation": "ADD", "target": "MY_DATASET"}]}, cookies=original)
+    [result] = await posted.json()
+    assert result["msg"] == "CREATED"
+    assert (await client.post("/datastores/no.ssb.fdb/jobs", json={"jobs": []}, cookies=original)).status == 403
+
+
+async def test_an_administrator_reads_the_jobs_of_the_datastores_they_reach_alone(provisioned):
+    client, keys = provisioned
+    default_job = await client.post(
+        "/jobs", json={"jobs": [{"operation": "ADD", "target": "MY_DATASET"}]}, cookies=administrator_cookies(keys)
+    )
+    [created] = await default_job.json()
+    every = await client.get("/jobs", headers={"X-API-Key": API_KEY})
+    assert {job["datastoreRdn"] for job in await every.json()} == {"local", "no.ssb.fdb"}
+    elsewhere = administrator_cookies(keys, "no.ssb.fdb")
+    seen = await (await client.get("/jobs", cookies=elsewhere)).json()
+    assert {job["datastoreRdn"] for job in seen} == {"no.ssb.fdb"}
+    assert (await client.get(f"/jobs/{created['job_id']}", cookies=elsewhere)).status == 404
+    assert (await client.get(f"/jobs/{created['job_id']}", cookies=administrator_cookies(keys))).status == 200

@@ -274,6 +274,8 @@ class AuthConfig:
     provisioners: list[str]
     #: Opens GET /jobs and GET /jobs/{jobId} to callers without a credential (an executor that sends none).
     open_job_reads: bool
+    #: With auth on and no API key, leaves the executor's routes open instead of refusing to start.
+    open_executor_routes: bool
     jwks_refetch_seconds: float
     #: The JWKS is fetched again this often, so that a revoked key stops working without a restart.
     jwks_refresh_seconds: float
@@ -409,6 +411,7 @@ class AuthSection(ConfigSection):
     provision_audience = fields.String(load_default="datastore-api-provision")
     provisioners = fields.List(fields.String(), load_default=list)
     open_job_reads = StrictBoolean(load_default=False)
+    open_executor_routes = StrictBoolean(load_default=False)
     #: A token naming an unknown key id refetches the JWKS at most this often,
     #: so that made-up key ids cannot make the service hammer the key server.
     jwks_refetch_seconds = fields.Float(validate=validate.Range(min=0), load_default=30.0)
@@ -478,13 +481,29 @@ def with_mongodb_credentials(config: Config, secrets: Mapping[str, Any]) -> Conf
 
 
 def with_api_key(config: Config, environ: Mapping[str, str], secrets: Mapping[str, Any]) -> Config:
-    """The executor's key from `JOB_SERVICE_API_KEY`, else the secrets' `API_KEY`, else the file."""
-    key = environ.get("JOB_SERVICE_API_KEY") or secrets.get("API_KEY")
+    """The executor's key from `JOB_SERVICE_API_KEY`, else `API_KEY` in the secrets file,
+    else the TOML file. A plain `API_KEY` in the environment is somebody else's: it is
+    never taken for the executor's key."""
+    key = environ.get("JOB_SERVICE_API_KEY") or (secrets.get("API_KEY") if secrets is not environ else None)
     if not key:
-        return config
+        return check_executor_routes(config)
     if not isinstance(key, str) or len(key) < MIN_API_KEY_LENGTH:
         raise ConfigError(f"the API key must be a string of at least {MIN_API_KEY_LENGTH} characters")
-    return dataclasses.replace(config, auth=dataclasses.replace(config.auth, api_key=key))
+    return check_executor_routes(dataclasses.replace(config, auth=dataclasses.replace(config.auth, api_key=key)))
+
+
+def check_executor_routes(config: Config) -> Config:
+    """With auth on, the executor's routes (finishing jobs, planting public keys) need
+    its key: without one configured, anyone could use them, so the service does not
+    start unless the operator opens them on purpose."""
+    auth = config.auth
+    if auth.enabled and auth.api_key is None and not auth.open_executor_routes:
+        raise ConfigError(
+            "bad config: [auth] enabled = true needs the executor's API key: set JOB_SERVICE_API_KEY"
+            " (or API_KEY in SECRETS_FILE, or [auth] api_key), or leave the executor's routes open"
+            " on purpose with [auth] open_executor_routes = true"
+        )
+    return config
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -1801,6 +1820,8 @@ async def verified_claims(
     auth = request.app[CONFIG].auth
     if not token:
         raise ApiError(401, f"The {name} token is missing")
+    if not token.isascii():  # a JWT is base64url and dots; a header's stray bytes are no token
+        raise ApiError(401, f"Invalid {name} token: it is not ASCII text")
     try:
         key_id = jwt.get_unverified_header(token).get("kid")
         if not isinstance(key_id, str):
@@ -1922,7 +1943,12 @@ def presented_api_key(request: web.Request) -> str | None:
 def has_api_key(request: web.Request) -> bool:
     """Whether the request carries the executor's key, compared in constant time."""
     key, given = request.app[CONFIG].auth.api_key, presented_api_key(request)
-    return key is not None and given is not None and hmac.compare_digest(given.encode(), key.encode())
+    # aiohttp hands a header's bytes that are not UTF-8 over as surrogates: compared as the bytes they were.
+    return (
+        key is not None
+        and given is not None
+        and hmac.compare_digest(given.encode(errors="surrogateescape"), key.encode())
+    )
 
 
 def require_api_key(request: web.Request) -> None:

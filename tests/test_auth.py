@@ -12,9 +12,20 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from helpers import USER, KeyServer, access_claims, cookies_for, info_claims, new_key, public_jwk, token
+from helpers import (
+    USER,
+    KeyServer,
+    access_claims,
+    cookies_for,
+    info_claims,
+    new_key,
+    public_jwk,
+    run_job_service,
+    token,
+    write_config,
+)
 
-from job_service import INITIAL_MAINTENANCE_MSG
+from job_service import INITIAL_MAINTENANCE_MSG, ConfigError, load_config
 
 
 @pytest.fixture
@@ -283,3 +294,58 @@ async def test_while_the_key_server_is_down_the_last_good_keys_stay(auth_client,
     await asyncio.sleep(0.3)
     second = {"jobs": [{"operation": "ADD", "target": "OTHER_DATASET"}]}
     assert (await client.post("/jobs", json=second, cookies=cookies_for(keys))).status == 200
+
+
+def jwks_file(tmp_path) -> str:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": []}))
+    return str(path)
+
+
+def test_with_auth_on_the_service_does_not_start_without_the_executors_key(tmp_path):
+    config = write_config(tmp_path / "config.toml", {"auth": {"enabled": True, "jwks_file": jwks_file(tmp_path)}})
+    with pytest.raises(ConfigError, match=r"JOB_SERVICE_API_KEY.*open_executor_routes"):
+        load_config(config, environ={})
+    # Another program's API_KEY in the environment is not the executor's key.
+    with pytest.raises(ConfigError, match="open_executor_routes"):
+        load_config(config, environ={"API_KEY": "somebody else's key, long enough"})
+    assert load_config(config, environ={"JOB_SERVICE_API_KEY": "the executor's key, long enough"}).auth.api_key
+
+
+def test_the_executors_routes_stay_open_with_auth_on_only_when_the_operator_says_so(tmp_path):
+    auth = {"enabled": True, "jwks_file": jwks_file(tmp_path), "open_executor_routes": True}
+    config = load_config(write_config(tmp_path / "config.toml", {"auth": auth}), environ={})
+    assert config.auth.api_key is None and config.auth.open_executor_routes
+
+
+def test_the_command_names_the_setting_in_one_line(tmp_path):
+    config = write_config(tmp_path / "config.toml", {"auth": {"enabled": True, "jwks_file": jwks_file(tmp_path)}})
+    finished = run_job_service(config)
+    assert finished.returncode == 1
+    [line] = finished.stderr.strip().splitlines()
+    assert "open_executor_routes" in line
+
+
+async def raw_request(client, head: bytes) -> bytes:
+    """A request as bytes on a connection of its own: headers no HTTP client would send."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(head)
+    await writer.drain()
+    answer = await reader.read(65536)
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"X-API-Key: caf\xe9-not-utf-8\r\n",
+        b"Authorization: Bearer caf\xe9.not.utf8\r\n",
+        b"Cookie: authorization=caf\xe9; user-info=caf\xe9\r\n",
+    ],
+)
+async def test_a_credential_that_is_not_utf8_is_a_401(auth_client, header):
+    client = await auth_client(api_key="the executor's key, long enough")
+    for request_line in (b"GET /jobs HTTP/1.1\r\n", b"GET /datastores/local/targets HTTP/1.1\r\n"):
+        answer = await raw_request(client, request_line + b"Host: x\r\nConnection: close\r\n" + header + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]

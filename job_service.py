@@ -149,6 +149,7 @@ JOB_QUERIES: web.AppKey[JobQueries] = web.AppKey("job_queries")
 REQUEST_IDS: web.AppKey[Iterator[str]] = web.AppKey("request_ids")
 POLL_ANSWERS: web.AppKey[PollAnswers] = web.AppKey("poll_answers")
 DATASTORES: web.AppKey[Datastores] = web.AppKey("datastores")
+STORE_OPENER: web.AppKey[StoreOpener] = web.AppKey("store_opener")
 #: Set by `serve`, which runs the app: not there in tests or under gunicorn.
 RUNNER: web.AppKey[web.AppRunner] = web.AppKey("runner")
 #: Held while a datastore is provisioned: one at a time in a process.
@@ -2349,6 +2350,9 @@ class JobQueries:
         self._parsed: dict[tuple[str, str | None], JobQuery] = {}
         self._limit = limit
 
+    def __len__(self) -> int:
+        return len(self._parsed)
+
     def of(self, request: web.Request, datastore: str | None) -> JobQuery:
         """The request's query, limited to `datastore` (None: every datastore)."""
         key = request.query_string, datastore
@@ -3066,12 +3070,22 @@ async def warn_of_unparsable_keys_jobs(store: Store, keys_operation: str) -> Non
         )
 
 
+#: How an app opens its store, given its configuration and what to call for each malformed
+#: document met: the configured backend, or (in tests) a store wrapped around it.
+StoreOpener = Callable[[Config, Callable[[str], None]], Awaitable[Store]]
+
+
+async def open_configured_store(config: Config, on_malformed: Callable[[str], None]) -> Store:
+    """The configured backend, storing the initial maintenance status when none ever was."""
+    initial = MaintenanceStatus(msg=INITIAL_MAINTENANCE_MSG, paused=False, timestamp=now_iso())
+    return await open_store(config.storage.selected, config.datastores.default, initial, on_malformed)
+
+
 async def storage_context(app: web.Application) -> Any:
     """Open the backend inside the app's lifetime: some drivers bind to the running loop."""
     config = app[CONFIG]
-    initial = MaintenanceStatus(msg=INITIAL_MAINTENANCE_MSG, paused=False, timestamp=now_iso())
     metrics = app[METRICS]
-    store = await open_store(config.storage.selected, config.datastores.default, initial, metrics.count_malformed)
+    store = await app[STORE_OPENER](config, metrics.count_malformed)
     await warn_of_unparsable_keys_jobs(store, config.datastores.keys_operation)
     app[STORE] = InstrumentedStore(store, metrics)
     app[DATASTORES] = Datastores(config, app[STORE])
@@ -3095,7 +3109,7 @@ async def signing_keys_context(app: web.Application) -> Any:
         await session.close()
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, open_store: StoreOpener = open_configured_store) -> web.Application:
     app = web.Application(
         middlewares=[service_middleware],
         client_max_size=config.server.max_body_bytes,
@@ -3104,6 +3118,7 @@ def create_app(config: Config) -> web.Application:
         handler_args={"max_field_size": MAX_HEADER_BYTES},
     )
     app[CONFIG] = config
+    app[STORE_OPENER] = open_store
     app[METRICS] = Metrics()
     app[ENCODED_JOBS] = EncodedCache(JOB_SCHEMA, job_identity, revision_of, max_bytes=ENCODED_JOBS_MAX_BYTES)
     app[ENCODED_TARGETS] = EncodedCache(TARGET_SCHEMA, target_identity, target_version, max_bytes=8 << 20)

@@ -19,7 +19,7 @@ from mongo_server import MongoServer, secantusd
 from pymongo import MongoClient
 
 from backends import open_store
-from job_service import Config, ConfigSchema, create_app
+from job_service import Config, ConfigSchema, create_app, open_configured_store
 
 BACKENDS = ["tinydb", "mongodb"]
 
@@ -106,8 +106,11 @@ def make_config(storage: dict[str, Any], input_dir: Path) -> Callable[..., Confi
 
 @pytest.fixture
 async def make_client(aiohttp_client: Any, make_config: Callable[..., Config]) -> Callable[..., Any]:
-    async def make(**sections: dict[str, Any]) -> TestClient:
-        app = create_app(make_config(**sections))
+    """A client of a service on the fresh store; keyword arguments are extra TOML sections,
+    and `open_store` how the app opens its store (see `helpers.faulty`)."""
+
+    async def make(open_store: Any = open_configured_store, **sections: dict[str, Any]) -> TestClient:
+        app = create_app(make_config(**sections), open_store)
         app.on_response_prepare.append(observe_status)
         return await aiohttp_client(app)
 

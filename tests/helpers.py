@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from backends import MongoDBOptions, TinyDBOptions
+from job_service import open_configured_store
 
 REPORT: list[str] = []
 #: Every status each route (method, path template) answered to the tests' clients in this run.
@@ -211,3 +212,36 @@ def cookies_for(keys: KeyServer, access: dict | None = None, info: dict | None =
         "authorization": token(key, **(access_claims() if access is None else access)),
         "user-info": token(key, **(info_claims() if info is None else info)),
     }
+
+
+class Faulty:
+    """A real store some of whose operations are replaced, as a failing backend's would
+    behave: `Faulty(store, update_job=raising(StoreFull(...)))`. Every other call goes
+    to the real store."""
+
+    def __init__(self, store: Any, **replaced: Any) -> None:
+        self.store = store
+        self._replaced = replaced
+
+    def __getattr__(self, name: str) -> Any:
+        return self._replaced[name] if name in self._replaced else getattr(self.store, name)
+
+
+def raising(error: Exception) -> Any:
+    """An operation that fails with `error` whatever it is asked."""
+
+    async def operation(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    return operation
+
+
+def faulty(**replaced: Any) -> Any:
+    """An opener for `create_app` (and the `make_client` fixture's `open_store`): the
+    configured store, with `replaced` operations, each given the real store first."""
+
+    async def open_faulty(config: Any, on_malformed: Any) -> Faulty:
+        store = await open_configured_store(config, on_malformed)
+        return Faulty(store, **{name: make(store) for name, make in replaced.items()})
+
+    return open_faulty

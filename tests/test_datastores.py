@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from helpers import DEFAULT_DATASTORE, bump_job, create_job, post_jobs, put_job
+from helpers import DEFAULT_DATASTORE, bump_job, create_job, faulty, post_jobs, put_job
 
 from backends import Datastore
 from job_service import PROVISIONING_MARKER, STORE, lay_out_datastore, new_job
@@ -350,21 +350,23 @@ async def test_the_maintenance_statuses_routes_are_the_original_maintenance_rout
     assert history[0]["msg"] == "Upgrading"
 
 
-async def test_a_provisioning_that_fails_at_the_store_leaves_nothing_and_a_retry_works(client, root):
-    store = client.app[STORE]._store
-    insert_job, failures = store.insert_job, []
+async def test_a_provisioning_that_fails_at_the_store_leaves_nothing_and_a_retry_works(make_client, root):
+    failures = []
 
-    async def fails_once(job):
-        if not failures:
-            failures.append(job)
-            raise OSError("the disk is full")
-        await insert_job(job)
+    def fails_once(store):
+        async def insert_job(job):
+            if not failures:
+                failures.append(job)
+                raise OSError("the disk is full")
+            await store.insert_job(job)
 
-    store.insert_job = fails_once
+        return insert_job
+
+    client = await make_client(faulty(insert_job=fails_once))
     response = await client.post("/datastores", json=FDB)
     assert response.status == 500
     assert list(root.iterdir()) == []
-    assert await store.get_datastore("no.ssb.fdb") is None
+    assert (await client.get("/datastores/no.ssb.fdb")).status == 404
     await provision(client)
 
 

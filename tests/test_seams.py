@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import pytest
-from helpers import DEFAULT_DATASTORE, create_job, listed, stored_job
+from helpers import DEFAULT_DATASTORE, create_job, faulty, listed, raising, stored_job
 
 from backends import (
     JobChange,
@@ -29,17 +28,8 @@ class SlowDisk(StoreUnavailable):
     """A kind of unavailability the service has never heard of by name."""
 
 
-def fail_with(client, operation: str, error: Exception) -> None:
-    """Make the app's real store raise `error` from `operation`, as a failing backend would."""
-
-    async def failing(*args: Any) -> Any:
-        raise error
-
-    setattr(client.app[STORE]._store, operation, failing)
-
-
-async def test_an_unmapped_store_error_is_a_json_500_with_a_logged_traceback(client, caplog):
-    fail_with(client, "get_target", DiskOnFire("the disk is on fire"))
+async def test_an_unmapped_store_error_is_a_json_500_with_a_logged_traceback(make_client, caplog):
+    client = await make_client(faulty(get_target=lambda store: raising(DiskOnFire("the disk is on fire"))))
     with caplog.at_level(logging.ERROR, logger="job_service"):
         response = await client.get("/targets/MY_DATASET")
     assert response.status == 500
@@ -49,8 +39,8 @@ async def test_an_unmapped_store_error_is_a_json_500_with_a_logged_traceback(cli
     assert record.exc_info[0] is DiskOnFire
 
 
-async def test_a_subclass_of_a_mapped_store_error_means_what_its_base_means(client):
-    fail_with(client, "get_target", SlowDisk("The database cannot be reached"))
+async def test_a_subclass_of_a_mapped_store_error_means_what_its_base_means(make_client):
+    client = await make_client(faulty(get_target=lambda store: raising(SlowDisk("The database cannot be reached"))))
     response = await client.get("/targets/MY_DATASET")
     assert response.status == 503
     assert await response.json() == {"message": "The database cannot be reached"}
@@ -174,9 +164,10 @@ async def test_a_store_keeps_no_part_of_a_datastore_and_hands_out_none_of_its_ow
     assert await store.get_datastore("no.ssb.fdb") == {**datastore, "name": "Forskningsdata"}
 
 
-async def test_a_full_disk_is_a_507_that_says_so(client):
+async def test_a_full_disk_is_a_507_that_says_so(make_client):
+    full = StoreFull("The disk of the data directory data is full: the change was not stored")
+    client = await make_client(faulty(update_job=lambda store: raising(full)))
     job_id = await create_job(client, operation="ADD", target="MY_DATASET")
-    fail_with(client, "update_job", StoreFull("The disk of the data directory data is full: the change was not stored"))
     response = await client.put(f"/jobs/{job_id}", json={"status": "built"})
     assert response.status == 507
     assert await response.json() == {
@@ -184,8 +175,10 @@ async def test_a_full_disk_is_a_507_that_says_so(client):
     }
 
 
-async def test_a_store_that_cannot_write_is_not_ready(client):
-    fail_with(client, "ping", StoreUnavailable("The disk of the data directory data is full"))
+async def test_a_store_that_cannot_write_is_not_ready(make_client):
+    client = await make_client(
+        faulty(ping=lambda store: raising(StoreUnavailable("The disk of the data directory data is full")))
+    )
     response = await client.get("/health/ready")
     assert (response.status, await response.json()) == (503, {"message": "The disk of the data directory data is full"})
 

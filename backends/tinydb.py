@@ -65,6 +65,7 @@ from .base import (
     PROBLEMS,
     Datastore,
     DatastoreBusy,
+    DatastoreGone,
     DatastoreTaken,
     Job,
     JobChange,
@@ -1070,6 +1071,7 @@ class TinyDBStore:
         job = copy_document(job)
 
         def insert() -> None:
+            self._refuse_gone(job["datastoreRdn"])
             held = held_target(job)
             if held in self._held:
                 raise TargetBusy(held[1])
@@ -1081,6 +1083,8 @@ class TinyDBStore:
         jobs = copy_document(jobs)
 
         def insert() -> list[StoreError | None]:
+            for rdn in {job["datastoreRdn"] for job in jobs}:
+                self._refuse_gone(rdn)
             answers: list[StoreError | None] = []
             operations: list[list[Any]] = []
             held = set()
@@ -1097,6 +1101,15 @@ class TinyDBStore:
             return answers
 
         return await self._run(insert)
+
+    def _refuse_gone(self, rdn: str) -> None:
+        """On the worker, in the same step as the insert it guards: the worker runs
+        `delete_datastore` too, so no delete falls between this check and the insert."""
+        if rdn == self._default:
+            return
+        registered = self._datastores.get(rdn)
+        if registered is None or registered["deleted"]:
+            raise DatastoreGone(rdn)
 
     #: The store locks its directory: every change goes through this object.
     sole_writer = True

@@ -1181,11 +1181,17 @@ class TinyDBStore:
     def _target_records(self, job: Job, at: str) -> list[list[Any]]:
         """On the worker: the journal operations that record the targets `job` shows as of
         `at`, each unless its stored target shows a newer job (targets follow job order)."""
-        return [
-            ["target", target]
-            for target in targets_to_record(job, at)
-            if may_replace(target, self._targets_by_key.get(target_key(target)))
-        ]
+        records = []
+        for target in targets_to_record(job, at):
+            stored = self._targets_by_key.get(target_key(target))
+            if may_replace(target, stored):
+                records.append(["target", self._next_revision(target, stored)])
+        return records
+
+    @staticmethod
+    def _next_revision(target: dict[str, Any], stored: Mapping[str, Any] | None) -> dict[str, Any]:
+        """`target` as it replaces `stored`: one revision on, kept in the journal and the files."""
+        return {**target, "revision": (0 if stored is None else revision_of(cast(Target, stored))) + 1}
 
     async def target_in_progress(self, datastore: str, name: str) -> bool:
         return any(held_target(job) == (datastore, name) for job in self._current.jobs.values())
@@ -1194,7 +1200,12 @@ class TinyDBStore:
 
     async def save_target(self, target: Target) -> None:
         target = copy_document(target)
-        await self._run(self._commit, [["target", target]])
+
+        def save() -> None:
+            stored = self._targets_by_key.get(target_key(in_datastore(target, self._default)))
+            self._commit([["target", self._next_revision(dict(target), stored)]])
+
+        await self._run(save)
 
     async def get_target(self, datastore: str, name: str) -> Target | None:
         target = self._targets_by_key.get((datastore, name))

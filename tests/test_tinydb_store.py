@@ -84,7 +84,7 @@ async def test_everything_written_is_there_after_reopening(tmp_path):
     store = await TinyDBStore.open(tmp_path, "local")
     assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == ["1", "2"]
     assert (await store.get_job("2"))["status"] == "completed"
-    assert await store.get_target("local", "MY_DATASET") == saved
+    assert await store.get_target("local", "MY_DATASET") == {**saved, "revision": 2}  # job 1's, then saved
     other = await store.get_target("local", "OTHER")
     assert (other["status"], other["lastUpdatedAt"]) == ("completed", T1)
     assert await listed(store.maintenance_history()) == [{"msg": "m", "paused": True, "timestamp": "t"}]
@@ -305,6 +305,24 @@ async def test_targets_follow_job_order_after_a_crash_and_after_a_fold(tmp_path,
             "NEW_DATASET": ["ADD"],
             "OLD_DATASET": ["REMOVED", "1.1.0"],
         }
+        await reopened.close()
+
+
+async def test_a_target_keeps_its_revision_in_the_journal_and_in_the_files(tmp_path, no_idle_fold):
+    data = tmp_path / "data"
+    store = await TinyDBStore.open(data, "local")
+    await store.insert_job(stored_job("1"))
+    await store.update_job("1", JobChange(status="validating", at=T1))
+    crashed = tmp_path / "crashed"
+    shutil.copytree(data, crashed)  # the change in the journal alone
+    await store.close()
+    [stored] = json.loads((data / "targets.json").read_bytes())["_default"].values()
+    assert stored["revision"] == 2
+    for path in (crashed, data):
+        reopened = await TinyDBStore.open(path, "local")
+        assert (await reopened.get_target("local", "MY_DATASET"))["revision"] == 2
+        await reopened.save_target(SAVED_TARGET)
+        assert (await reopened.get_target("local", "MY_DATASET"))["revision"] == 3
         await reopened.close()
 
 

@@ -431,6 +431,16 @@ async def valid_directory(path: Path) -> None:
     await store.close()
 
 
+async def refused_start(path: Path) -> str:
+    """Why opening `path` is refused, having checked that the refusal is one line and changes nothing."""
+    before = files_in(path)
+    with pytest.raises(StoreCorrupt) as refused:
+        await TinyDBStore.open(path, "local")
+    assert "\n" not in str(refused.value)
+    assert files_in(path) == before
+    return str(refused.value)
+
+
 def journal_with_a_damaged_record(path: Path) -> str:
     """A journal whose second record fails its checksum with a whole record after it."""
     record = b'[["forget", "no.such"]]'
@@ -513,6 +523,35 @@ def test_the_service_refuses_to_start_on_a_damaged_file_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"job-service: {data / 'maintenance.json'}: is empty")
     assert files_in(data) == before
+
+
+# --- what is not a file of the store -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["inprogress.json", "completed/00000001.json", "journal/00000009.jsonl", LOCK_FILE])
+@pytest.mark.parametrize("kind", ["a FIFO", "a directory"])
+async def test_a_fifo_or_a_directory_in_place_of_a_store_file_is_refused_at_once(tmp_path, name, kind):
+    await valid_directory(tmp_path)
+    path = tmp_path / name
+    path.unlink(missing_ok=True)
+    path.parent.mkdir(exist_ok=True)
+    os.mkfifo(path) if kind == "a FIFO" else path.mkdir()
+    message = await asyncio.wait_for(refused_start(tmp_path), timeout=30)
+    assert message.startswith(f"{path}: is {kind}") or message.startswith(f"{path}: is not a file of the store")
+
+
+def test_a_directory_in_place_of_the_lock_file_is_one_line_at_start(tmp_path):
+    data = tmp_path / "data"
+    (data / LOCK_FILE).mkdir(parents=True)
+    config = write_config(tmp_path / "config.toml", service_config({"tinydb": {"path": str(data)}}, tmp_path / "in"))
+    result = run_job_service(config)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"job-service: {data / LOCK_FILE}: is a directory, where the store keeps its lock file")
+    )
 
 
 # --- a disk that cannot take the write ------------------------------------------------------

@@ -46,6 +46,7 @@ import itertools
 import logging
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -65,6 +66,7 @@ from .base import (
     PROBLEMS,
     Datastore,
     DatastoreBusy,
+    DatastoreGone,
     DatastoreTaken,
     Job,
     JobChange,
@@ -198,7 +200,15 @@ class DirectoryLock:
     """
 
     def __init__(self, path: Path) -> None:
-        self._file = open(path, "a+")  # noqa: SIM115 - held open: the lock lives as long as the file
+        try:  # never blocking, whatever is in the lock's place (a FIFO would wait for a writer)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except IsADirectoryError:
+            raise corrupt(path, "is a directory, where the store keeps its lock file") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise corrupt(path, f"is {file_kind(mode)}, where the store keeps its lock file")
+        self._file = open(fd, "a+")  # noqa: SIM115 - held open: the lock lives as long as the file
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -241,6 +251,37 @@ def corrupt(path: Path, problem: str) -> StoreCorrupt:
     return StoreCorrupt(f"{path}: {problem}; nothing was changed, so fix or move the file and start again")
 
 
+def file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
+def read_regular(path: Path) -> bytes | None:
+    """The content of one of the store's files; None if there is none. Anything but a
+    regular file is refused before it is read: a FIFO would keep the start waiting forever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise corrupt(path, f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise corrupt(path, f"is {file_kind(mode)}, not a regular file")
+        with open(fd, "rb", closefd=False) as file:
+            return file.read()
+    except OSError as exc:
+        raise corrupt(path, f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
 def stored_job_problem(document: Any, final: bool | None = None) -> str | None:
     """As `job_problem`; with `final`, the job must also be final (True) or in progress (False)."""
     problem = job_problem(document)
@@ -258,12 +299,9 @@ FILE_PROBLEMS: dict[str, Callable[[Any], str | None]] = {
 
 def read_tinydb_file(path: Path, problem_of: Callable[[Any], str | None]) -> dict[str, Any]:
     """The documents of a TinyDB file by document id, each checked; {} if there is no file."""
-    try:
-        content = path.read_bytes()
-    except FileNotFoundError:
+    content = read_regular(path)
+    if content is None:
         return {}
-    except OSError as exc:
-        raise corrupt(path, f"cannot be read ({exc.strerror or exc})") from None
     if not content.strip():
         raise corrupt(path, "is empty, where a TinyDB file holds at least {}")
     try:
@@ -335,10 +373,7 @@ def decode_record(line: bytes) -> list[list[Any]] | None:
 def read_journal(path: Path) -> list[list[list[Any]]]:
     """The records of one journal file, in order. A record whose append a crash cut
     short can only be the last: after it the file holds no whole record."""
-    try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as exc:
-        raise corrupt(path, f"cannot be read ({exc.strerror or exc})") from None
+    lines = (read_regular(path) or b"").split(b"\n")
     records = []
     for index, line in enumerate(lines):
         try:
@@ -1070,6 +1105,7 @@ class TinyDBStore:
         job = copy_document(job)
 
         def insert() -> None:
+            self._refuse_gone(job["datastoreRdn"])
             held = held_target(job)
             if held in self._held:
                 raise TargetBusy(held[1])
@@ -1081,6 +1117,8 @@ class TinyDBStore:
         jobs = copy_document(jobs)
 
         def insert() -> list[StoreError | None]:
+            for rdn in {job["datastoreRdn"] for job in jobs}:
+                self._refuse_gone(rdn)
             answers: list[StoreError | None] = []
             operations: list[list[Any]] = []
             held = set()
@@ -1097,6 +1135,15 @@ class TinyDBStore:
             return answers
 
         return await self._run(insert)
+
+    def _refuse_gone(self, rdn: str) -> None:
+        """On the worker, in the same step as the insert it guards: the worker runs
+        `delete_datastore` too, so no delete falls between this check and the insert."""
+        if rdn == self._default:
+            return
+        registered = self._datastores.get(rdn)
+        if registered is None or registered["deleted"]:
+            raise DatastoreGone(rdn)
 
     #: The store locks its directory: every change goes through this object.
     sole_writer = True
@@ -1168,11 +1215,17 @@ class TinyDBStore:
     def _target_records(self, job: Job, at: str) -> list[list[Any]]:
         """On the worker: the journal operations that record the targets `job` shows as of
         `at`, each unless its stored target shows a newer job (targets follow job order)."""
-        return [
-            ["target", target]
-            for target in targets_to_record(job, at)
-            if may_replace(target, self._targets_by_key.get(target_key(target)))
-        ]
+        records = []
+        for target in targets_to_record(job, at):
+            stored = self._targets_by_key.get(target_key(target))
+            if may_replace(target, stored):
+                records.append(["target", self._next_revision(target, stored)])
+        return records
+
+    @staticmethod
+    def _next_revision(target: dict[str, Any], stored: Mapping[str, Any] | None) -> dict[str, Any]:
+        """`target` as it replaces `stored`: one revision on, kept in the journal and the files."""
+        return {**target, "revision": (0 if stored is None else revision_of(cast(Target, stored))) + 1}
 
     async def target_in_progress(self, datastore: str, name: str) -> bool:
         return any(held_target(job) == (datastore, name) for job in self._current.jobs.values())
@@ -1181,7 +1234,12 @@ class TinyDBStore:
 
     async def save_target(self, target: Target) -> None:
         target = copy_document(target)
-        await self._run(self._commit, [["target", target]])
+
+        def save() -> None:
+            stored = self._targets_by_key.get(target_key(in_datastore(target, self._default)))
+            self._commit([["target", self._next_revision(dict(target), stored)]])
+
+        await self._run(save)
 
     async def get_target(self, datastore: str, name: str) -> Target | None:
         target = self._targets_by_key.get((datastore, name))

@@ -14,6 +14,7 @@ from helpers import DEFAULT_DATASTORE, bump_job, listed, store_options, stored_j
 
 from backends import (
     DatastoreBusy,
+    DatastoreGone,
     DatastoreTaken,
     JobChange,
     JobFinal,
@@ -58,6 +59,14 @@ def bump_in(job_id: str, datastore: str) -> dict:
     return {**stored_job(job_id, "DATASTORE", datastore=datastore), "parameters": bump_job()}
 
 
+def unrevised(found):
+    """A target, or a list of them, without the store's revisions (which
+    test_a_target_is_a_new_revision_at_every_write_of_it checks)."""
+    if isinstance(found, list):
+        return [unrevised(each) for each in found]
+    return {key: value for key, value in found.items() if key != "revision"}
+
+
 async def ids(jobs) -> list[str]:
     return [job["jobId"] for job in await listed(jobs)]
 
@@ -84,6 +93,7 @@ async def test_an_import_may_put_one_target_in_progress_in_two_datastores(store)
 
 
 async def test_one_target_may_have_a_job_in_progress_in_each_datastore(store):
+    await store.add_datastore(datastore(FDB))
     await store.insert_job(stored_job("1", "MY_DATASET"))
     await store.insert_job(stored_job("2", "MY_DATASET", datastore=FDB))
     with pytest.raises(TargetBusy):
@@ -98,6 +108,7 @@ async def test_one_target_may_have_a_job_in_progress_in_each_datastore(store):
 
 
 async def test_a_finished_job_frees_its_target_in_its_datastore_only(store):
+    await store.add_datastore(datastore(FDB))
     await store.insert_job(stored_job("1", "MY_DATASET"))
     await store.insert_job(stored_job("2", "MY_DATASET", datastore=FDB))
     await store.update_job("2", JobChange(status="completed"))
@@ -108,6 +119,7 @@ async def test_a_finished_job_frees_its_target_in_its_datastore_only(store):
 
 
 async def test_concurrent_inserts_on_one_target_store_exactly_one_per_datastore(store):
+    await store.add_datastore(datastore(FDB))
     attempts = [stored_job(str(n), "MY_DATASET", datastore=(FDB if n % 2 else DEFAULT_DATASTORE)) for n in range(40)]
     results = await asyncio.gather(*(store.insert_job(job) for job in attempts), return_exceptions=True)
 
@@ -120,6 +132,7 @@ async def test_concurrent_inserts_on_one_target_store_exactly_one_per_datastore(
 @pytest.mark.parametrize("backend", ["mongodb"])
 async def test_two_stores_on_one_database_store_exactly_one_per_target_and_datastore(open_stores):
     stores = [await open_stores(), await open_stores()]
+    await stores[0].add_datastore(datastore(FDB))
     attempts = [stored_job(str(n), "SHARED", datastore=(FDB if n % 4 < 2 else DEFAULT_DATASTORE)) for n in range(40)]
     results = await asyncio.gather(
         *(stores[n % 2].insert_job(job) for n, job in enumerate(attempts)), return_exceptions=True
@@ -133,6 +146,7 @@ async def test_two_stores_on_one_database_store_exactly_one_per_target_and_datas
 
 
 async def test_a_query_of_one_datastore_finds_only_its_jobs_and_none_finds_all(store):
+    await store.add_datastore(datastore(FDB))
     await store.load_collection(
         "completed", [stored_job("1", "A", "completed"), stored_job("2", "A", "failed", datastore=FDB)]
     )
@@ -150,6 +164,7 @@ async def test_a_query_of_one_datastore_finds_only_its_jobs_and_none_finds_all(s
 
 
 async def test_the_jobs_of_a_target_are_those_of_its_datastore(store):
+    await store.add_datastore(datastore(FDB))
     await store.load_collection(
         "completed", [stored_job("1", "NEW_DATASET", "completed"), bump_in("2", FDB) | {"status": "completed"}]
     )
@@ -167,11 +182,13 @@ async def test_targets_are_kept_per_datastore(store):
     await store.save_target(target("ANOTHER", FDB))
     await store.save_target(target("MY_DATASET", FDB, status="validating"))
 
-    assert await store.get_target(DEFAULT_DATASTORE, "MY_DATASET") == target("MY_DATASET", status="completed")
-    assert await store.get_target(FDB, "MY_DATASET") == target("MY_DATASET", FDB, status="validating")
+    assert unrevised(await store.get_target(DEFAULT_DATASTORE, "MY_DATASET")) == target(
+        "MY_DATASET", status="completed"
+    )
+    assert unrevised(await store.get_target(FDB, "MY_DATASET")) == target("MY_DATASET", FDB, status="validating")
     assert await store.get_target("no.ssb", "MY_DATASET") is None
     assert [found["name"] for found in await listed(store.list_targets(FDB))] == ["ANOTHER", "MY_DATASET"]
-    assert await listed(store.list_targets(DEFAULT_DATASTORE)) == [target("MY_DATASET", status="completed")]
+    assert unrevised(await listed(store.list_targets(DEFAULT_DATASTORE))) == [target("MY_DATASET", status="completed")]
     assert await listed(store.list_targets("no.ssb")) == []
 
 
@@ -206,7 +223,7 @@ async def test_deleting_a_datastore_marks_it_and_keeps_its_jobs_and_targets(stor
     assert await store.get_datastore(FDB) == datastore(FDB, deleted=True)
     assert await store.list_datastores() == [datastore(FDB, deleted=True)]
     assert await ids(store.find_jobs(JobQuery(datastore=FDB))) == ["1"]
-    assert await listed(store.list_targets(FDB)) == [target("MY_DATASET", FDB, status="completed")]
+    assert unrevised(await listed(store.list_targets(FDB))) == [target("MY_DATASET", FDB, status="completed")]
 
 
 async def test_a_datastore_with_a_job_in_progress_cannot_be_deleted(store):
@@ -222,6 +239,66 @@ async def test_a_datastore_with_a_job_in_progress_cannot_be_deleted(store):
     await store.update_job("1", JobChange(status="failed"))
     await store.delete_datastore(FDB)
     assert (await store.get_datastore(FDB))["deleted"]
+
+
+# The MongoDB store keeps these rules once its own helper's change lands (issue 21 item 2,
+# issue 20 item 5); until then they run on TinyDB only.
+@pytest.mark.parametrize("backend", ["tinydb"])
+async def test_a_job_goes_only_into_the_default_datastore_or_a_live_registered_one(store):
+    await store.add_datastore(datastore(FDB))
+    await store.add_datastore(datastore("no.ssb"))
+    await store.delete_datastore("no.ssb")
+
+    for rdn in ("no.ssb", "no.such.datastore"):
+        with pytest.raises(DatastoreGone):
+            await store.insert_job(stored_job("1", datastore=rdn))
+        with pytest.raises(DatastoreGone):
+            await store.insert_jobs([stored_job("2", "A", datastore=rdn), stored_job("3", "B", datastore=rdn)])
+    assert await listed(store.find_jobs(JobQuery())) == []
+    assert await listed(store.list_targets("no.ssb")) == []
+
+    await store.insert_job(stored_job("4", datastore=DEFAULT_DATASTORE))  # never registered, always there
+    assert await store.insert_jobs([stored_job("5", datastore=FDB)]) == [None]
+    assert await ids(store.find_jobs(JobQuery())) == ["4", "5"]
+
+
+@pytest.mark.parametrize("backend", ["tinydb"])  # see above
+async def test_a_delete_and_an_insert_at_once_never_leave_a_job_in_a_deleted_datastore(store):
+    for n in range(20):
+        rdn = f"no.ssb.race{n}"
+        await store.add_datastore(datastore(rdn))
+        insert, delete = store.insert_job(stored_job(str(n), datastore=rdn)), store.delete_datastore(rdn)
+        if n % 2:  # each of them sent first in turn
+            inserted, deleted = await asyncio.gather(insert, delete, return_exceptions=True)
+        else:
+            deleted, inserted = await asyncio.gather(delete, insert, return_exceptions=True)
+        # Either the insert came first and the delete saw the job, or the insert saw the delete.
+        assert (isinstance(inserted, DatastoreGone) and deleted is None) or (
+            inserted is None and isinstance(deleted, DatastoreBusy)
+        ), (inserted, deleted)
+        in_progress = await listed(store.find_jobs(JobQuery(datastore=rdn)))
+        assert not (in_progress and (await store.get_datastore(rdn))["deleted"])
+
+
+@pytest.mark.parametrize("backend", ["tinydb"])  # see above
+async def test_a_target_is_a_new_revision_at_every_write_of_it(store):
+    await store.add_datastore(datastore(FDB))
+    await store.save_target(target("MY_DATASET"))
+    assert (await store.get_target(DEFAULT_DATASTORE, "MY_DATASET"))["revision"] == 1
+    await store.save_target(target("MY_DATASET"))  # the same content again is still a write
+    assert (await store.get_target(DEFAULT_DATASTORE, "MY_DATASET"))["revision"] == 2
+
+    await store.insert_job(stored_job("1", "MY_DATASET"))  # created before the saved target's time: not a write
+    assert (await store.get_target(DEFAULT_DATASTORE, "MY_DATASET"))["revision"] == 2
+    await store.update_job("1", JobChange(status="validating", at=AT))
+    await store.update_job("1", JobChange(at=AT))  # a log-only change shows the same fields, one revision on
+    assert [found["revision"] for found in await listed(store.list_targets(DEFAULT_DATASTORE))] == [4]
+
+    await store.insert_job(bump_in("2", FDB))
+    await store.update_job("2", JobChange(status="completed", at=AT))
+    revisions = {found["name"]: found["revision"] for found in await listed(store.list_targets(FDB))}
+    assert revisions == {"DATASTORE": 2, "NEW_DATASET": 1, "OLD_DATASET": 1}
+    assert (await store.get_target(FDB, "MY_DATASET")) is None
 
 
 async def test_removing_a_datastore_forgets_it_so_that_its_rdn_can_be_registered_again(store):
@@ -253,6 +330,7 @@ async def test_the_registry_is_there_after_reopening(storage):
 
 
 async def test_stats_count_jobs_in_progress_by_datastore_and_status(store):
+    await store.add_datastore(datastore(FDB))
     await store.insert_job(stored_job("1", "A"))
     await store.insert_job(stored_job("2", "B"))
     await store.insert_job(stored_job("3", "A", datastore=FDB))
@@ -295,6 +373,7 @@ async def test_targets_are_dumped_by_datastore_then_name(store):
 
 async def test_jobs_and_targets_imported_without_a_datastore_land_in_the_default(store):
     """What an export of the release before datastores holds."""
+    await store.add_datastore(datastore(FDB))
 
     def from_before(document: dict) -> dict:
         return {key: value for key, value in document.items() if key != "datastoreRdn"}
@@ -320,9 +399,10 @@ AT = "2026-11-30T12:00:00.000000+00:00"
 
 
 async def test_a_new_job_records_its_target_as_of_its_creation(store):
+    await store.add_datastore(datastore(FDB))
     job = stored_job("1", "MY_DATASET", datastore=FDB)
     await store.insert_job(job)
-    assert await store.get_target(FDB, "MY_DATASET") == {
+    assert unrevised(await store.get_target(FDB, "MY_DATASET")) == {
         "datastoreRdn": FDB,
         "name": "MY_DATASET",
         "lastUpdatedAt": job["createdAt"],
@@ -349,6 +429,7 @@ async def test_an_update_records_the_target_at_the_time_of_the_change(store):
 
 
 async def test_a_completed_bump_records_what_it_released_and_removed_and_a_failed_one_nothing(store):
+    await store.add_datastore(datastore(FDB))
     await store.insert_job(bump_in("1", FDB))
     await store.update_job("1", JobChange(status="completed", at=AT))
     await store.insert_job(bump_in("2", DEFAULT_DATASTORE))

@@ -84,7 +84,7 @@ async def test_everything_written_is_there_after_reopening(tmp_path):
     store = await TinyDBStore.open(tmp_path, "local")
     assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == ["1", "2"]
     assert (await store.get_job("2"))["status"] == "completed"
-    assert await store.get_target("local", "MY_DATASET") == saved
+    assert await store.get_target("local", "MY_DATASET") == {**saved, "revision": 2}  # job 1's, then saved
     other = await store.get_target("local", "OTHER")
     assert (other["status"], other["lastUpdatedAt"]) == ("completed", T1)
     assert await listed(store.maintenance_history()) == [{"msg": "m", "paused": True, "timestamp": "t"}]
@@ -308,6 +308,24 @@ async def test_targets_follow_job_order_after_a_crash_and_after_a_fold(tmp_path,
         await reopened.close()
 
 
+async def test_a_target_keeps_its_revision_in_the_journal_and_in_the_files(tmp_path, no_idle_fold):
+    data = tmp_path / "data"
+    store = await TinyDBStore.open(data, "local")
+    await store.insert_job(stored_job("1"))
+    await store.update_job("1", JobChange(status="validating", at=T1))
+    crashed = tmp_path / "crashed"
+    shutil.copytree(data, crashed)  # the change in the journal alone
+    await store.close()
+    [stored] = json.loads((data / "targets.json").read_bytes())["_default"].values()
+    assert stored["revision"] == 2
+    for path in (crashed, data):
+        reopened = await TinyDBStore.open(path, "local")
+        assert (await reopened.get_target("local", "MY_DATASET"))["revision"] == 2
+        await reopened.save_target(SAVED_TARGET)
+        assert (await reopened.get_target("local", "MY_DATASET"))["revision"] == 3
+        await reopened.close()
+
+
 async def test_a_crash_in_the_middle_of_a_fold_loses_nothing(tmp_path, no_idle_fold):
     """A fold writes the files one by one and deletes the journal last: whichever
     files it had written, the journal replayed over them gives the same store."""
@@ -413,6 +431,16 @@ async def valid_directory(path: Path) -> None:
     await store.close()
 
 
+async def refused_start(path: Path) -> str:
+    """Why opening `path` is refused, having checked that the refusal is one line and changes nothing."""
+    before = files_in(path)
+    with pytest.raises(StoreCorrupt) as refused:
+        await TinyDBStore.open(path, "local")
+    assert "\n" not in str(refused.value)
+    assert files_in(path) == before
+    return str(refused.value)
+
+
 def journal_with_a_damaged_record(path: Path) -> str:
     """A journal whose second record fails its checksum with a whole record after it."""
     record = b'[["forget", "no.such"]]'
@@ -495,6 +523,35 @@ def test_the_service_refuses_to_start_on_a_damaged_file_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"job-service: {data / 'maintenance.json'}: is empty")
     assert files_in(data) == before
+
+
+# --- what is not a file of the store -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["inprogress.json", "completed/00000001.json", "journal/00000009.jsonl", LOCK_FILE])
+@pytest.mark.parametrize("kind", ["a FIFO", "a directory"])
+async def test_a_fifo_or_a_directory_in_place_of_a_store_file_is_refused_at_once(tmp_path, name, kind):
+    await valid_directory(tmp_path)
+    path = tmp_path / name
+    path.unlink(missing_ok=True)
+    path.parent.mkdir(exist_ok=True)
+    os.mkfifo(path) if kind == "a FIFO" else path.mkdir()
+    message = await asyncio.wait_for(refused_start(tmp_path), timeout=30)
+    assert message.startswith(f"{path}: is {kind}") or message.startswith(f"{path}: is not a file of the store")
+
+
+def test_a_directory_in_place_of_the_lock_file_is_one_line_at_start(tmp_path):
+    data = tmp_path / "data"
+    (data / LOCK_FILE).mkdir(parents=True)
+    config = write_config(tmp_path / "config.toml", service_config({"tinydb": {"path": str(data)}}, tmp_path / "in"))
+    result = run_job_service(config)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"job-service: {data / LOCK_FILE}: is a directory, where the store keeps its lock file")
+    )
 
 
 # --- a disk that cannot take the write ------------------------------------------------------

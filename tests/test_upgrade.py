@@ -68,6 +68,9 @@ async def assert_everything_is_in_the_default_datastore(store) -> None:
 async def assert_the_rule_holds_per_datastore(store) -> None:
     with pytest.raises(TargetBusy):
         await store.insert_job(stored_job("5", "HELD"))
+    await store.add_datastore(
+        {"rdn": FDB, "name": "F", "description": "", "directory": "/d", "bumpEnabled": False, "deleted": False}
+    )  # a job goes only into a live datastore
     await store.insert_job(stored_job("5", "HELD", datastore=FDB))
     await store.save_target({**previous_target("HELD", "queued"), "datastoreRdn": FDB})
     assert [target["datastoreRdn"] for target in await listed(store.dump_collection("targets"))] == [

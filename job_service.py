@@ -73,6 +73,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import mlkem, rsa
 from marshmallow import (
     EXCLUDE,
     Schema,
@@ -1428,15 +1429,75 @@ def unfinished_provisionings(root: Path) -> list[Path]:
     return [marker.parent for marker in root.glob(f"*/{PROVISIONING_MARKER}")]
 
 
-def store_public_key(directory: Path, pem: bytes) -> None:
-    """Keep a datastore's public key in its vault, once; a private key is refused
-    before anything is written."""
+#: A PEM block as RFC 7468 lays it out: a label, base64 (which has no "-") and
+#: the same label at its end.
+PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----([^-]*)-----END \1-----")
+#: What may surround the blocks: an editor's or `echo`'s line ends, nothing that carries data.
+PEM_SPACE = b" \t\r\n"
+MIN_RSA_BITS = 2048
+
+
+def key_kind(key: Any) -> str:
+    """The algorithm of a parsed public key, as the refusals name it."""
+    if isinstance(key, mlkem.MLKEM768PublicKey):
+        return "ML-KEM-768"
+    return type(key).__name__.removesuffix("PublicKey")  # RSA, X25519, EC, DSA, Ed25519, MLKEM1024...
+
+
+def check_public_key(pem: bytes) -> None:
+    """Refuse, with a 400 that says why, anything but the two key shapes an executor
+    posts and the platform encrypts with: one RSA key of 2048 bits or more (today's
+    executor), or one ML-KEM-768 and one X25519 key in either order (microdata-tools
+    2.0, the hybrid key). Only whitespace may lie around the blocks: the file is
+    stored as posted, and the tools that read it skip anything between blocks, so
+    nothing else may ride along in it unseen."""
     if b"PRIVATE KEY" in pem:
-        raise ApiError(400, "This is a private key: send the public key, and keep the private one where it is")
-    try:
-        serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise ApiError(400, "The body is not a PEM public key") from None
+        raise ApiError(
+            400, "The body holds a private key: send the public key alone, and keep the private one where it is"
+        )
+    blocks = list(PEM_BLOCK.finditer(pem))
+    if not blocks:
+        raise ApiError(400, "The body is not PEM: it has no -----BEGIN PUBLIC KEY----- block")
+    edges = [0, *(edge for block in blocks for edge in block.span()), len(pem)]
+    gaps = [pem[start:end] for start, end in zip(edges[::2], edges[1::2], strict=True)]
+    if gaps[-1].strip(PEM_SPACE):
+        raise ApiError(400, "The body has bytes after its last PEM block: only whitespace may follow it")
+    if gaps[0].strip(PEM_SPACE):
+        raise ApiError(400, "The body has bytes before its first PEM block: only whitespace may precede it")
+    if any(gap.strip(PEM_SPACE) for gap in gaps[1:-1]):
+        raise ApiError(400, "The body has bytes between its PEM blocks: only whitespace may separate them")
+    for block in blocks:
+        if block[1] != b"PUBLIC KEY":
+            raise ApiError(400, f"A PEM block is labelled {block[1].decode()}, not PUBLIC KEY")
+    if len(blocks) > 2:
+        raise ApiError(
+            400,
+            f"The body has {len(blocks)} PEM blocks: a public key is one RSA key, or one ML-KEM-768 and one X25519 key",
+        )
+    keys = []
+    for number, block in enumerate(blocks, start=1):
+        try:
+            keys.append(serialization.load_pem_public_key(block[0]))
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ApiError(400, f"PEM block {number} is not a public key that can be read") from None
+    kinds = [key_kind(key) for key in keys]
+    if len(keys) == 2:
+        if sorted(kinds) != ["ML-KEM-768", "X25519"]:
+            raise ApiError(
+                400, f"Two PEM blocks must be one ML-KEM-768 and one X25519 public key, not {kinds[0]} and {kinds[1]}"
+            )
+    elif not isinstance(keys[0], rsa.RSAPublicKey):
+        raise ApiError(
+            400, f"One PEM block must be an RSA public key, not {kinds[0]} (a hybrid key is ML-KEM-768 and X25519)"
+        )
+    elif keys[0].key_size < MIN_RSA_BITS:
+        raise ApiError(400, f"The RSA key has {keys[0].key_size} bits: at least {MIN_RSA_BITS} are needed")
+
+
+def store_public_key(directory: Path, pem: bytes) -> None:
+    """Keep a datastore's public key in its vault, once, exactly as posted; any
+    other body is refused before anything is written."""
+    check_public_key(pem)
     vault = directory / "vault"
     vault.mkdir(parents=True, exist_ok=True)
     try:

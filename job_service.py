@@ -714,6 +714,8 @@ class ImportableDatasetSchema(Schema):
     hasMetadata = fields.Boolean(required=True)
     hasData = fields.Boolean(required=True)
     isArchived = fields.Boolean(required=True)
+    #: What to post to import it (see `import_operation`), "-" for nothing.
+    operation = fields.String(required=True, metadata={"enum": ["ADD", "CHANGE", "PATCH_METADATA", "-"]})
 
 
 class PauseFlag(fields.Field):
@@ -960,7 +962,7 @@ def listed_dataset_identity(dataset: Mapping[str, Any]) -> Hashable:
 
 
 def listed_dataset_version(dataset: Mapping[str, Any]) -> Hashable:
-    return dataset["hasMetadata"], dataset["hasData"]
+    return dataset["hasMetadata"], dataset["hasData"], dataset["operation"]
 
 
 class EncodedListings:
@@ -1151,6 +1153,21 @@ def find_candidates(input_dir: Path) -> list[Candidate]:
     return candidates
 
 
+def import_operation(dataset: Mapping[str, Any], release_status: str | None) -> str:
+    """What to post to import an archive, derived as the platform's API does (datastore-api
+    PR #122) from the dataset's latest release status (None: never in a version). "-"
+    when there is nothing to post: a job has the dataset in hand (DRAFT, PENDING_RELEASE,
+    PENDING_DELETE), a new dataset has no data, a status is one nobody knows, or the
+    archive has no metadata (which the platform's API leaves out of its listing)."""
+    if not dataset["hasMetadata"]:
+        return "-"
+    if release_status in (None, "DELETED"):
+        return "ADD" if dataset["hasData"] else "-"
+    if release_status == "RELEASED":
+        return "CHANGE" if dataset["hasData"] else "PATCH_METADATA"
+    return "-"
+
+
 def folders_stamp(input_dir: Path) -> tuple[int, ...]:
     """The change times of the folders a listing reads: a file added, removed or
     renamed changes them."""
@@ -1177,10 +1194,29 @@ class ArchiveInspections:
         self._scanning: dict[tuple[Path, tuple[int, ...]], asyncio.Future[tuple[dict[str, Any], ...]]] = {}
         self._pool = ThreadPoolExecutor(INSPECTION_THREADS, thread_name_prefix="archives")
         self._stopping = threading.Event()
+        self._versions = VersionFiles()
+        self._with_operations: dict[
+            Path, tuple[tuple[dict[str, Any], ...], Mapping[str, str], tuple[dict[str, Any], ...]]
+        ] = {}
 
-    async def scan(self, input_dir: Path) -> tuple[dict[str, Any], ...]:
+    async def scan(self, input_dir: Path, datastore_dir: Path) -> tuple[dict[str, Any], ...]:
         """Every readable `<NAME>.tar` in the input directory and its `archive/`
-        folder, by name; the same tuple again while nothing there has changed."""
+        folder, by name, with the operation that would import it into the datastore
+        at `datastore_dir`; the same tuple again while neither the folders nor the
+        datastore's version files have changed."""
+        archives = await self._archives(input_dir)
+        statuses = await self._versions.release_statuses(datastore_dir)
+        kept = self._with_operations.get(input_dir)
+        if kept is not None and kept[0] is archives and kept[1] is statuses:
+            return kept[2]
+        datasets = tuple(
+            {**dataset, "operation": import_operation(dataset, statuses.get(dataset["datasetName"]))}
+            for dataset in archives
+        )
+        self._with_operations[input_dir] = (archives, statuses, datasets)
+        return datasets
+
+    async def _archives(self, input_dir: Path) -> tuple[dict[str, Any], ...]:
         stamp = folders_stamp(input_dir)  # two stats on the loop: cheaper than any hop to a thread
         listed = self._listed.get(input_dir)
         if listed is not None and listed[1] == stamp and time.monotonic() - listed[0] < LISTING_FRESH_SECONDS:
@@ -1427,6 +1463,117 @@ async def provision(app: web.Application, datastore: Datastore, keys_job: Job) -
 
 def unfinished_provisionings(root: Path) -> list[Path]:
     return [marker.parent for marker in root.glob(f"*/{PROVISIONING_MARKER}")]
+
+
+#: A datastore's release history, in `<directory>/datastore/`, in the order a
+#: dataset's status is looked up: the draft, then the versions, newest first.
+VERSION_FILES = ("draft_version.json", "datastore_versions.json")
+#: Years of weekly releases are a few megabytes: a larger file is none the platform wrote.
+MAX_VERSION_FILE_BYTES = 64 << 20
+
+
+class UnreadableVersions(Exception):
+    """A version file that is missing or not what the platform writes; its text says which and why."""
+
+
+def versions_stamp(directory: Path) -> tuple[tuple[int, int, int], ...]:
+    """What identifies the version files' contents: a rewrite changes it, in place or renamed over."""
+    stamp = []
+    for name in VERSION_FILES:
+        try:
+            info = os.stat(directory / "datastore" / name)
+            stamp.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        except OSError:
+            stamp.append((-1, -1, -1))
+    return tuple(stamp)
+
+
+def read_version_file(path: Path) -> Any:
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_VERSION_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise UnreadableVersions(f"{path} is missing") from None
+    except OSError as exc:
+        raise UnreadableVersions(f"{path} cannot be read: {exc.strerror}") from None
+    if len(raw) > MAX_VERSION_FILE_BYTES:
+        raise UnreadableVersions(f"{path} is larger than {MAX_VERSION_FILE_BYTES:,} bytes")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UnreadableVersions(f"{path} is not JSON") from None
+
+
+def updates_of(version: Any, path: Path) -> list[tuple[str, str]]:
+    """A version's (dataset name, release status) pairs."""
+    updates = version.get("dataStructureUpdates") if isinstance(version, dict) else None
+    if not isinstance(updates, list) or not all(
+        isinstance(update, dict)
+        and isinstance(update.get("name"), str)
+        and isinstance(update.get("releaseStatus"), str)
+        for update in updates
+    ):
+        raise UnreadableVersions(f"{path} has a version without dataStructureUpdates of names and release statuses")
+    return [(update["name"], update["releaseStatus"]) for update in updates]
+
+
+def read_release_statuses(directory: Path) -> dict[str, str]:
+    """Each dataset's latest release status: where the draft names it, else the newest
+    version that does (blocking: run it in a thread)."""
+    draft_path, versions_path = (directory / "datastore" / name for name in VERSION_FILES)
+    draft, released = read_version_file(draft_path), read_version_file(versions_path)
+    versions = released.get("versions") if isinstance(released, dict) else None
+    if not isinstance(versions, list):
+        raise UnreadableVersions(f"{versions_path} has no list of versions")
+    statuses: dict[str, str] = {}
+    for path, version in [(draft_path, draft), *((versions_path, version) for version in versions)]:
+        for name, status in updates_of(version, path):
+            statuses.setdefault(name, status)
+    return statuses
+
+
+def release_statuses_or_none(directory: Path) -> dict[str, str]:
+    try:
+        return read_release_statuses(directory)
+    except UnreadableVersions as exc:
+        log.warning("%s; the datastore counts as having no versions until its version files change", exc)
+        return {}
+
+
+class VersionFiles:
+    """Each datastore's release statuses, read from its version files once per change
+    of them: a listing stats them (on the loop: cheaper than any hop to a thread) and,
+    while they are unchanged, gets the very same mapping back, so that the listing's
+    kept answer stays valid. Concurrent listings after a change share one read."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[tuple[tuple[int, int, int], ...], Mapping[str, str]]] = {}
+        self._reading: dict[tuple[Path, tuple[tuple[int, int, int], ...]], asyncio.Future[Mapping[str, str]]] = {}
+
+    async def release_statuses(self, directory: Path) -> Mapping[str, str]:
+        stamp = versions_stamp(directory)
+        known = self._known.get(directory)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        key = (directory, stamp)
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(self._read(directory, stamp))
+            reading.add_done_callback(lambda _: self._reading.pop(key, None))
+        # Shielded: a listing whose client goes away must not cancel what others wait for too.
+        return await asyncio.shield(reading)
+
+    async def _read(self, directory: Path, stamp: tuple[tuple[int, int, int], ...]) -> Mapping[str, str]:
+        statuses = await asyncio.to_thread(release_statuses_or_none, directory)
+        self._known[directory] = (stamp, statuses)
+        return statuses
+
+
+def versions_directory(config: Config, datastore: Datastore) -> Path:
+    """The directory whose `datastore/` holds a datastore's version files."""
+    if datastore["rdn"] == config.datastores.default:
+        return Path(default_datastore(config)["directory"])
+    return Path(datastore["directory"])
 
 
 #: A PEM block as RFC 7468 lays it out: a label, base64 (which has no "-") and
@@ -2490,8 +2637,9 @@ async def targets_in_progress(store: Store, datastore: str) -> set[str]:
 )
 async def list_importable_datasets(request: web.Request) -> web.Response:
     datastore, _ = await acting_on(request, write=False)
-    input_dir = input_directory(request.app[CONFIG], datastore)
-    datasets = await request.app[ARCHIVES].scan(input_dir)
+    config = request.app[CONFIG]
+    input_dir = input_directory(config, datastore)
+    datasets = await request.app[ARCHIVES].scan(input_dir, versions_directory(config, datastore))
     hidden: frozenset[str] = frozenset()
     if "rdn" in request.match_info:  # as the platform's API: what a job works on is not importable meanwhile
         hidden = frozenset(await targets_in_progress(store_of(request), datastore["rdn"]))

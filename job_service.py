@@ -77,6 +77,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import mlkem, rsa
 from marshmallow import (
     EXCLUDE,
     Schema,
@@ -722,6 +723,8 @@ class ImportableDatasetSchema(Schema):
     hasMetadata = fields.Boolean(required=True)
     hasData = fields.Boolean(required=True)
     isArchived = fields.Boolean(required=True)
+    #: What to post to import it (see `import_operation`), "-" for nothing.
+    operation = fields.String(required=True, metadata={"enum": ["ADD", "CHANGE", "PATCH_METADATA", "-"]})
 
 
 class PauseFlag(fields.Field):
@@ -980,7 +983,7 @@ def listed_dataset_identity(dataset: Mapping[str, Any]) -> Hashable:
 
 
 def listed_dataset_version(dataset: Mapping[str, Any]) -> Hashable:
-    return dataset["hasMetadata"], dataset["hasData"]
+    return dataset["hasMetadata"], dataset["hasData"], dataset["operation"]
 
 
 class EncodedListings:
@@ -1171,6 +1174,21 @@ def find_candidates(input_dir: Path) -> list[Candidate]:
     return candidates
 
 
+def import_operation(dataset: Mapping[str, Any], release_status: str | None) -> str:
+    """What to post to import an archive, derived as the platform's API does (datastore-api
+    PR #122) from the dataset's latest release status (None: never in a version). "-"
+    when there is nothing to post: a job has the dataset in hand (DRAFT, PENDING_RELEASE,
+    PENDING_DELETE), a new dataset has no data, a status is one nobody knows, or the
+    archive has no metadata (which the platform's API leaves out of its listing)."""
+    if not dataset["hasMetadata"]:
+        return "-"
+    if release_status in (None, "DELETED"):
+        return "ADD" if dataset["hasData"] else "-"
+    if release_status == "RELEASED":
+        return "CHANGE" if dataset["hasData"] else "PATCH_METADATA"
+    return "-"
+
+
 def folders_stamp(input_dir: Path) -> tuple[int, ...]:
     """The change times of the folders a listing reads: a file added, removed or
     renamed changes them."""
@@ -1197,10 +1215,29 @@ class ArchiveInspections:
         self._scanning: dict[tuple[Path, tuple[int, ...]], asyncio.Future[tuple[dict[str, Any], ...]]] = {}
         self._pool = ThreadPoolExecutor(INSPECTION_THREADS, thread_name_prefix="archives")
         self._stopping = threading.Event()
+        self._versions = VersionFiles()
+        self._with_operations: dict[
+            Path, tuple[tuple[dict[str, Any], ...], Mapping[str, str], tuple[dict[str, Any], ...]]
+        ] = {}
 
-    async def scan(self, input_dir: Path) -> tuple[dict[str, Any], ...]:
+    async def scan(self, input_dir: Path, datastore_dir: Path) -> tuple[dict[str, Any], ...]:
         """Every readable `<NAME>.tar` in the input directory and its `archive/`
-        folder, by name; the same tuple again while nothing there has changed."""
+        folder, by name, with the operation that would import it into the datastore
+        at `datastore_dir`; the same tuple again while neither the folders nor the
+        datastore's version files have changed."""
+        archives = await self._archives(input_dir)
+        statuses = await self._versions.release_statuses(datastore_dir)
+        kept = self._with_operations.get(input_dir)
+        if kept is not None and kept[0] is archives and kept[1] is statuses:
+            return kept[2]
+        datasets = tuple(
+            {**dataset, "operation": import_operation(dataset, statuses.get(dataset["datasetName"]))}
+            for dataset in archives
+        )
+        self._with_operations[input_dir] = (archives, statuses, datasets)
+        return datasets
+
+    async def _archives(self, input_dir: Path) -> tuple[dict[str, Any], ...]:
         stamp = folders_stamp(input_dir)  # two stats on the loop: cheaper than any hop to a thread
         listed = self._listed.get(input_dir)
         if listed is not None and listed[1] == stamp and time.monotonic() - listed[0] < LISTING_FRESH_SECONDS:
@@ -1448,15 +1485,179 @@ def unfinished_provisionings(root: Path) -> list[Path]:
     return [marker.parent for marker in root.glob(f"*/{PROVISIONING_MARKER}")]
 
 
-def store_public_key(directory: Path, pem: bytes) -> None:
-    """Keep a datastore's public key in its vault, once; a private key is refused
-    before anything is written."""
-    if b"PRIVATE KEY" in pem:
-        raise ApiError(400, "This is a private key: send the public key, and keep the private one where it is")
+#: A datastore's release history, in `<directory>/datastore/`, in the order a
+#: dataset's status is looked up: the draft, then the versions, newest first.
+VERSION_FILES = ("draft_version.json", "datastore_versions.json")
+#: Years of weekly releases are a few megabytes: a larger file is none the platform wrote.
+MAX_VERSION_FILE_BYTES = 64 << 20
+
+
+class UnreadableVersions(Exception):
+    """A version file that is missing or not what the platform writes; its text says which and why."""
+
+
+def versions_stamp(directory: Path) -> tuple[tuple[int, int, int], ...]:
+    """What identifies the version files' contents: a rewrite changes it, in place or renamed over."""
+    stamp = []
+    for name in VERSION_FILES:
+        try:
+            info = os.stat(directory / "datastore" / name)
+            stamp.append((info.st_ino, info.st_size, info.st_mtime_ns))
+        except OSError:
+            stamp.append((-1, -1, -1))
+    return tuple(stamp)
+
+
+def read_version_file(path: Path) -> Any:
     try:
-        serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise ApiError(400, "The body is not a PEM public key") from None
+        with open(path, "rb") as file:
+            raw = file.read(MAX_VERSION_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise UnreadableVersions(f"{path} is missing") from None
+    except OSError as exc:
+        raise UnreadableVersions(f"{path} cannot be read: {exc.strerror}") from None
+    if len(raw) > MAX_VERSION_FILE_BYTES:
+        raise UnreadableVersions(f"{path} is larger than {MAX_VERSION_FILE_BYTES:,} bytes")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UnreadableVersions(f"{path} is not JSON") from None
+
+
+def updates_of(version: Any, path: Path) -> list[tuple[str, str]]:
+    """A version's (dataset name, release status) pairs."""
+    updates = version.get("dataStructureUpdates") if isinstance(version, dict) else None
+    if not isinstance(updates, list) or not all(
+        isinstance(update, dict)
+        and isinstance(update.get("name"), str)
+        and isinstance(update.get("releaseStatus"), str)
+        for update in updates
+    ):
+        raise UnreadableVersions(f"{path} has a version without dataStructureUpdates of names and release statuses")
+    return [(update["name"], update["releaseStatus"]) for update in updates]
+
+
+def read_release_statuses(directory: Path) -> dict[str, str]:
+    """Each dataset's latest release status: where the draft names it, else the newest
+    version that does (blocking: run it in a thread)."""
+    draft_path, versions_path = (directory / "datastore" / name for name in VERSION_FILES)
+    draft, released = read_version_file(draft_path), read_version_file(versions_path)
+    versions = released.get("versions") if isinstance(released, dict) else None
+    if not isinstance(versions, list):
+        raise UnreadableVersions(f"{versions_path} has no list of versions")
+    statuses: dict[str, str] = {}
+    for path, version in [(draft_path, draft), *((versions_path, version) for version in versions)]:
+        for name, status in updates_of(version, path):
+            statuses.setdefault(name, status)
+    return statuses
+
+
+def release_statuses_or_none(directory: Path) -> dict[str, str]:
+    try:
+        return read_release_statuses(directory)
+    except UnreadableVersions as exc:
+        log.warning("%s; the datastore counts as having no versions until its version files change", exc)
+        return {}
+
+
+class VersionFiles:
+    """Each datastore's release statuses, read from its version files once per change
+    of them: a listing stats them (on the loop: cheaper than any hop to a thread) and,
+    while they are unchanged, gets the very same mapping back, so that the listing's
+    kept answer stays valid. Concurrent listings after a change share one read."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, tuple[tuple[tuple[int, int, int], ...], Mapping[str, str]]] = {}
+        self._reading: dict[tuple[Path, tuple[tuple[int, int, int], ...]], asyncio.Future[Mapping[str, str]]] = {}
+
+    async def release_statuses(self, directory: Path) -> Mapping[str, str]:
+        stamp = versions_stamp(directory)
+        known = self._known.get(directory)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        key = (directory, stamp)
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(self._read(directory, stamp))
+            reading.add_done_callback(lambda _: self._reading.pop(key, None))
+        # Shielded: a listing whose client goes away must not cancel what others wait for too.
+        return await asyncio.shield(reading)
+
+    async def _read(self, directory: Path, stamp: tuple[tuple[int, int, int], ...]) -> Mapping[str, str]:
+        statuses = await asyncio.to_thread(release_statuses_or_none, directory)
+        self._known[directory] = (stamp, statuses)
+        return statuses
+
+
+#: A PEM block as RFC 7468 lays it out: a label, base64 (which has no "-") and
+#: the same label at its end.
+PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----([^-]*)-----END \1-----")
+#: What may surround the blocks: an editor's or `echo`'s line ends, nothing that carries data.
+PEM_SPACE = b" \t\r\n"
+MIN_RSA_BITS = 2048
+
+
+def key_kind(key: Any) -> str:
+    """The algorithm of a parsed public key, as the refusals name it."""
+    if isinstance(key, mlkem.MLKEM768PublicKey):
+        return "ML-KEM-768"
+    return type(key).__name__.removesuffix("PublicKey")  # RSA, X25519, EC, DSA, Ed25519, MLKEM1024...
+
+
+def check_public_key(pem: bytes) -> None:
+    """Refuse, with a 400 that says why, anything but the two key shapes an executor
+    posts and the platform encrypts with: one RSA key of 2048 bits or more (today's
+    executor), or one ML-KEM-768 and one X25519 key in either order (microdata-tools
+    2.0, the hybrid key). Only whitespace may lie around the blocks: the file is
+    stored as posted, and the tools that read it skip anything between blocks, so
+    nothing else may ride along in it unseen."""
+    if b"PRIVATE KEY" in pem:
+        raise ApiError(
+            400, "The body holds a private key: send the public key alone, and keep the private one where it is"
+        )
+    blocks = list(PEM_BLOCK.finditer(pem))
+    if not blocks:
+        raise ApiError(400, "The body is not PEM: it has no -----BEGIN PUBLIC KEY----- block")
+    edges = [0, *(edge for block in blocks for edge in block.span()), len(pem)]
+    gaps = [pem[start:end] for start, end in zip(edges[::2], edges[1::2], strict=True)]
+    if gaps[-1].strip(PEM_SPACE):
+        raise ApiError(400, "The body has bytes after its last PEM block: only whitespace may follow it")
+    if gaps[0].strip(PEM_SPACE):
+        raise ApiError(400, "The body has bytes before its first PEM block: only whitespace may precede it")
+    if any(gap.strip(PEM_SPACE) for gap in gaps[1:-1]):
+        raise ApiError(400, "The body has bytes between its PEM blocks: only whitespace may separate them")
+    for block in blocks:
+        if block[1] != b"PUBLIC KEY":
+            raise ApiError(400, f"A PEM block is labelled {block[1].decode()}, not PUBLIC KEY")
+    if len(blocks) > 2:
+        raise ApiError(
+            400,
+            f"The body has {len(blocks)} PEM blocks: a public key is one RSA key, or one ML-KEM-768 and one X25519 key",
+        )
+    keys = []
+    for number, block in enumerate(blocks, start=1):
+        try:
+            keys.append(serialization.load_pem_public_key(block[0]))
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ApiError(400, f"PEM block {number} is not a public key that can be read") from None
+    kinds = [key_kind(key) for key in keys]
+    if len(keys) == 2:
+        if sorted(kinds) != ["ML-KEM-768", "X25519"]:
+            raise ApiError(
+                400, f"Two PEM blocks must be one ML-KEM-768 and one X25519 public key, not {kinds[0]} and {kinds[1]}"
+            )
+    elif not isinstance(keys[0], rsa.RSAPublicKey):
+        raise ApiError(
+            400, f"One PEM block must be an RSA public key, not {kinds[0]} (a hybrid key is ML-KEM-768 and X25519)"
+        )
+    elif keys[0].key_size < MIN_RSA_BITS:
+        raise ApiError(400, f"The RSA key has {keys[0].key_size} bits: at least {MIN_RSA_BITS} are needed")
+
+
+def store_public_key(directory: Path, pem: bytes) -> None:
+    """Keep a datastore's public key in its vault, once, exactly as posted; any
+    other body is refused before anything is written."""
+    check_public_key(pem)
     vault = directory / "vault"
     vault.mkdir(parents=True, exist_ok=True)
     try:
@@ -2641,7 +2842,7 @@ async def list_importable_datasets(request: web.Request, scope: Scope) -> web.Re
     datastore = scope.datastore
     assert datastore is not None
     input_dir = request.app[DATASTORES].input_directory(datastore)
-    datasets = await request.app[ARCHIVES].scan(input_dir)
+    datasets = await request.app[ARCHIVES].scan(input_dir, Path(datastore["directory"]))
     hidden: frozenset[str] = frozenset()
     if scope.platform_route:  # as the platform's API: what a job works on is not importable meanwhile
         hidden = frozenset(await targets_in_progress(store_of(request), datastore["rdn"]))

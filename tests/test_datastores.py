@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from helpers import DEFAULT_DATASTORE, bump_job, create_job, faulty, post_jobs, put_job
 
 from backends import Datastore
@@ -32,14 +30,6 @@ async def provision(client, **overrides) -> str:
     result = await response.json()
     assert (result["status"], result["msg"]) == ("queued", "CREATED")
     return result["job_id"]
-
-
-def pem(key: rsa.RSAPrivateKey, private: bool = False) -> bytes:
-    if private:
-        return key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def archive(directory: Path, name: str) -> None:
@@ -300,44 +290,6 @@ async def test_a_datastores_archives_wait_in_its_input_directory(client, root, i
     assert await deleted.json() == {"message": "OK, WAITING deleted"}
     assert not (root / "no.ssb.fdb_input" / "WAITING.tar").exists()
     assert (input_dir / "IN_THE_DEFAULT.tar").exists()
-
-
-async def test_the_public_key_is_stored_once_and_read_back(client, root):
-    await provision(client)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    headers = {"Content-Type": "application/x-pem-file"}
-    assert (await client.get("/datastores/no.ssb.fdb/public-key")).status == 404
-    stored = await client.post("/datastores/no.ssb.fdb/public-key", data=pem(key), headers=headers)
-    assert stored.status == 200, await stored.text()
-    assert (root / "no.ssb.fdb" / "vault" / "microdata_public_key.pem").read_bytes() == pem(key)
-    again = await client.post("/datastores/no.ssb.fdb/public-key", data=pem(key), headers=headers)
-    assert again.status == 409
-    read = await client.get("/datastores/no.ssb.fdb/public-key")
-    assert read.content_type == "application/x-pem-file" and await read.read() == pem(key)
-
-
-@pytest.mark.parametrize(
-    "body", ["private", b"garbage", b"", b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"]
-)
-async def test_anything_but_a_public_key_is_a_400_and_writes_nothing(client, root, body):
-    await provision(client)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    data = pem(key, private=True) if body == "private" else body
-    response = await client.post(
-        "/datastores/no.ssb.fdb/public-key", data=data, headers={"Content-Type": "application/x-pem-file"}
-    )
-    assert response.status == 400
-    assert list((root / "no.ssb.fdb" / "vault").iterdir()) == []
-
-
-async def test_a_public_key_sent_as_anything_but_pem_is_a_415(client, root):
-    await provision(client)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    response = await client.post(
-        "/datastores/no.ssb.fdb/public-key", data=pem(key), headers={"Content-Type": "text/plain"}
-    )
-    assert response.status == 415
-    assert list((root / "no.ssb.fdb" / "vault").iterdir()) == []
 
 
 async def test_the_maintenance_statuses_routes_are_the_original_maintenance_routes(client):

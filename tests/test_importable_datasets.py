@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
 import subprocess
@@ -41,12 +42,12 @@ async def test_archives_are_listed_with_what_they_hold(client, input_dir):
 
     response = await client.get("/importable-datasets")
     assert response.status == 200
-    assert await response.json() == [
-        {"datasetName": "DATA_ONLY", "hasMetadata": False, "hasData": True, "isArchived": False},
-        {"datasetName": "FULL", "hasMetadata": True, "hasData": True, "isArchived": False},
-        {"datasetName": "FULL", "hasMetadata": True, "hasData": False, "isArchived": True},
-        {"datasetName": "METADATA_ONLY", "hasMetadata": True, "hasData": False, "isArchived": False},
-        {"datasetName": "NESTED", "hasMetadata": False, "hasData": False, "isArchived": False},
+    assert await response.json() == [  # a datastore without versions: new datasets all
+        {"datasetName": "DATA_ONLY", "hasMetadata": False, "hasData": True, "isArchived": False, "operation": "-"},
+        {"datasetName": "FULL", "hasMetadata": True, "hasData": True, "isArchived": False, "operation": "ADD"},
+        {"datasetName": "FULL", "hasMetadata": True, "hasData": False, "isArchived": True, "operation": "-"},
+        {"datasetName": "METADATA_ONLY", "hasMetadata": True, "hasData": False, "isArchived": False, "operation": "-"},
+        {"datasetName": "NESTED", "hasMetadata": False, "hasData": False, "isArchived": False, "operation": "-"},
     ]
 
 
@@ -181,7 +182,9 @@ async def test_a_changed_archive_is_read_again_and_a_broken_one_logged_once(clie
     archive = make_archive(input_dir / "CHANGING.tar", "CHANGING.json")
     (input_dir / "BROKEN.tar").write_bytes(b"not a tar")
     first = await (await client.get("/importable-datasets")).json()
-    assert first == [{"datasetName": "CHANGING", "hasMetadata": True, "hasData": False, "isArchived": False}]
+    assert first == [
+        {"datasetName": "CHANGING", "hasMetadata": True, "hasData": False, "isArchived": False, "operation": "-"}
+    ]
 
     make_archive(archive, "CHANGING.json", "chunks/1.parquet")
     os.utime(archive, ns=(1, 1))  # a new file time for certain, however fast the rewrite
@@ -189,5 +192,177 @@ async def test_a_changed_archive_is_read_again_and_a_broken_one_logged_once(clie
         LISTING_FRESH_SECONDS
     )  # rewritten in place, the folder unchanged: seen once the listing is stale
     second = await (await client.get("/importable-datasets")).json()
-    assert second == [{"datasetName": "CHANGING", "hasMetadata": True, "hasData": True, "isArchived": False}]
+    assert second == [
+        {"datasetName": "CHANGING", "hasMetadata": True, "hasData": True, "isArchived": False, "operation": "ADD"}
+    ]
     assert caplog.text.count("BROKEN.tar") == 1
+
+
+# --- what to post: each entry's operation, from the datastore's version files ---
+
+#: The version files are files: the same on every backend.
+FILES_ONLY = pytest.mark.parametrize("backend", ["tinydb"])
+FDB = {"rdn": "no.ssb.fdb", "name": "Forskningsdata", "description": "Research data"}
+
+
+def version(*updates: tuple[str, str], number: str = "1.0.0.0") -> dict:
+    """A version as the platform writes it, of (dataset, release status) updates."""
+    return {
+        "version": number,
+        "description": "A release",
+        "releaseTime": 1700000000,
+        "languageCode": "no",
+        "dataStructureUpdates": [
+            {"name": name, "description": "", "operation": "ADD", "releaseStatus": status} for name, status in updates
+        ],
+        "updateType": "MINOR",
+    }
+
+
+def write_versions(directory: Path, draft: dict, *versions: dict) -> None:
+    """The datastore's `datastore/draft_version.json` and `datastore_versions.json` (newest first)."""
+    folder = directory / "datastore"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "draft_version.json").write_text(json.dumps(draft))
+    released = {"name": "no.ssb.fdb", "label": "Forskningsdata", "description": "", "versions": list(versions)}
+    (folder / "datastore_versions.json").write_text(json.dumps(released))
+
+
+@pytest.fixture
+async def fdb(client, input_dir: Path) -> Path:
+    """A provisioned datastore's directory; its archives wait in `<directory>_input`."""
+    response = await client.post("/datastores", json=FDB)
+    assert response.status == 200, await response.text()
+    return input_dir.parent / "datastores" / "no.ssb.fdb"
+
+
+async def operations(client, path: str = "/datastores/no.ssb.fdb/importable-datasets") -> dict[tuple[str, bool], str]:
+    response = await client.get(path)
+    assert response.status == 200
+    return {(entry["datasetName"], entry["isArchived"]): entry["operation"] for entry in await response.json()}
+
+
+@FILES_ONLY
+async def test_each_entry_says_what_to_post_as_the_platforms_api_derives_it(client, fdb):
+    write_versions(
+        fdb,
+        version(("IN_DRAFT", "DRAFT"), ("TO_RELEASE", "PENDING_RELEASE"), ("REDRAFTED", "DRAFT"), number="0.0.0.1"),
+        version(("TO_DELETE", "PENDING_DELETE"), ("GONE", "DELETED"), ("GONE_NO_DATA", "DELETED"), number="3.0.0.0"),
+        version(("BACK", "RELEASED"), number="2.0.0.0"),
+        version(
+            ("RELEASED", "RELEASED"),
+            ("METADATA_FIX", "RELEASED"),
+            ("REDRAFTED", "RELEASED"),
+            ("BACK", "DELETED"),
+            ("GONE", "RELEASED"),
+            ("STRANGE", "SOMETHING_ELSE"),
+            number="1.0.0.0",
+        ),
+    )
+    inbox = Path(f"{fdb}_input")
+    full = {"NEW", "IN_DRAFT", "TO_RELEASE", "TO_DELETE", "GONE", "RELEASED", "REDRAFTED", "BACK", "STRANGE"}
+    for name in full:
+        make_archive(inbox / f"{name}.tar", f"{name}.json", "chunks/1.parquet")
+    for name in ("NEW_NO_DATA", "GONE_NO_DATA", "METADATA_FIX"):
+        make_archive(inbox / f"{name}.tar", f"{name}.json")
+    make_archive(inbox / "DATA_ONLY.tar", "chunks/1.parquet")
+    make_archive(inbox / "archive" / "RELEASED.tar", "RELEASED.json")
+
+    assert await operations(client) == {
+        ("NEW", False): "ADD",  # in no version
+        ("NEW_NO_DATA", False): "-",
+        ("IN_DRAFT", False): "-",  # a job has it in hand
+        ("TO_RELEASE", False): "-",
+        ("TO_DELETE", False): "-",
+        ("GONE", False): "ADD",  # deleted in the newest version that names it
+        ("GONE_NO_DATA", False): "-",
+        ("RELEASED", False): "CHANGE",
+        ("RELEASED", True): "PATCH_METADATA",  # archived entries say so too
+        ("METADATA_FIX", False): "PATCH_METADATA",
+        ("REDRAFTED", False): "-",  # the draft before the versions
+        ("BACK", False): "CHANGE",  # the newest version first
+        ("STRANGE", False): "-",  # a status nobody knows: nothing to post
+        ("DATA_ONLY", False): "-",  # no metadata: nothing to import
+    }
+
+
+@FILES_ONLY
+async def test_no_entry_is_dropped_and_the_dataset_collectors_fields_stay(client, fdb):
+    write_versions(fdb, version(("IN_DRAFT", "DRAFT")))
+    make_archive(Path(f"{fdb}_input") / "IN_DRAFT.tar", "IN_DRAFT.json", "chunks/1.parquet")
+    listed = await (await client.get("/datastores/no.ssb.fdb/importable-datasets")).json()
+    assert listed == [
+        {"datasetName": "IN_DRAFT", "hasMetadata": True, "hasData": True, "isArchived": False, "operation": "-"}
+    ]
+
+
+@FILES_ONLY
+async def test_the_default_datastore_reads_the_version_files_of_its_own_directory(client, input_dir):
+    [default] = [datastore for datastore in await (await client.get("/datastores")).json()]
+    write_versions(Path(default["directory"]), version(), version(("MY_DATASET", "RELEASED")))
+    make_archive(input_dir / "MY_DATASET.tar", "MY_DATASET.json", "chunks/1.parquet")
+    assert await operations(client, "/importable-datasets") == {("MY_DATASET", False): "CHANGE"}
+
+
+@FILES_ONLY
+async def test_a_change_of_the_version_files_changes_the_listing_at_once(client, fdb):
+    write_versions(fdb, version())
+    make_archive(Path(f"{fdb}_input") / "MY_DATASET.tar", "MY_DATASET.json", "chunks/1.parquet")
+    assert await operations(client) == {("MY_DATASET", False): "ADD"}
+    assert await operations(client) == {("MY_DATASET", False): "ADD"}  # the kept answer
+
+    # The executor releases it: the archives are unchanged, the answer is not.
+    write_versions(fdb, version(), version(("MY_DATASET", "RELEASED")))
+    assert await operations(client) == {("MY_DATASET", False): "CHANGE"}
+    write_versions(fdb, version(("MY_DATASET", "PENDING_DELETE")), version(("MY_DATASET", "RELEASED")))
+    assert await operations(client) == {("MY_DATASET", False): "-"}
+
+
+@FILES_ONLY
+async def test_the_version_files_are_read_once_per_change_not_at_every_listing(client, fdb):
+    write_versions(fdb, version(), version(("MY_DATASET", "RELEASED")))
+    make_archive(Path(f"{fdb}_input") / "MY_DATASET.tar", "MY_DATASET.json", "chunks/1.parquet")
+    assert await operations(client) == {("MY_DATASET", False): "CHANGE"}
+
+    # Rewritten in place to the same size and time: a listing that parsed the file would see it.
+    versions = fdb / "datastore" / "datastore_versions.json"
+    before = versions.stat()
+    versions.write_text(versions.read_text().replace('"RELEASED"', '"DELETED" '))
+    os.utime(versions, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert await operations(client) == {("MY_DATASET", False): "CHANGE"}
+
+    os.utime(versions, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))  # now it has changed
+    assert await operations(client) == {("MY_DATASET", False): "ADD"}
+
+
+@FILES_ONLY
+@pytest.mark.parametrize(
+    ("damage", "logged"),
+    [
+        (lambda folder: (folder / "datastore_versions.json").unlink(), "datastore_versions.json is missing"),
+        (lambda folder: (folder / "draft_version.json").unlink(), "draft_version.json is missing"),
+        (
+            lambda folder: (folder / "datastore_versions.json").write_text("{half"),
+            "datastore_versions.json is not JSON",
+        ),
+        (lambda folder: (folder / "datastore_versions.json").write_text("[]"), "has no list of versions"),
+        (
+            lambda folder: (folder / "draft_version.json").write_text('{"dataStructureUpdates": [{"name": 1}]}'),
+            "draft_version.json has a version without dataStructureUpdates",
+        ),
+    ],
+    ids=["versions missing", "draft missing", "versions not JSON", "no list of versions", "updates without names"],
+)
+async def test_missing_or_unreadable_version_files_are_logged_once_and_count_as_no_versions(
+    client, fdb, caplog, damage, logged
+):
+    write_versions(fdb, version(), version(("MY_DATASET", "RELEASED")))
+    make_archive(Path(f"{fdb}_input") / "MY_DATASET.tar", "MY_DATASET.json", "chunks/1.parquet")
+    damage(fdb / "datastore")
+    listings = await asyncio.gather(*(operations(client) for _ in range(8)))
+    assert await operations(client) == {("MY_DATASET", False): "ADD"}
+    assert listings == [{("MY_DATASET", False): "ADD"}] * 8
+    assert caplog.text.count(logged) == 1 and caplog.text.count("counts as having no versions") == 1
+
+    write_versions(fdb, version(), version(("MY_DATASET", "RELEASED")))  # repaired: read again
+    assert await operations(client) == {("MY_DATASET", False): "CHANGE"}

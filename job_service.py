@@ -911,6 +911,7 @@ JSON_CONTENT_TYPE = f"{JSON_MEDIA_TYPE}; charset=utf-8"
 DOCUMENTS_PER_WRITE = 500
 #: What the encoded jobs may take in memory; enough for the jobs the executor polls many times over.
 ENCODED_JOBS_MAX_BYTES = 64 << 20
+ENCODED_TARGETS_MAX_BYTES = 8 << 20
 
 
 def respond(schema: Schema, data: Any, *, many: bool = False, status: int = 200) -> web.Response:
@@ -1011,12 +1012,6 @@ class EncodedListings:
 
 def target_identity(target: Target) -> Hashable:
     return target["datastoreRdn"], target["name"]
-
-
-def target_version(target: Target) -> Hashable:
-    # Two saves of one target may fall in the same microsecond (a BUMP's own
-    # target and a dataset of its manifesto): every field that can change counts.
-    return target["lastUpdatedAt"], target["status"], tuple(target["action"]), target["lastUpdatedBy"]["userId"]
 
 
 def respond_encoded(body: bytes) -> web.Response:
@@ -3290,6 +3285,14 @@ async def storage_context(app: web.Application) -> Any:
     await warn_of_unparsable_keys_jobs(store, config.datastores.keys_operation)
     app[STORE] = InstrumentedStore(store, metrics)
     app[DATASTORES] = Datastores(config, app[STORE])
+    # Documents are kept encoded under the store's revisions only where every change
+    # goes through this store: in a database others write to, restore or edit by hand,
+    # a document changes without its revision (a cache of no bytes keeps nothing).
+    keeps = store.sole_writer
+    app[ENCODED_JOBS] = EncodedCache(JOB_SCHEMA, job_identity, revision_of, ENCODED_JOBS_MAX_BYTES if keeps else 0)
+    app[ENCODED_TARGETS] = EncodedCache(
+        TARGET_SCHEMA, target_identity, revision_of, ENCODED_TARGETS_MAX_BYTES if keeps else 0
+    )
     await finish_or_undo_provisionings(app)
     yield
     await app[STORE].close()
@@ -3321,8 +3324,6 @@ def create_app(config: Config, open_store: StoreOpener = open_configured_store) 
     app[CONFIG] = config
     app[STORE_OPENER] = open_store
     app[METRICS] = Metrics()
-    app[ENCODED_JOBS] = EncodedCache(JOB_SCHEMA, job_identity, revision_of, max_bytes=ENCODED_JOBS_MAX_BYTES)
-    app[ENCODED_TARGETS] = EncodedCache(TARGET_SCHEMA, target_identity, target_version, max_bytes=8 << 20)
     app[ARCHIVES] = ArchiveInspections()
     app.on_shutdown.append(stop_inspections)
     app[ENCODED_LISTINGS] = EncodedListings(max_bytes=8 << 20)

@@ -128,9 +128,9 @@ from backends import (
     open_store,
     revision_of,
 )
-from backends.adoption import Adoption, OriginalMongo, PlatformSqlite, Rules, adopt, time_zone
+from backends.adoption import Adoption, OriginalMongo, PlatformSqlite, adopt, time_zone
 from backends.base import parse_json
-from backends.transfer import TransferError, export_documents, import_documents
+from backends.transfer import Rules, TransferError, export_documents, import_documents
 
 log = logging.getLogger("job_service")
 
@@ -3406,14 +3406,16 @@ async def close_late_connections(app: web.Application) -> None:
 LATE_CONNECTION_STEPS = 3
 
 
-#: How the API judges each kind of document: an adoption brings over only what these let through.
-ADOPTION_RULES = Rules(
+#: How the API judges each kind of document: what export writes, import loads and adoption brings over.
+DOCUMENT_RULES = Rules(
     job=JOB_SCHEMA,
     target=TARGET_SCHEMA,
     maintenance=MAINTENANCE_STATUS_SCHEMA,
     datastore=DATASTORE_SCHEMA,
     statuses=frozenset(STATUSES),
     is_dataset_name=is_dataset_name,
+    is_rdn=is_datastore_rdn,
+    reserved_rdns=RESERVED_RDNS,
     describe=describe,
 )
 
@@ -3426,7 +3428,7 @@ def platform_source(args: argparse.Namespace) -> PlatformSqlite | OriginalMongo:
 def adoption_of(args: argparse.Namespace, config: Config) -> Adoption:
     zone = time_zone(args.timezone)
     return Adoption(
-        zone, config.storage.selected, default_datastore(config), ADOPTION_RULES, replace=args.replace, check=args.check
+        zone, config.storage.selected, default_datastore(config), DOCUMENT_RULES, replace=args.replace, check=args.check
     )
 
 
@@ -3477,13 +3479,17 @@ def main(argv: list[str] | None = None) -> None:
         if not (adopting and args.check):  # a check writes nothing, not even an empty directory
             prepare_directories(config)
         if args.command == "export":
-            exported = asyncio.run(export_documents(config.storage.selected, config.datastores.default, args.to))
+            exported = asyncio.run(
+                export_documents(config.storage.selected, config.datastores.default, args.to, DOCUMENT_RULES)
+            )
             print(f"exported {exported} documents to {args.to}")
         elif adopting:
             asyncio.run(adopt(platform_source(args), adoption_of(args, config)))
         elif args.command == "import":
             imported = asyncio.run(
-                import_documents(config.storage.selected, config.datastores.default, args.source, args.replace)
+                import_documents(
+                    config.storage.selected, config.datastores.default, args.source, args.replace, DOCUMENT_RULES
+                )
             )
             print(f"imported {imported} documents from {args.source}")
         else:

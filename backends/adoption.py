@@ -23,33 +23,34 @@ import sqlite3
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from marshmallow import Schema
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 from pymongo.uri_parser import parse_uri
 
-from . import MongoDBOptions, TinyDBOptions, open_store
+from . import MongoDBOptions, TinyDBOptions
 from .base import (
     FINAL_STATUSES,
+    MAX_LOG_CHARACTERS,
     Datastore,
     Job,
     LogEntry,
     MaintenanceStatus,
     Store,
-    StoreError,
     Target,
+    is_text,
     job_order,
+    log_characters,
     parse_json,
 )
-from .transfer import TransferError, prepare_destination
+from .transfer import IN_DATASTORES, Rules, TransferError, fill_or_empty, open_destination
 
 T = TypeVar("T")
 #: Documents per `load_collection` call, and rows per read of the SQLite file: a
@@ -70,52 +71,7 @@ class AdoptionError(TransferError):
 
 
 class Unusable(Exception):
-    """A source document that cannot come over as the SPEC shapes it; its text says why."""
-
-
-@dataclass(frozen=True)
-class Rules:
-    """How the service's API judges each kind of document: its own schemas, and
-    what they leave open that a document it serves must still respect. The service
-    gives them, so that an adoption keeps exactly the rules the API keeps."""
-
-    job: Schema
-    target: Schema
-    maintenance: Schema
-    datastore: Schema
-    statuses: frozenset[str]
-    is_dataset_name: Callable[[object], bool]
-    #: Marshmallow's error messages as one line.
-    describe: Callable[[Any], str]
-
-    def job_problem(self, job: Mapping[str, Any]) -> str | None:
-        errors = self.job.validate(job)
-        if errors:
-            return self.describe(errors)
-        return self._status_problem(job["status"])
-
-    def target_problem(self, target: Mapping[str, Any]) -> str | None:
-        errors = self.target.validate(target)
-        if errors:
-            return self.describe(errors)
-        if not self.is_dataset_name(target["name"]):
-            return f"name: {target['name']!r} is not a valid dataset name"
-        return self._status_problem(target["status"])
-
-    def maintenance_problem(self, status: Mapping[str, Any]) -> str | None:
-        errors = self.maintenance.validate(status)
-        return self.describe(errors) if errors else None
-
-    def datastore_problem(self, datastore: Mapping[str, Any]) -> str | None:
-        errors = self.datastore.validate({name: value for name, value in datastore.items() if name != "deleted"})
-        if errors:
-            return self.describe(errors)
-        if not PurePosixPath(datastore["directory"]).is_absolute():
-            return f"directory: {datastore['directory']!r} is not an absolute path"
-        return None
-
-    def _status_problem(self, status: str) -> str | None:
-        return None if status in self.statuses else f"status: {status!r} is not a status of the SPEC"
+    """A source document that cannot come over in the shape the API serves; its text says why."""
 
 
 def time_zone(name: str) -> ZoneInfo:
@@ -227,11 +183,33 @@ DATASTORE_COLUMNS = ("datastore_id", "rdn", "description", "directory", "name")
 JOB_ID = "typeof(job_id) = 'integer'"
 #: What SQLite keeps a Python bool as.
 SQLITE_BOOLEANS = {0: False, 1: True}
+#: SQLite's answers for a database another connection holds locked (SQLITE_BUSY, SQLITE_LOCKED).
+SQLITE_LOCKED = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+class NotText:
+    """A TEXT value of the SQLite file that is not UTF-8 (a Latin-1 byte, say): read as this,
+    not as an error that would end the reading, so that its document alone is left out."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"{self.data!r} (not UTF-8 text)"
+
+
+def text_or_not(data: bytes) -> str | NotText:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return NotText(data)
 
 
 def without_nulls(parameters: dict[str, Any]) -> dict[str, Any]:
     """The platform's `parameters` hold every optional key, unset ones as null; the
-    SPEC leaves them out. A manifesto's `updateType` keeps its null: it is nested."""
+    API leaves them out. A manifesto's `updateType` keeps its null: it is nested."""
     return {name: value for name, value in parameters.items() if value is not None}
 
 
@@ -254,9 +232,15 @@ class PlatformSqlite:
         try:
             # Each batch is read on a worker thread, one at a time.
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._db.text_factory = text_or_not
             self._db.execute("PRAGMA query_only = ON")
             tables = {name: self._columns(name) for name in (*SQLITE_COLUMNS, "datastore")}
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) in SQLITE_LOCKED:
+                raise AdoptionError(
+                    f"{self.path} is locked by another process ({exc}): stop the platform's service"
+                    " (or import a copy of the file) and run the import again"
+                ) from None
             raise AdoptionError(f"{self.path} is not an SQLite database ({exc})") from None
         missing = [name for name in SQLITE_COLUMNS if not tables[name]]
         if missing:
@@ -561,7 +545,7 @@ class OriginalMongo:
         return mapped(f"job {document['jobId']} in {collection}", functools.partial(self._job, document), note)
 
     def _job(self, document: dict[str, Any]) -> Job:
-        """The job as the SPEC shapes it. Anything else it holds stays, for the
+        """The job in the shape the API serves. Anything else it holds stays, for the
         API's rules to refuse: nothing is changed beyond the times and `updateType`."""
         job = {name: value for name, value in document.items() if name != "_id"}
         for name in ("createdAt", "log", "parameters"):
@@ -571,7 +555,7 @@ class OriginalMongo:
             raise Unusable("log: not a list of entries")
         parameters = job["parameters"]
         if isinstance(parameters, dict) and isinstance(parameters.get("bumpManifesto"), dict):
-            # The original left a manifesto's null `updateType` out; the SPEC keeps the key.
+            # The original left a manifesto's null `updateType` out; the API keeps the key.
             job["parameters"] = {**parameters, "bumpManifesto": {"updateType": None, **parameters["bumpManifesto"]}}
         job["log"] = [
             {**entry, "at": time_of(entry.get("at"), self._zone, f"log line {number}")}
@@ -605,6 +589,15 @@ class OriginalMongo:
 
 
 # --- the adoption ------------------------------------------------------------------
+
+#: What an adopted job in progress whose log is over MAX_LOG_CHARACTERS keeps of it (see `Copy.trimmed`).
+KEPT_LOG_CHARACTERS = MAX_LOG_CHARACTERS // 2
+
+
+def job_collection(job: Any) -> str:
+    """The collection a job read from a source goes to: its status says."""
+    status = job.get("status") if isinstance(job, dict) else None
+    return "completed" if isinstance(status, str) and status in FINAL_STATUSES else "inprogress"
 
 
 class Report:
@@ -708,13 +701,13 @@ async def adopt(source: Source, adoption: Adoption, out: TextIO = sys.stdout, er
     try:
         await source.open(adoption)
         if adoption.check:
-            await Copy(source, adoption, Writer(None), out, err).run()
+            await Copy(source, adoption, Writer(None), Report(out), err).run()
             print("Checked only: nothing was written.", file=out)
             return
-        store = await open_store(adoption.options, adoption.default["rdn"])
+        report = Report(out)
+        store = await open_destination(adoption.options, adoption.default["rdn"], adoption.replace, report.line)
         try:
-            await prepare_destination(store, adoption.replace)
-            await copy_or_empty(Copy(source, adoption, Writer(store), out, err), store)
+            await fill_or_empty(store, Copy(source, adoption, Writer(store), report, err).run())
         finally:
             await store.close()
         print(f"Imported into {destination(adoption.options)}.", file=out)
@@ -729,31 +722,21 @@ def destination(options: TinyDBOptions | MongoDBOptions) -> str:
     return f"the MongoDB database {options.database}"
 
 
-async def copy_or_empty(copy: Copy, store: Store) -> None:
-    """Copy, and if it fails on the way, empty the store again: it was empty before."""
-    try:
-        await copy.run()
-    except (AdoptionError, StoreError) as exc:
-        try:
-            await store.clear()
-        except StoreError:
-            raise AdoptionError(f"{exc}; the store holds part of the import: run it again with --replace") from None
-        raise AdoptionError(f"{exc}; nothing was imported") from None
-
-
 class Copy:
     """The documents of a source, judged and written: datastores first (jobs and
     targets must name one that came over), then jobs, targets and maintenance."""
 
-    def __init__(self, source: Source, adoption: Adoption, writer: Writer, out: TextIO, err: TextIO) -> None:
+    def __init__(self, source: Source, adoption: Adoption, writer: Writer, report: Report, err: TextIO) -> None:
         self.source, self.writer, self.err = source, writer, err
-        self.report = Report(out)
+        self.report = report
         self.rules = adoption.rules
         self.configured = adoption.default
         self.default = adoption.default["rdn"]
         self.zone = adoption.zone
         #: The rdns of the datastores that came over, the default one's included.
         self.rdns: set[str] = {self.default}
+        #: Those of them that are deleted.
+        self.deleted: set[str] = set()
         #: The in-progress job kept on each (datastore, target), with what the report calls it.
         self.in_progress: dict[tuple[str, str], tuple[str, Job]] = {}
 
@@ -765,13 +748,19 @@ class Copy:
         await self.maintenance()
         self.report.line(self.report.summary())
 
-    def usable(self, read: Read, problem_of: Callable[[Any], str | None]) -> Any:
-        """The document of `read` if it may come over, else None, reported."""
+    def usable(self, read: Read, collection: str) -> Any:
+        """The document of `read` if it may come over into `collection`, else None, reported."""
         if read.note is not None:
             self.report.note(read.what, read.note)
-        problem = read.problem if read.problem is not None else problem_of(read.document)
-        if problem is None and read.document.get("datastoreRdn", self.default) not in self.rdns:
-            problem = f"its datastore {read.document['datastoreRdn']} is not brought over"
+        problem = read.problem if read.problem is not None else self.rules.problem(collection, read.document)
+        if problem is None and collection in IN_DATASTORES:
+            rdn = read.document["datastoreRdn"]
+            if rdn not in self.rdns:
+                problem = f"its datastore {rdn} is not brought over"
+            elif collection == "inprogress" and rdn in self.deleted:
+                problem = (
+                    f"in progress in the datastore {rdn}, which is deleted: a deleted datastore has no job in progress"
+                )
         if problem is not None:
             self.report.not_brought_over(read.what, problem)
             return None
@@ -783,7 +772,7 @@ class Copy:
         found = default_found = False
         async for read in self.source.datastores():
             found = True
-            datastore: Datastore | None = self.usable(read, self.rules.datastore_problem)
+            datastore: Datastore | None = self.usable(read, "datastores")
             if datastore is None:
                 continue
             rdn = datastore["rdn"]
@@ -794,6 +783,8 @@ class Copy:
                 self.report.not_brought_over(read.what, f"an earlier datastore has the rdn {rdn}")
             else:
                 self.rdns.add(rdn)
+                if datastore["deleted"]:
+                    self.deleted.add(rdn)
                 self.report.counts["datastores"] += 1
                 self.report.counts["deleted datastores"] += datastore["deleted"]
                 await self.writer.add("datastores", datastore)
@@ -823,7 +814,7 @@ class Copy:
     async def jobs(self, progress: Progress) -> None:
         async for read in self.source.jobs():
             progress.advance()
-            job: Job | None = self.usable(read, self.rules.job_problem)
+            job: Job | None = self.usable(self.trimmed(read), job_collection(read.document))
             if job is None:
                 continue
             if job["status"] in FINAL_STATUSES:
@@ -838,6 +829,37 @@ class Copy:
             self.report.counts["jobs in progress"] += 1
             await self.writer.add("inprogress", job)
         await self.writer.flush("inprogress")
+
+    def trimmed(self, read: Read) -> Read:
+        """`read`, its job's log trimmed if the job is in progress and its log over
+        MAX_LOG_CHARACTERS, which no change but a final one could then pass: the oldest
+        lines go, to half the limit (room for the job to go on), and a first line says so."""
+        job = read.document
+        if job_collection(job) != "inprogress" or not isinstance(job.get("log"), list):
+            return read
+        log = job["log"]
+        if not all(isinstance(entry, dict) and is_text(entry.get("message")) for entry in log):
+            return read
+        total = log_characters(log)
+        if total <= MAX_LOG_CHARACTERS:
+            return read
+        kept, room = len(log), KEPT_LOG_CHARACTERS
+        while kept and len(log[kept - 1]["message"]) <= room:
+            kept -= 1
+            room -= len(log[kept]["message"])
+        dropped = log[:kept]
+        characters = log_characters(dropped)
+        note = LogEntry(
+            at=dropped[-1]["at"],
+            message=f"job-service left out the {len(dropped):,} oldest lines of this log ({characters:,} characters)"
+            f" when it adopted the job: a job in progress holds at most {MAX_LOG_CHARACTERS:,} characters of log",
+        )
+        self.report.note(
+            read.what,
+            f"in progress with {total:,} characters of log, over the {MAX_LOG_CHARACTERS:,} a job may hold:"
+            f" its {len(dropped):,} oldest lines are left out, and its log says so",
+        )
+        return Read(read.what, {**job, "log": [note, *log[kept:]]}, read.problem, read.note)
 
     def count(self, job: Job) -> None:
         self.report.counts["jobs"] += 1
@@ -864,7 +886,7 @@ class Copy:
         Held until all are read (they are few: one per dataset), then written in batches."""
         kept: dict[tuple[str, str], tuple[str, Target]] = {}
         async for read in self.source.targets():
-            target: Target | None = self.usable(read, self.rules.target_problem)
+            target: Target | None = self.usable(read, "targets")
             if target is None:
                 continue
             key = (target["datastoreRdn"], target["name"])
@@ -881,7 +903,7 @@ class Copy:
 
     async def maintenance(self) -> None:
         async for read in self.source.maintenance():
-            status: MaintenanceStatus | None = self.usable(read, self.rules.maintenance_problem)
+            status: MaintenanceStatus | None = self.usable(read, "maintenance")
             if status is not None:
                 self.report.counts["maintenance statuses"] += 1
                 await self.writer.add("maintenance", status)

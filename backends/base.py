@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NotRequired, Protocol, TypedDict, TypeVar, cast
@@ -122,6 +122,20 @@ def parse_json(text: str | bytes) -> Any:
 def revision_of(document: Job | Target) -> int:
     """The store's revision of a job or a target: it changes with every change the store makes."""
     return document.get("revision", 0)
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def refuse_repeats(keys: Iterable[K], taken: Iterable[K], refusal: Callable[[K], StoreAnswer]) -> None:
+    """Raise `refusal` of the first key already `taken` or repeated: an import keeps
+    the rules that inserting one document at a time keeps (every backend's
+    `load_collection` checks its in-progress targets and its rdns with it)."""
+    seen = set(taken)
+    for key in keys:
+        if key in seen:
+            raise refusal(key)
+        seen.add(key)
 
 
 #: The collections every backend keeps, by these names: what export writes and import reads.

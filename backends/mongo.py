@@ -76,6 +76,7 @@ from .base import (
     job_problem,
     log_room_needed,
     paged,
+    refuse_repeats,
     targets_to_record,
 )
 
@@ -838,17 +839,15 @@ class MongoStore:
     async def _check_one_per_target(self, jobs: list[Job]) -> None:
         """Refuse an import that would break the rule before writing any of it
         (the unique index would refuse it too, but only halfway through)."""
-        held = Counter((job["datastoreRdn"], job["parameters"]["target"]) for job in jobs)
-        twice = [target for (_, target), count in held.items() if count > 1]
-        if twice:
-            raise TargetBusy(twice[0])
+        held = [(job["datastoreRdn"], job["parameters"]["target"]) for job in jobs]
         candidates = {
             "datastoreRdn": {"$in": sorted({datastore for datastore, _ in held})},
             "parameters.target": {"$in": sorted({target for _, target in held})},
         }
-        async for job in self._inprogress.find(candidates, NO_ID):
-            if (job["datastoreRdn"], job["parameters"]["target"]) in held:
-                raise TargetBusy(job["parameters"]["target"])
+        taken = [
+            (job["datastoreRdn"], job["parameters"]["target"]) async for job in self._inprogress.find(candidates, NO_ID)
+        ]
+        refuse_repeats(held, taken, lambda key: TargetBusy(key[1]))
 
     async def _check_rdns_free(self, datastores: list[dict[str, Any]]) -> None:
         """Refuse an import of an rdn twice, or of one registered already, before writing any."""
@@ -871,3 +870,25 @@ class MongoStore:
     async def clear(self) -> None:
         for collection in self._collections.values():
             await collection.delete_many({})
+
+
+async def empty_database(
+    url: str, database: str, timeout_seconds: float, username: str | None = None, password: str | None = None
+) -> str:
+    """Remove every document of every collection without preparing the database (`import
+    --replace` on one the store refuses to work with); what it removed. The indexes stay:
+    the next open checks and builds them as at every start."""
+    credentials: dict[str, Any] = {"username": username, "password": password, "authSource": "admin"}
+    client: AsyncMongoClient = AsyncMongoClient(
+        url,
+        timeoutMS=int(timeout_seconds * 1000),
+        serverSelectionTimeoutMS=int(timeout_seconds * 1000),
+        **(credentials if username else {}),
+    )
+    try:
+        async with translate_errors():
+            removed = {name: (await client[database][name].delete_many({})).deleted_count for name in COLLECTIONS}
+    finally:
+        await client.close()
+    counts = ", ".join(f"{count:,} {name}" for name, count in removed.items())
+    return f"emptied the MongoDB database {database}: removed {counts} documents"

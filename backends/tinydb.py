@@ -75,7 +75,6 @@ from .base import (
     JobNotFound,
     JobQuery,
     MaintenanceStatus,
-    StoreAnswer,
     StoreCorrupt,
     StoreError,
     StoreFull,
@@ -95,6 +94,7 @@ from .base import (
     manifesto_datasets,
     may_replace,
     pages_of,
+    refuse_repeats,
     revision_of,
     shown_target,
     target_problem,
@@ -103,7 +103,6 @@ from .base import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-K = TypeVar("K", bound=Hashable)
 M = TypeVar("M", bound=Mapping[str, Any])
 LOCK_FILE = "job-service.lock"
 TMP_SUFFIX = ".tmp"
@@ -449,16 +448,6 @@ def target_key(target: Mapping[str, Any]) -> tuple[str, str]:
 
 def target_name(target: Mapping[str, Any]) -> str:
     return cast(str, target["name"])
-
-
-def refuse_repeats(keys: Iterable[K], taken: Iterable[K], refusal: Callable[[K], StoreAnswer]) -> None:
-    """Raise `refusal` of the first key already `taken` or repeated: an import keeps
-    the rules that inserting one document at a time keeps."""
-    seen = set(taken)
-    for key in keys:
-        if key in seen:
-            raise refusal(key)
-        seen.add(key)
 
 
 def wanted(datastore: str, status: str, operation: str, query: JobQuery) -> bool:
@@ -1391,3 +1380,43 @@ class TinyDBStore:
 
 def entry_order(entry: JobFacts | Job) -> tuple[str, str]:
     return (entry.created_at, entry.job_id) if isinstance(entry, JobFacts) else job_order(entry)
+
+
+def empty_directory(path: Path) -> str:
+    """Remove the store's files from the data directory without reading any, under its
+    lock (`import --replace` on a store that does not open); what it removed. Only the
+    files the store writes go: anything else in the directory is the operator's."""
+    if not path.exists():
+        return f"the data directory {path} does not exist yet: nothing to remove"
+    if not path.is_dir():
+        raise StoreCorrupt(f"{path} is not a directory, where the data directory must be")
+    lock = DirectoryLock(path / LOCK_FILE)
+    removed: list[str] = []
+    try:
+        for name in TABLE_FILES.values():
+            for candidate in (path / name, path / (name + TMP_SUFFIX)):
+                if candidate.is_symlink() or (candidate.exists() and not candidate.is_dir()):
+                    candidate.unlink()
+                    removed.append(candidate.name)
+        for directory, pattern in (
+            (path / COMPLETED_DIRECTORY, SEGMENT_NAME),
+            (path / JOURNAL_DIRECTORY, JOURNAL_NAME),
+        ):
+            if not directory.is_dir():
+                continue
+            files = [
+                entry
+                for entry in directory.iterdir()
+                if pattern.fullmatch(entry.name.removesuffix(TMP_SUFFIX)) and not entry.is_dir()
+            ]
+            for entry in files:
+                entry.unlink()
+            if files:
+                fsync_directory(directory)
+                removed.append(f"{len(files)} file(s) of {directory.name}/")
+        fsync_directory(path)
+    finally:
+        lock.release()
+    return (
+        f"emptied the TinyDB store in {path}: removed {', '.join(removed) if removed else 'nothing, it held no files'}"
+    )

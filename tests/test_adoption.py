@@ -705,3 +705,98 @@ def test_the_progress_display_counts_jobs_at_most_once_a_period():
         progress.advance()
     progress.finish()
     assert quiet.getvalue() == ""
+
+
+# --- what the API would refuse -------------------------------------------------------------
+
+
+def long_log(start: str, lines: int, characters: int) -> list[tuple[str, str]]:
+    first = datetime.fromisoformat(start)
+    return [((first + timedelta(seconds=n)).isoformat(timespec="microseconds"), "x" * characters) for n in range(lines)]
+
+
+async def test_what_the_api_would_refuse_is_reported_and_everything_else_comes_over(
+    tmp_path, storage, input_dir, make_client
+):
+    jobs = platform_jobs()
+    latin = jobs[0]
+    in_deleted = SourceJob(2, "queued", {"operation": "ADD", "target": "OLD_DATASET"}, "2025-09-02T09:00:00")
+    # Over the log limit in progress (70 lines of 16,000 characters), and a job of 17.6 MB.
+    full = SourceJob(1, "validating", {"operation": "ADD", "target": "FULL"}, "2025-08-01T09:00:00", [])
+    full.log = long_log("2025-08-01T09:00:00", 70, 16_000)
+    huge = SourceJob(1, "completed", {"operation": "ADD", "target": "HUGE"}, "2025-08-02T09:00:00")
+    huge.log = long_log("2025-08-02T09:00:00", 1100, 16_000)
+    database = tmp_path / "datastore-api.db"
+    write_platform_db(database, [*jobs, in_deleted, full, huge])
+    db = sqlite3.connect(database)
+    # One Latin-1 byte in one log line, and a datastore whose rdn is a route.
+    db.execute(
+        "UPDATE job_log SET msg = CAST(? AS TEXT) WHERE job_id = ? AND msg = 'Set status: validating'",
+        (b"Set status: validat\xe9", int(latin.job_id)),
+    )
+    db.execute("INSERT INTO datastore (rdn, description, directory, name) VALUES ('rdns', 'd', '/d/rdns', 'Rdns')")
+    db.commit()
+    db.close()
+    config = platform_config(tmp_path, storage, input_dir, default="no.ssb.fdb")
+
+    report = adopted(config, "--from-platform-sqlite", str(database))
+
+    assert (
+        f"not brought over: job {latin.job_id}: log.1.message: b'Set status: validat\\xe9' (not UTF-8 text)" in report
+    )
+    assert "not brought over: datastore 4 (rdns): rdn: rdns is the name of a route" in report
+    assert (
+        f"not brought over: job {in_deleted.job_id}: in progress in the datastore no.ssb.old, which is deleted"
+        in report
+    )
+    assert f"not brought over: job {huge.job_id}: it is 17," in report
+    assert f"note: job {full.job_id}: in progress with 1,120,000 characters of log" in report
+    assert "SPEC" not in report
+    client = await make_client(datastores={"default": "no.ssb.fdb"})
+    for job in (latin, in_deleted, huge):
+        assert (await client.get(f"/jobs/{job.job_id}")).status == 404
+    await assert_job_served(client, jobs[1], "no.ssb.fdb")
+    served = await (await client.get(f"/jobs/{full.job_id}")).json()
+    assert served["log"][0]["message"].startswith("job-service left out the 38 oldest lines of this log")
+    assert len(served["log"]) == 1 + 32
+    # The job goes on: a change that is not final finds room in its log.
+    response = await client.put(f"/jobs/{full.job_id}", json={"status": "built", "log": "carried on"})
+    assert response.status == 200, await response.text()
+
+
+async def test_a_bson_binary_value_of_the_original_is_reported_and_the_rest_comes_over(
+    tmp_path, storage, input_dir, make_client, original_url
+):
+    from bson import Binary
+
+    collections, jobs = original_source()
+    binary = collections["completed"][0]
+    binary["parameters"]["description"] = Binary(b"\x80\x81", 0)
+    await asyncio.to_thread(write_original, original_url, collections)
+    config = write_config(tmp_path / "adopting.toml", service_config(storage, input_dir))
+
+    report = adopted(config, "--from-original-mongodb", original_url)
+
+    assert f"not brought over: job {binary['jobId']} in completed: parameters.description: b'\\x80\\x81'" in report
+    assert "not brought over: 2" in report
+    client = await make_client()
+    assert (await client.get(f"/jobs/{binary['jobId']}")).status == 404
+    listed = await client.get("/jobs")
+    assert listed.status == 200
+    assert len(await listed.json()) == len(jobs) - 2
+
+
+def test_a_locked_sqlite_file_is_reported_as_locked(tinydb_config, tmp_path):
+    path = tmp_path / "source.db"
+    write_platform_db(path, platform_jobs())
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result = run_job_service(tinydb_config, "import", "--from-platform-sqlite", str(path), "--timezone", ZONE)
+    finally:
+        holder.close()
+    assert refused(result) == (
+        f"job-service: {path} is locked by another process (database is locked): stop the platform's service"
+        " (or import a copy of the file) and run the import again"
+    )
+    assert nothing_written(tinydb_config)

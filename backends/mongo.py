@@ -42,7 +42,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReplaceOne, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
@@ -405,7 +405,7 @@ class MongoStore:
         for name in ("inprogress", "completed"):
             async for job in self._collections[name].find({TARGETS_DUE: {"$exists": True}}):
                 if self._sound(name, job):
-                    await self._record_targets(job)
+                    await self._record_targets([job])
         if self._initial_maintenance is not None:
             await self._insert_initial_maintenance(self._initial_maintenance)
         self.prepared = True
@@ -544,14 +544,26 @@ class MongoStore:
         await self._completed.replace_one({"jobId": job["jobId"]}, job, upsert=True)
         await self._inprogress.delete_one({"jobId": job["jobId"]})
 
-    async def _record_targets(self, job: dict[str, Any]) -> None:
-        """Record what a marked job's targets show, each over one that shows no newer
-        job, then remove the mark (unless a later change has marked the job again).
-        Idempotent: the repair of a change a crash cut short, and the last steps of every change."""
-        at = job[TARGETS_DUE]
-        targets = targets_to_record(cast(Job, job), at)
-        requests = [ReplaceOne(replaceable_by(target), target, upsert=True) for target in targets]
+    async def _record_targets(self, jobs: list[dict[str, Any]], new: bool = False) -> None:
+        """Record what marked jobs' targets show, each over one that shows no newer job,
+        then remove each mark (unless a later change has marked the job again): a round
+        trip or two for all the targets and one for the marks, however many jobs. Each
+        write of a target bumps its revision. Idempotent: the repair of a change a crash
+        cut short, and the last steps of every change.
+
+        The targets of `new` jobs are mostly new too: they are inserted first, in one
+        unordered write whose only checks are the unique index's, and only those the
+        index refuses are written over the target there."""
+        targets = [target for job in jobs for target in targets_to_record(cast(Job, job), job[TARGETS_DUE])]
+        if new:
+            targets = [targets[index] for index in await self._insert_targets(targets)]
+        requests = [
+            UpdateOne(replaceable_by(target), {"$set": target, "$inc": {"revision": 1}}, upsert=True)
+            for target in targets
+        ]
         for _ in range(2):
+            if not requests:
+                break
             try:
                 await self._targets.bulk_write(requests, ordered=False)
                 break
@@ -562,57 +574,142 @@ class MongoStore:
                 # A duplicate key: a target showing a newer job is there, or another process
                 # inserted one first; once more, for the second case.
                 requests = [requests[error["index"]] for error in errors]
-        mark = {"jobId": job["jobId"], TARGETS_DUE: at}
-        collection = self._completed if job["status"] in FINAL_STATUSES else self._inprogress
-        await collection.update_one(mark, {"$unset": {TARGETS_DUE: ""}})
+        for final in (False, True):
+            marks = [
+                UpdateOne({"jobId": job["jobId"], TARGETS_DUE: job[TARGETS_DUE]}, {"$unset": {TARGETS_DUE: ""}})
+                for job in jobs
+                if (job["status"] in FINAL_STATUSES) == final
+            ]
+            if marks:
+                await (self._completed if final else self._inprogress).bulk_write(marks, ordered=False)
 
     @store_operation
     async def insert_job(self, job: Job) -> None:
-        held = {"datastoreRdn": job["datastoreRdn"], "parameters.target": job["parameters"]["target"]}
-        marked = {**job, TARGETS_DUE: job["createdAt"]}
-        for _ in range(2):
-            try:
-                await self._inprogress.insert_one(marked)  # insert_one adds _id to what it is given
-                await self._record_targets_or_leave_them_due(marked)
-                return
-            except DuplicateKeyError:
-                holder = await self._inprogress.find_one(held)
-                if holder is None or not self._sound("inprogress", holder):
-                    break  # a malformed holder still holds the target: an operator must see to it
-                if holder["status"] in FINAL_STATUSES:
-                    # The target is held by a finished job whose move a crash cut short.
-                    await self._finish(holder)
-                if TARGETS_DUE in holder:
-                    await self._record_targets(holder)  # a change of the holder a crash cut short
-                if holder["status"] not in FINAL_STATUSES:
-                    break
-                marked = {**job, TARGETS_DUE: job["createdAt"]}
-        raise TargetBusy(job["parameters"]["target"])
+        [answer] = await self._insert([job])
+        if answer is not None:
+            raise answer
 
-    async def _record_targets_or_leave_them_due(self, job: dict[str, Any]) -> None:
-        """Once a job is stored it exists, and the client must hear so: targets the
-        database did not take now stay due on the job, recorded at the next start or touch."""
+    @store_operation
+    async def insert_jobs(self, jobs: list[Job]) -> list[StoreError | None]:
+        return await self._insert(jobs) if jobs else []
+
+    async def _insert(self, jobs: list[Job]) -> list[StoreError | None]:
+        """Store new jobs in a few round trips, whatever their number: the jobs, marked,
+        in one unordered insert (the unique index refuses those whose target is held),
+        then all their targets in one bulk write, then the marks removed. Each job is a
+        change of its own, repaired as any marked job is if a crash cuts it short."""
+        answers: list[StoreError | None] = [None] * len(jobs)
+        first: set[str] = set()
+        for index, job in enumerate(jobs):
+            target = job["parameters"]["target"]
+            if target in first:
+                answers[index] = TargetBusy(target)  # held by an earlier job of the list
+            first.add(target)
+        pending = [index for index, answer in enumerate(answers) if answer is None]
+        stored: list[int] = []
+        # Twice: a target held by a finished job whose move a crash cut short is freed
+        # by the first attempt, and taken by the second.
+        for attempt in range(2):
+            marked = [{**jobs[index], TARGETS_DUE: jobs[index]["createdAt"]} for index in pending]
+            try:
+                refused = await self._insert_marked(marked)
+            except StoreUnavailable as exc:
+                unknown = [index for index in pending if index not in stored]
+                stored += await self._stored_after_failure(jobs, unknown)
+                if not stored:
+                    raise  # nothing stored: the request failed as a whole
+                for index in unknown:
+                    if index not in stored:
+                        answers[index] = exc
+                break
+            stored += [index for position, index in enumerate(pending) if position not in refused]
+            held = [pending[position] for position in sorted(refused)]
+            pending = await self._free_targets([jobs[index] for index in held], held) if attempt == 0 else []
+            for index in held:
+                if index not in pending:
+                    answers[index] = TargetBusy(jobs[index]["parameters"]["target"])
+            if not pending:
+                break
+        await self._record_targets_or_leave_them_due([jobs[index] for index in sorted(stored)])
+        return answers
+
+    async def _insert_targets(self, targets: list[dict[str, Any]]) -> list[int]:
+        """Insert targets at their first revision: the positions of those already there."""
+        try:
+            await self._targets.insert_many([{**target, "revision": 1} for target in targets], ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error["code"] != DUPLICATE_KEY for error in errors):
+                raise
+            return sorted(error["index"] for error in errors)
+        return []
+
+    async def _insert_marked(self, marked: list[dict[str, Any]]) -> set[int]:
+        """Insert marked jobs in one unordered write: the positions the unique index refused."""
         try:
             async with translate_errors():
-                await self._record_targets(job)
-        except StoreUnavailable:
-            log.warning("Job %s is stored; its target is recorded when the database is back", job["jobId"])
+                await self._inprogress.insert_many(marked, ordered=False)  # adds _id to what it is given
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error["code"] != DUPLICATE_KEY for error in errors):
+                raise
+            return {error["index"] for error in errors}
+        return set()
 
-    async def insert_jobs(self, jobs: list[Job]) -> list[StoreError | None]:
-        """One after the other: each is a change of its own, repairable as `insert_job`'s is.
-        Once one is stored, a database that fails answers for the jobs not yet stored."""
-        answers: list[StoreError | None] = []
-        for job in jobs:
-            try:
-                await self.insert_job(job)
-                answers.append(None)
-            except TargetBusy as exc:
-                answers.append(exc)
-            except StoreUnavailable as exc:
-                if None not in answers:
-                    raise  # nothing stored: the request failed as a whole
-                return answers + [exc] * (len(jobs) - len(answers))
-        return answers
+    async def _stored_after_failure(self, jobs: list[Job], indexes: list[int]) -> list[int]:
+        """Which of the jobs at `indexes` a failed insert stored, if the database still
+        answers; none that it knows of if not (those it stored hold their targets, and
+        their marks are found by the next start)."""
+        try:
+            async with translate_errors():
+                found = set(
+                    await self._inprogress.distinct("jobId", {"jobId": {"$in": [jobs[i]["jobId"] for i in indexes]}})
+                )
+        except StoreUnavailable:
+            return []
+        return [index for index in indexes if jobs[index]["jobId"] in found]
+
+    async def _free_targets(self, jobs: list[Job], indexes: list[int]) -> list[int]:
+        """Of new jobs refused for a held target, the indexes of those whose holder
+        turned out finished, or half-changed by a crash: this touch finishes it, and
+        frees the target of a finished one, which the job may then take."""
+        if not jobs:
+            return []
+        rdn = jobs[0]["datastoreRdn"]
+        held = {"datastoreRdn": rdn, "parameters.target": {"$in": [job["parameters"]["target"] for job in jobs]}}
+        # A malformed holder (None) stays: an operator must see to it.
+        holders = {
+            holder["parameters"]["target"]: holder if self._sound("inprogress", holder) else None
+            async for holder in self._inprogress.find(held)
+        }
+        free = []
+        for job, index in zip(jobs, indexes, strict=True):
+            target = job["parameters"]["target"]
+            if target not in holders:
+                free.append(index)  # finished and moved since
+                continue
+            holder = holders[target]
+            if holder is None:
+                continue
+            if holder["status"] in FINAL_STATUSES:
+                await self._finish(holder)
+            if TARGETS_DUE in holder:
+                await self._record_targets([holder])  # a change of the holder a crash cut short
+            if holder["status"] in FINAL_STATUSES:
+                free.append(index)
+        return free
+
+    async def _record_targets_or_leave_them_due(self, jobs: list[Job]) -> None:
+        """Once a job is stored it exists, and the client must hear so: targets the
+        database did not take now stay due on the job, recorded at the next start or touch."""
+        if not jobs:
+            return
+        marked = [{**job, TARGETS_DUE: job["createdAt"]} for job in jobs]
+        try:
+            async with translate_errors():
+                await self._record_targets(marked, new=True)
+        except StoreUnavailable:
+            log.warning("%d job(s) stored; their targets are recorded when the database is back", len(jobs))
 
     #: Other processes, restores and hand edits change the database too.
     sole_writer = False
@@ -699,7 +796,7 @@ class MongoStore:
         self._checked("inprogress", job)  # a malformed job is neither moved nor shown on targets
         if job["status"] in FINAL_STATUSES:
             await self._finish(job)
-        await self._record_targets(job)
+        await self._record_targets([job])
         return as_read(job)
 
     async def _refuse_update(self, job_id: str) -> Job:
@@ -716,7 +813,7 @@ class MongoStore:
                 raise JobNotFound(job_id)
             self._checked("completed", job)
         if TARGETS_DUE in job:
-            await self._record_targets(job)
+            await self._record_targets([job])
         raise JobFinal(job_id, job["status"])
 
     @store_operation
@@ -728,8 +825,11 @@ class MongoStore:
 
     @store_operation
     async def save_target(self, target: Target) -> None:
-        await self._targets.replace_one(
-            {"datastoreRdn": target["datastoreRdn"], "name": target["name"]}, target, upsert=True
+        fields = {name: value for name, value in target.items() if name != "revision"}  # the store's own
+        await self._targets.update_one(
+            {"datastoreRdn": target["datastoreRdn"], "name": target["name"]},
+            {"$set": fields, "$inc": {"revision": 1}, "$unset": {SHOWN_JOB: ""}},
+            upsert=True,
         )
 
     @store_operation

@@ -179,27 +179,31 @@ async def test_a_write_the_server_keeps_failing_is_a_503_and_whole_when_sent_aga
     assert all(len(job["log"]) == (command == "findAndModify") for job in jobs), "the failed write stored nothing"
 
 
-async def test_a_post_whose_database_fails_partway_says_which_jobs_exist(make_client, storage, fail_commands):
+async def test_a_post_whose_database_fails_partway_says_which_jobs_exist(make_client, storage, database, fail_commands):
+    """The batch is one insert; a target held by a finished job whose move a crash cut short
+    is freed and taken by a second insert, which the database fails here."""
     client = await make_client(storage={"mongodb": {**storage["mongodb"], "timeout_seconds": 1}})
-    await fail_commands(["insert"], {"skip": 2}, closeConnection=True)  # two jobs stored, then none
+    assert (await client.get("/health/ready")).status == 200
+    await database["inprogress"].insert_one(stored_job("unmoved", target="DATASET_2", status="completed"))
+    await fail_commands(["insert"], {"skip": 1}, closeConnection=True)  # the batch stored, then no insert
     entries = [{"operation": "ADD", "target": f"DATASET_{n}"} for n in range(5)]
     results = await (await client.post("/jobs", json={"jobs": entries})).json()
     await fail_commands([], "off")
 
-    assert [result["status"] for result in results] == ["queued", "queued", "FAILED", "FAILED", "FAILED"]
-    assert {result["msg"] for result in results[2:]} == {"FAILED: The database cannot be reached"}
-    jobs = await (await client.get("/jobs")).json()
-    assert [job["jobId"] for job in jobs] == [result["job_id"] for result in results[:2]]
-    # What failed is not held: sent again, those entries are stored.
-    again = await (await client.post("/jobs", json={"jobs": entries[2:]})).json()
-    assert [result["status"] for result in again] == ["queued"] * 3
+    assert [result["status"] for result in results] == ["queued", "queued", "FAILED", "queued", "queued"]
+    assert results[2]["msg"] == "FAILED: The database cannot be reached"
+    jobs = await (await client.get("/jobs?ignoreCompleted=true")).json()
+    assert {job["jobId"] for job in jobs} == {results[n]["job_id"] for n in (0, 1, 3, 4)}
+    # What failed is not held: sent again, that entry is stored.
+    [again] = await (await client.post("/jobs", json={"jobs": entries[2:3]})).json()
+    assert again["status"] == "queued"
 
 
 async def test_a_job_whose_target_write_fails_is_stored_and_its_target_recorded_later(
     make_client, storage, fail_commands
 ):
     client = await make_client(storage={"mongodb": {**storage["mongodb"], "timeout_seconds": 1}})
-    await fail_commands(["update"], "alwaysOn", closeConnection=True)  # the target's upsert
+    await fail_commands(["insert"], {"skip": 1}, closeConnection=True)  # the job stored, its target not
     [result] = await (await client.post("/jobs", json={"jobs": [{"operation": "ADD", "target": "MY_DATASET"}]})).json()
     await fail_commands([], "off")
 

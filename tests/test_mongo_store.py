@@ -198,12 +198,14 @@ class Crash(Exception):
 T1 = "2026-11-30T10:00:00.000001+00:00"
 T2 = "2026-11-30T10:00:00.000002+00:00"
 T3 = "2026-11-30T10:00:00.000003+00:00"
-WRITES = {"insert_one", "replace_one", "update_one", "delete_one", "find_one_and_update", "bulk_write"}
+WRITES = {"insert_one", "insert_many", "replace_one", "update_one", "delete_one", "find_one_and_update", "bulk_write"}
+#: Writes of many documents at once.
+BULK_WRITES = {"insert_many", "bulk_write"}
 
 
 class Stopping:
     """A collection whose writes stop, as a killed process's do, once `allowed` single-document
-    writes of the store have gone through (a bulk write counts each document, and stops midway)."""
+    writes of the store have gone through (a bulk write or insert counts each document, and stops midway)."""
 
     def __init__(self, collection, budget: dict) -> None:
         self._collection = collection
@@ -215,7 +217,7 @@ class Stopping:
             return operation
 
         async def write(*args, **kwargs):
-            if name == "bulk_write":
+            if name in BULK_WRITES:
                 requests = args[0]
                 allowed = self._budget["left"]
                 self._budget["left"] = max(0, allowed - len(requests))
@@ -356,3 +358,55 @@ async def test_a_late_repair_never_puts_an_older_change_over_a_newer_target(open
     target = await restarted.get_target("local", "MY_DATASET")
     assert (target["status"], target["lastUpdatedAt"]) == ("queued", T3)
     assert await nothing_marked(database)
+
+
+# --- a batch of new jobs: a few round trips, each entry answered on its own -------------------
+
+
+async def test_a_batch_is_stored_in_bulk_and_each_entry_answered_on_its_own(open_store, database):
+    store = await open_store()
+    await store.insert_job(stored_job("1", "HELD"))
+    # A finished job whose move a crash cut short still holds FREED: the batch frees it.
+    await database["inprogress"].insert_one(stored_job("2", "FREED", status="completed"))
+    batch = [stored_job("3", "NEW"), stored_job("4", "HELD"), stored_job("5", "NEW"), stored_job("6", "FREED")]
+
+    answers = await store.insert_jobs([*batch, stored_job("7", "OTHER")])
+
+    assert [type(answer).__name__ if answer else None for answer in answers] == [
+        None,
+        "TargetBusy",
+        "TargetBusy",  # the later of two entries for one target
+        None,
+        None,
+    ]
+    assert str(answers[1]) == "Job with target HELD already in progress"
+    in_progress = await listed(store.find_jobs(JobQuery(ignore_completed=True)))
+    assert sorted(job["jobId"] for job in in_progress) == ["1", "3", "6", "7"]
+    assert (await store.get_job("2"))["status"] == "completed"
+    targets = {target["name"]: target["status"] for target in await listed(store.list_targets("local"))}
+    assert targets == {"HELD": "queued", "NEW": "queued", "FREED": "queued", "OTHER": "queued"}
+    assert (await store.get_target("local", "FREED"))["lastUpdatedAt"] == stored_job("6")["createdAt"]
+    assert await nothing_marked(database)
+
+
+async def test_a_batch_stopped_after_any_step_leaves_each_job_there_with_its_target_or_not_at_all(open_store, database):
+    """A batch of three is 9 single-document writes: the jobs (marked), their targets, the marks removed."""
+    batch = [stored_job(str(n), f"DATASET_{n}") for n in range(1, 4)]
+    for writes in range(10):
+        running = await open_store()
+        await running.clear()
+        dying = await open_store()
+        await dying.ping()
+        stopping_after(dying, writes)
+        with contextlib.suppress(Crash):
+            await dying.insert_jobs(batch)
+
+        repaired = await open_store()
+        await repaired.ping()
+        stored = min(writes, 3)
+        assert await shown(repaired) == {
+            "jobs": [(job["jobId"], "queued") for job in batch[:stored]],
+            "in progress": [job["jobId"] for job in batch[:stored]],
+            "targets": {job["parameters"]["target"]: ("queued", ["ADD"], job["createdAt"]) for job in batch[:stored]},
+        }, f"after {writes} writes"
+        assert await nothing_marked(database)

@@ -105,6 +105,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 M = TypeVar("M", bound=Mapping[str, Any])
 LOCK_FILE = "job-service.lock"
+#: What the store knows of itself beside its documents (see `read_store_file`).
+STORE_FILE = "store.json"
 TMP_SUFFIX = ".tmp"
 #: The TinyDB files of the data directory, by collection.
 TABLE_FILES = {
@@ -116,7 +118,10 @@ TABLE_FILES = {
 COMPLETED_DIRECTORY = "completed"
 JOURNAL_DIRECTORY = "journal"
 SEGMENT_NAME = re.compile(r"[0-9]{8}\.json")
-JOURNAL_NAME = re.compile(r"[0-9]{8}\.jsonl")
+#: A journal file is named by the sequence number of its first record; the previous
+#: release's were numbered by 8 digits, and their records carry no sequence numbers.
+JOURNAL_NAME = re.compile(r"[0-9]{16}\.jsonl|[0-9]{8}\.jsonl")
+PREVIOUS_JOURNAL_NAME = re.compile(r"[0-9]{8}\.jsonl")
 #: Jobs per completed segment: a fold rewrites at most the newest (and one it just filled).
 SEGMENT_SIZE = 500
 #: Documents a listing's page holds, so a listing of years of history never
@@ -281,6 +286,39 @@ def read_regular(path: Path) -> bytes | None:
         os.close(fd)
 
 
+class StoreFile(NamedTuple):
+    """`store.json`: the default datastore the store was first opened with (its documents
+    from before datastores belong to it for good), and the sequence number of the last
+    journal record the TinyDB files hold, written by every fold after the files and
+    before the journal files it covers are deleted."""
+
+    default_datastore: str
+    folded: int
+
+    def encoded(self) -> bytes:
+        return orjson.dumps({"defaultDatastore": self.default_datastore, "folded": self.folded})
+
+
+def read_store_file(path: Path) -> StoreFile | None:
+    """The store file; None in a data directory written before there was one."""
+    content = read_regular(path)
+    if content is None:
+        return None
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise corrupt(path, f"is not valid JSON ({exc})") from None
+    if not (
+        isinstance(data, dict)
+        and set(data) == {"defaultDatastore", "folded"}
+        and is_text(data["defaultDatastore"])
+        and type(data["folded"]) is int
+        and data["folded"] >= 0
+    ):
+        raise corrupt(path, 'is not the store\'s own file: {"defaultDatastore": <rdn>, "folded": <record number>}')
+    return StoreFile(data["defaultDatastore"], data["folded"])
+
+
 def stored_job_problem(document: Any, final: bool | None = None) -> str | None:
     """As `job_problem`; with `final`, the job must also be final (True) or in progress (False)."""
     problem = job_problem(document)
@@ -387,14 +425,62 @@ def read_journal(path: Path) -> list[list[list[Any]]]:
     return records
 
 
+def read_journals(paths: list[Path], folded: int) -> tuple[list[list[list[Any]]], int]:
+    """The records of the journal files in order, and the sequence number of the last one.
+
+    A record that is missing and was acknowledged is refused: one missing between two
+    files (a file cut back, or gone), one the files' checkpoint (`folded`) says came
+    before the journal's first, a file of this release with no whole record (each is
+    written with its first record, so one cut back to nothing is told from a crash),
+    or a journal that ends before the checkpoint (replayed, it would undo changes the
+    files hold). What none of this can tell from a crash before the append is the
+    newest records of the newest file cut back at a record boundary: nothing after them
+    says they were there. The previous release's files carry no numbers to check.
+    """
+    records: list[list[list[Any]]] = []
+    next_record: int | None = None
+    for path in paths:
+        in_file = read_journal(path)
+        records += in_file
+        if PREVIOUS_JOURNAL_NAME.fullmatch(path.name):
+            continue
+        first = int(path.stem)
+        if not in_file:
+            raise corrupt(
+                path,
+                f"holds no whole record, where each journal file is written with its first: "
+                f"record {first} and any after it are lost",
+            )
+        if next_record is None and first > folded + 1:
+            raise corrupt(
+                path,
+                f"starts at record {first}, but the files hold the records up to {folded} only: "
+                f"records {folded + 1} to {first - 1} are missing",
+            )
+        if next_record is not None and first != next_record:
+            raise corrupt(
+                path,
+                f"starts at record {first}, but the journal file before it ends at record "
+                f"{next_record - 1}: "
+                + (f"records {next_record} to {first - 1} are missing" if first > next_record else "the two overlap"),
+            )
+        next_record = first + len(in_file)
+    if next_record is not None and next_record - 1 < folded:
+        raise corrupt(
+            paths[-1],
+            f"ends at record {next_record - 1}, but the files hold the records up to {folded}: it was cut back",
+        )
+    return records, max(folded, 0 if next_record is None else next_record - 1)
+
+
 def numbered(directory: Path, pattern: re.Pattern[str]) -> list[Path]:
     """The files of `directory`, which must all be named by `pattern` (or be leftover temporary files)."""
     try:
-        entries = sorted(directory.iterdir())
+        entries = list(directory.iterdir())
     except FileNotFoundError:
         return []
     found = []
-    for entry in entries:
+    for entry in sorted(entries, key=lambda entry: (len(entry.name), entry.name)):  # in the order of their numbers
         name = entry.name
         if pattern.fullmatch(name) and entry.is_file():
             found.append(entry)
@@ -405,10 +491,11 @@ def numbered(directory: Path, pattern: re.Pattern[str]) -> list[Path]:
 
 def check_directory(path: Path) -> None:
     """Refuse anything in the data directory that the store does not know."""
-    known = {*TABLE_FILES.values(), LOCK_FILE, COMPLETED_DIRECTORY, JOURNAL_DIRECTORY, "lost+found"}
+    written = {*TABLE_FILES.values(), STORE_FILE}
+    known = {*written, LOCK_FILE, COMPLETED_DIRECTORY, JOURNAL_DIRECTORY, "lost+found"}
     for entry in path.iterdir():
         name = entry.name
-        if name in known or (name.endswith(TMP_SUFFIX) and name.removesuffix(TMP_SUFFIX) in TABLE_FILES.values()):
+        if name in known or (name.endswith(TMP_SUFFIX) and name.removesuffix(TMP_SUFFIX) in written):
             continue
         raise corrupt(entry, "is not a file of job-service's store; move it out of the data directory")
     for name in (COMPLETED_DIRECTORY, JOURNAL_DIRECTORY):
@@ -671,19 +758,23 @@ class CompletedJobs:
 
 
 class Journal:
-    """The write-ahead journal: files `NNNNNNNN.jsonl` in its directory, one record a
-    line, `<crc32 of the JSON, 8 hex digits> <JSON list of operations>`.
+    """The write-ahead journal: files in its directory, one record a line, `<crc32 of the
+    JSON, 8 hex digits> <JSON list of operations>`. Records are numbered in sequence
+    across files, and each file is named by the number of its first record (16 digits).
 
     Each record is appended and fsynced before the change it holds is acknowledged.
     An append that fails is cut off again, so that no half record is ever followed
-    by another; the file is created at the first append, never reopened (each
-    start appends to a new one), and rotated by a fold, which deletes the files it
-    has written out.
+    by another. A file is created with its first record (a temporary file fsynced and
+    renamed into place), so that none is ever empty; it is never reopened (each start
+    appends to a new one), and rotated by a fold, which deletes the files it has
+    written out.
     """
 
-    def __init__(self, directory: Path, number: int) -> None:
+    def __init__(self, directory: Path, next_record: int) -> None:
         self.directory = directory
-        self._number = number
+        #: The sequence number the next record appended gets.
+        self.next_record = next_record
+        self._first = next_record
         self._fd: int | None = None
         #: Bytes in the open file.
         self.size = 0
@@ -693,20 +784,22 @@ class Journal:
 
     @property
     def path(self) -> Path:
-        return self.directory / f"{self._number:08d}.jsonl"
+        return self.directory / f"{self._first:016d}.jsonl"
+
+    @property
+    def last_record(self) -> int:
+        return self.next_record - 1
 
     def append(self, operations: list[list[Any]]) -> None:
         line = encode_record(operations)
         try:
             if self._fd is None:
-                self._open()
-            elif self._cut_short:
-                self._cut_back()
-            assert self._fd is not None
-            written = 0
-            while written < len(line):
-                written += os.write(self._fd, line[written:])
-            os.fdatasync(self._fd)  # the data and the size it needs, as fsync but the times
+                self._create(line)
+            else:
+                if self._cut_short:
+                    self._cut_back()
+                write_all(self._fd, line)
+                os.fdatasync(self._fd)  # the data and the size it needs, as fsync but the times
         except OSError as exc:
             log.error("Appending to %s failed: %s", self.path, exc)
             self._cut_short = self._fd is not None
@@ -721,16 +814,24 @@ class Journal:
                 raise
             raise error from exc
         self.size += len(line)
+        self.next_record += 1
         self.failure = None
 
-    def _open(self) -> None:
+    def _create(self, line: bytes) -> None:
+        """Start the next file with its first record: it is in the directory with it, or not at all."""
         self.directory.mkdir(exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._first = self.next_record
+        tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
+            write_all(fd, line)
+            os.fdatasync(fd)
+            os.rename(tmp, self.path)
             fsync_directory(self.directory)
             fsync_directory(self.directory.parent)
         except BaseException:
             os.close(fd)
+            tmp.unlink(missing_ok=True)
             raise
         self._fd, self.size, self._cut_short = fd, 0, False
 
@@ -747,7 +848,6 @@ class Journal:
             return None
         closed = self.path
         self.close()
-        self._number += 1
         self.size = 0
         return closed
 
@@ -757,8 +857,15 @@ class Journal:
             self._fd = None
 
 
+def write_all(fd: int, data: bytes) -> None:
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
+
+
 class Fold(NamedTuple):
-    """What a fold writes: each changed file's new content, and the journal files it covers."""
+    """What a fold writes: each changed file's new content (the store file's with the last
+    record the others hold), and the journal files it covers, deleted once they are written."""
 
     files: dict[Path, bytes]
     journals: list[Path]
@@ -793,6 +900,14 @@ class TinyDBStore:
     def _load(self, path: Path, default_datastore: str) -> None:
         """Read and check every file, then (only then) replay the journal and fold it in."""
         check_directory(path)
+        store_file = read_store_file(path / STORE_FILE)
+        if store_file is not None and store_file.default_datastore != default_datastore:
+            raise StoreCorrupt(
+                f"{path / STORE_FILE}: the store was first opened with the default datastore"
+                f" {store_file.default_datastore!r}, and its documents from before datastores belong to it;"
+                f" it cannot be opened with {default_datastore!r}: set [datastores] default ="
+                f" {store_file.default_datastore!r} again (nothing was changed)"
+            )
         self._default = default_datastore
         tables = {name: read_tinydb_file(path / file, FILE_PROBLEMS[name]) for name, file in TABLE_FILES.items()}
         completed_directory = path / COMPLETED_DIRECTORY
@@ -803,7 +918,7 @@ class TinyDBStore:
         )
         journal_directory = path / JOURNAL_DIRECTORY
         journals = numbered(journal_directory, JOURNAL_NAME)
-        records = [record for journal in journals for record in read_journal(journal)]
+        records, last_record = read_journals(journals, 0 if store_file is None else store_file.folded)
         self._completed = CompletedJobs(completed_directory, default_datastore, segments)
 
         def job_key(job: Job) -> str:
@@ -829,8 +944,9 @@ class TinyDBStore:
             "maintenance": self._maintenance,
         }
         # Everything is checked: from here on the store may change files.
-        for leftover in [*path.glob("*" + TMP_SUFFIX), *completed_directory.glob("*" + TMP_SUFFIX)]:
-            leftover.unlink()
+        for directory in (path, completed_directory, journal_directory):
+            for leftover in directory.glob("*" + TMP_SUFFIX):
+                leftover.unlink()
         completed_directory.mkdir(exist_ok=True)
         self._publish()
         for record in records:
@@ -838,14 +954,16 @@ class TinyDBStore:
         # A crash of the release before the journal, between "add to completed" and
         # "remove from in-progress", left a finished job in both: the completed copy is the truth.
         self._change_jobs([], [job_id for job_id in self._current.jobs if job_id in self._completed])
-        last = int(journals[-1].stem) if journals else 0
-        self._journal = Journal(journal_directory, last + 1)
+        self._journal = Journal(journal_directory, last_record + 1)
         self._fold_guard = threading.Lock()  # the pending fold below, shared with the fold thread
         self._fold_writing = threading.Lock()  # one fold writes files at a time
         self._pending = Fold({}, [])
         self._pending.journals.extend(journals)
+        #: The store file as the disk holds it (None before it is first written).
+        self._store_file = None if store_file is None else store_file.encoded()
         self._last_change = time.monotonic()
-        if journals or self._dirty():
+        # A directory from before the store file takes this default, remembered from now on.
+        if journals or self._dirty() or store_file is None:
             self._fold()
 
     @classmethod
@@ -983,7 +1101,11 @@ class TinyDBStore:
             if table.dirty:
                 files[table.path] = table.encoded()
                 table.dirty = False
+        store_file = StoreFile(self._default, self._journal.last_record).encoded()
         with self._fold_guard:
+            if store_file != self._store_file:
+                # Read back beside the journal: the records the files were written up to.
+                files[self._path / STORE_FILE] = store_file
             self._pending.files.update(files)
             if closed is not None:
                 self._pending.journals.append(closed)
@@ -1010,6 +1132,7 @@ class TinyDBStore:
                 log.warning("Folding the journal into the files failed (%s); it stays in the journal", exc)
                 return False
             with self._fold_guard:
+                self._store_file = fold.files.get(self._path / STORE_FILE, self._store_file)
                 for path, content in fold.files.items():
                     if self._pending.files.get(path) is content:
                         del self._pending.files[path]

@@ -525,10 +525,152 @@ def test_the_service_refuses_to_start_on_a_damaged_file_with_one_line(tmp_path):
     assert files_in(data) == before
 
 
+# --- a journal that lost acknowledged records -------------------------------------------------
+
+
+async def journal_of_two_files(tmp_path: Path, monkeypatch) -> Path:
+    """A data directory as a crash leaves it with records 1 and 2 in one journal file and 3 in
+    the next: a fold that could not write the files had rotated the journal and kept both."""
+    data, crashed = tmp_path / "data", tmp_path / "crashed"
+    store = await TinyDBStore.open(data, "local")
+    await store.insert_job(stored_job("1", "A"))
+    await store.insert_job(stored_job("2", "B"))
+
+    def disk_error(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(tinydb_backend, "write_atomically", disk_error)
+        assert not await store.fold()
+    await store.insert_job(stored_job("3", "C"))
+    shutil.copytree(data, crashed)
+    await store.close()
+    assert [path.name for path in journal_files(crashed)] == ["0000000000000001.jsonl", "0000000000000003.jsonl"]
+    return crashed
+
+
+def image_of(crashed: Path) -> Path:
+    """A copy of `crashed` to damage."""
+    image = crashed.with_name("image")
+    shutil.rmtree(image, ignore_errors=True)
+    shutil.copytree(crashed, image)
+    return image
+
+
+def cut_last_record(path: Path) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]))
+
+
+async def test_a_journal_that_lost_acknowledged_records_is_refused_naming_what_is_missing(
+    tmp_path, monkeypatch, no_idle_fold
+):
+    crashed = await journal_of_two_files(tmp_path, monkeypatch)
+    first, second = (f"journal/{number:016d}.jsonl" for number in (1, 3))
+    reopened = await TinyDBStore.open(image_of(crashed), "local")  # as the crash left it, it opens whole
+    assert await ids_of(reopened) == ["1", "2", "3"]
+    await reopened.close()
+
+    image = image_of(crashed)
+    cut_last_record(image / first)  # at a record boundary
+    assert (await refused_start(image)).startswith(
+        f"{image / second}: starts at record 3, but the journal file before it ends at record 1:"
+        " records 2 to 2 are missing"
+    )
+    image = image_of(crashed)
+    (image / first).unlink()
+    assert (await refused_start(image)).startswith(
+        f"{image / second}: starts at record 3, but the files hold the records up to 0 only: records 1 to 2 are missing"
+    )
+    image = image_of(crashed)
+    (image / second).write_bytes(b"")
+    assert (await refused_start(image)).startswith(
+        f"{image / second}: holds no whole record, where each journal file is written with its first:"
+        " record 3 and any after it are lost"
+    )
+
+
+async def test_a_journal_cut_back_behind_the_files_is_refused(tmp_path, no_idle_fold):
+    """A crash in a fold after the files and the store file were written, before the journal
+    was deleted, leaves both: a journal cut back then would undo changes the files hold."""
+    data, crashed = tmp_path / "data", tmp_path / "crashed"
+    store = await TinyDBStore.open(data, "local")
+    for n in range(1, 4):
+        await store.insert_job(stored_job(str(n), f"T{n}"))
+    shutil.copytree(data, crashed)
+    await store.close()
+    for name in ("inprogress.json", "targets.json", "store.json"):
+        shutil.copy(data / name, crashed / name)  # the fold had written them, not yet deleted the journal
+    reopened = await TinyDBStore.open(image_of(crashed), "local")
+    assert await ids_of(reopened) == ["1", "2", "3"]
+    await reopened.close()
+
+    image = image_of(crashed)
+    [journal] = journal_files(image)
+    cut_last_record(journal)
+    assert (await refused_start(image)).startswith(
+        f"{journal}: ends at record 2, but the files hold the records up to 3: it was cut back"
+    )
+
+
+async def test_a_torn_last_record_after_a_fold_is_still_a_crash_before_it(tmp_path, no_idle_fold):
+    data, crashed = tmp_path / "data", tmp_path / "crashed"
+    store = await TinyDBStore.open(data, "local")
+    await store.insert_job(stored_job("1", "A"))
+    assert await store.fold()
+    await store.insert_job(stored_job("2", "B"))
+    await store.insert_job(stored_job("3", "C"))
+    shutil.copytree(data, crashed)
+    await store.close()
+    [journal] = journal_files(crashed)
+    assert journal.name == "0000000000000002.jsonl"
+    journal.write_bytes(journal.read_bytes()[:-5])  # the append of record 3 cut short
+    reopened = await TinyDBStore.open(crashed, "local")
+    assert await ids_of(reopened) == ["1", "2"]
+    await reopened.insert_job(stored_job("4", "D"))  # numbered on from the last whole record
+    await reopened.close()
+    reopened = await TinyDBStore.open(crashed, "local")
+    assert await ids_of(reopened) == ["1", "2", "4"]
+    await reopened.close()
+
+
+def previous_release_record(operations: list) -> bytes:
+    body = json.dumps(operations).encode()
+    return b"%08x %b\n" % (zlib.crc32(body), body)
+
+
+async def test_a_data_directory_of_the_previous_release_opens_and_remembers_its_default(tmp_path):
+    """Its journal files are numbered by 8 digits, their records without sequence numbers, and
+    it has no store file: a journal file that a crash left empty is one whose append was cut short."""
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    (journal / "00000001.jsonl").write_bytes(previous_release_record([["job", stored_job("1")]]))
+    (journal / "00000002.jsonl").write_bytes(b"")
+    store = await TinyDBStore.open(tmp_path, "other.default")
+    assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery(datastore="local")))] == ["1"]
+    await store.insert_job(stored_job("2", "B", datastore="other.default"))
+    await store.close()
+    assert journal_files(tmp_path) == []
+    assert json.loads((tmp_path / "store.json").read_bytes()) == {"defaultDatastore": "other.default", "folded": 1}
+
+    message = await refused_start(tmp_path)  # opened with "local"
+    assert message == (
+        f"{tmp_path / 'store.json'}: the store was first opened with the default datastore 'other.default',"
+        " and its documents from before datastores belong to it; it cannot be opened with 'local':"
+        " set [datastores] default = 'other.default' again (nothing was changed)"
+    )
+
+
+async def ids_of(store) -> list[str]:
+    return [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))]
+
+
 # --- what is not a file of the store -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["inprogress.json", "completed/00000001.json", "journal/00000009.jsonl", LOCK_FILE])
+@pytest.mark.parametrize(
+    "name", ["inprogress.json", "store.json", "completed/00000001.json", "journal/0000000000000009.jsonl", LOCK_FILE]
+)
 @pytest.mark.parametrize("kind", ["a FIFO", "a directory"])
 async def test_a_fifo_or_a_directory_in_place_of_a_store_file_is_refused_at_once(tmp_path, name, kind):
     await valid_directory(tmp_path)

@@ -3254,7 +3254,11 @@ async def warn_of_unparsable_keys_jobs(store: Store, keys_operation: str) -> Non
     executor cannot parse (and which hold their datastore's DATASTORE target), in one line."""
     others = frozenset(KEYS_OPERATIONS) - {keys_operation}
     found = store.find_jobs(JobQuery(operations=others, ignore_completed=True))
-    count = sum([len(page) async for page in found])
+    try:
+        count = sum([len(page) async for page in found])
+    except StoreError as exc:  # a database not up yet: the service starts all the same, and says so then
+        log.warning("Cannot count the keys jobs the executor may not parse now: %s", exc)
+        return
     if count:
         log.warning(
             "%d job(s) in progress are %s jobs, which an executor that parses %s cannot read: set"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import run_job_service, write_config
+from marshmallow import fields
 
 from backends import MongoDBOptions, TinyDBOptions
-from job_service import ConfigError, load_config, prepare_directories
+from job_service import ConfigError, ConfigSchema, load_config, prepare_directories
 
 
 def write_text(tmp_path: Path, text: str) -> Path:
@@ -113,3 +116,31 @@ def test_a_path_with_quotes_and_backslashes_survives_the_config_file(tmp_path):
     odd = tmp_path / 'it\'s "quoted" \\ here'
     prepare_directories(load_config(write_config(tmp_path / "config.toml", {"input": {"dir": str(odd)}}), environ={}))
     assert odd.is_dir()
+
+
+def schema_keys(schema: Any, prefix: str = "") -> set[str]:
+    """Every key a configuration may hold, dotted: `auth.api_key`, `storage.mongodb.url`."""
+    keys = set()
+    for name, field in schema().fields.items():
+        if isinstance(field, fields.Nested):
+            keys |= schema_keys(field.nested, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+def example_keys(text: str) -> set[str]:
+    """Every key `config.example.toml` names, set or shown commented out, in its table."""
+    keys, table = set(), ""
+    for line in text.splitlines():
+        if heading := re.fullmatch(r"\[([a-z_.]+)\]", line.strip()):
+            table = heading.group(1) + "."
+        elif key := re.fullmatch(r"#?\s?([a-z_]+) = .*", line.strip()):
+            keys.add(table + key.group(1))
+    return keys
+
+
+def test_the_example_config_names_every_key_there_is():
+    example = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    # The old name of api_key is read for old files, never shown to new ones.
+    assert example_keys(example) == schema_keys(ConfigSchema) - {"auth.service_token"}

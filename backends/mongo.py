@@ -326,6 +326,8 @@ class MongoStore:
         username: str | None = None,
         password: str | None = None,
         *,
+        write_concern: str | int = "majority",
+        read_concern: str = "majority",
         default_datastore: str,
         initial_maintenance: MaintenanceStatus | None = None,
         on_malformed: Callable[[str], None] | None = None,
@@ -344,7 +346,19 @@ class MongoStore:
             url,
             timeoutMS=int(timeout_seconds * 1000),
             serverSelectionTimeoutMS=int(timeout_seconds * 1000),
+            # Explicit, never the server's default (w:1 on a primary-secondary-arbiter set,
+            # where an acknowledged job can be rolled back by a failover); every read from
+            # the primary, so the executor acts on what was written, not on a lagging copy.
+            w=write_concern,
+            readConcernLevel=read_concern,
+            readPreference="primary",
             **(credentials if username else {}),
+        )
+        log.info(
+            "MongoDB database %s: write concern %s, read concern %s, reads from the primary",
+            database,
+            client.write_concern.document,
+            client.read_concern.level,
         )
         store = cls(client, database, default_datastore, initial_maintenance, on_malformed)
         try:
@@ -524,7 +538,9 @@ class MongoStore:
 
     @store_operation
     async def ping(self) -> None:
-        await self._client.admin.command("ping")
+        """Ready means a change can be stored: a writable primary answers."""
+        if not (await self._client.admin.command("hello")).get("isWritablePrimary"):
+            raise StoreUnavailable("The database has no writable primary")
 
     async def close(self) -> None:
         if self._preparing is not None:

@@ -61,6 +61,29 @@ async def test_the_indexes_are_created_at_start_and_again_without_harm(open_stor
     assert [("parameters.operation", 1)] in [index["key"] for index in indexes.values()]
 
 
+async def test_writes_wait_for_a_majority_and_reads_see_only_what_a_majority_has(open_store, storage, caplog):
+    store = await open_store()
+    for collection in ("inprogress", "completed", "targets", "datastores", "maintenance"):
+        handle = store._collections[collection]
+        assert handle.write_concern.document == {"w": "majority"}
+        assert handle.read_concern.level == "majority"
+        assert handle.read_preference.mode == 0  # the primary
+    # SecantusDB is a standalone server, which takes majority as MongoDB does.
+    await store.insert_job(stored_job("1"))
+    assert (await store.get_job("1"))["status"] == "queued"
+    caplog.set_level("INFO", logger="backends.mongo")
+    options = storage["mongodb"]
+    other = await MongoStore.open(
+        options["url"], options["database"], 5, write_concern=1, read_concern="local", default_datastore="local"
+    )
+    try:
+        assert other._collections["inprogress"].write_concern.document == {"w": 1}
+        assert other._collections["inprogress"].read_concern.level == "local"
+    finally:
+        await other.close()
+    assert f"MongoDB database {options['database']}: write concern {{'w': 1}}, read concern local" in caplog.text
+
+
 async def test_a_crash_after_the_final_status_before_the_move(open_store, database):
     """The service set `completed` in inprogress and died before copying the job."""
     await (await open_store()).ping()

@@ -353,6 +353,14 @@ class TinyDBSection(ConfigSection):
     path = fields.String(load_default=TinyDBOptions.path)
 
 
+def write_concern(value: Any) -> str | int:
+    """`[storage.mongodb] write_concern`: "majority" or a number of members, at least 1."""
+    if value == "majority" or (type(value) is int and value >= 1):
+        concern: str | int = value
+        return concern
+    raise ValidationError('Must be "majority" or a number of members (1 or more).')
+
+
 class MongoDBSection(ConfigSection):
     """The credentials are not keys of the file: `load_config` adds them from the environment."""
 
@@ -361,6 +369,10 @@ class MongoDBSection(ConfigSection):
     database = fields.String(load_default=MongoDBOptions.database)
     timeout_seconds = fields.Float(
         validate=validate.Range(min=0, min_inclusive=False), load_default=MongoDBOptions.timeout_seconds
+    )
+    write_concern = fields.Function(deserialize=write_concern, load_default=MongoDBOptions.write_concern)
+    read_concern = fields.String(
+        validate=validate.OneOf(["majority", "local", "linearizable"]), load_default=MongoDBOptions.read_concern
     )
 
 

@@ -106,6 +106,10 @@ class MongoDBOptions:
     timeout_seconds: float = 5.0
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    #: Whose acknowledgement a write waits for: "majority" (which a failover never rolls back) or a number of members.
+    write_concern: str | int = "majority"
+    #: What reads see: "majority" (nothing a failover can roll back), "local" or "linearizable".
+    read_concern: str = "majority"
 
 
 async def open_store(
@@ -131,6 +135,8 @@ async def open_store(
         options.timeout_seconds,
         options.username,
         options.password,
+        write_concern=options.write_concern,
+        read_concern=options.read_concern,
         default_datastore=default_datastore,
         initial_maintenance=initial_maintenance,
         on_malformed=on_malformed,

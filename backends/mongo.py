@@ -102,6 +102,8 @@ MANIFESTO_NAME = "parameters.bumpManifesto.dataStructureUpdates.name"
 #: Newest first; `_id` breaks ties in insertion order within one process.
 HISTORY_SORT = [("timestamp", DESCENDING), ("_id", DESCENDING)]
 INITIAL_MAINTENANCE_ID = "initial-status"
+#: In `meta`: the default datastore the database was first opened with.
+DEFAULT_ID = "defaultDatastore"
 #: Documents a cursor brings per round trip, and so what a listing holds at once.
 BATCH_SIZE = 500
 #: The offending documents a StoreCorrupt names; its count says how many there are.
@@ -317,6 +319,8 @@ class MongoStore:
         self._completed = db["completed"]
         self._targets = db["targets"]
         self._maintenance = db["maintenance"]
+        #: The store's own facts about the database, which no export carries.
+        self._meta = db["meta"]
 
     @classmethod
     async def open(
@@ -327,6 +331,8 @@ class MongoStore:
         username: str | None = None,
         password: str | None = None,
         *,
+        write_concern: str | int = "majority",
+        read_concern: str = "majority",
         default_datastore: str,
         initial_maintenance: MaintenanceStatus | None = None,
         on_malformed: Callable[[str], None] | None = None,
@@ -345,7 +351,19 @@ class MongoStore:
             url,
             timeoutMS=int(timeout_seconds * 1000),
             serverSelectionTimeoutMS=int(timeout_seconds * 1000),
+            # Explicit, never the server's default (w:1 on a primary-secondary-arbiter set,
+            # where an acknowledged job can be rolled back by a failover); every read from
+            # the primary, so the executor acts on what was written, not on a lagging copy.
+            w=write_concern,
+            readConcernLevel=read_concern,
+            readPreference="primary",
             **(credentials if username else {}),
+        )
+        log.info(
+            "MongoDB database %s: write concern %s, read concern %s, reads from the primary",
+            database,
+            client.write_concern.document,
+            client.read_concern.level,
         )
         store = cls(client, database, default_datastore, initial_maintenance, on_malformed)
         try:
@@ -391,6 +409,7 @@ class MongoStore:
         change a crash cut short finished, and the initial maintenance status of a
         service's first start."""
         await self._check_in_progress()
+        await self._check_default()
         for name in IN_DATASTORES:
             await self._collections[name].update_many(
                 {"datastoreRdn": {"$exists": False}}, {"$set": {"datastoreRdn": self._default}}
@@ -409,6 +428,19 @@ class MongoStore:
         if self._initial_maintenance is not None:
             await self._insert_initial_maintenance(self._initial_maintenance)
         self.prepared = True
+
+    async def _check_default(self) -> None:
+        """Refuse another default datastore than the first one the database was opened with:
+        its documents from before datastores, and the default's own, would change datastore.
+        The first open remembers it (a database from before this check, the current one)."""
+        with contextlib.suppress(DuplicateKeyError):  # another process's upsert won the race
+            await self._meta.update_one({"_id": DEFAULT_ID}, {"$setOnInsert": {"rdn": self._default}}, upsert=True)
+        remembered = (await self._meta.find_one({"_id": DEFAULT_ID}) or {}).get("rdn")
+        if remembered != self._default:
+            raise StoreCorrupt(
+                f"MongoDB database {self._database} belongs to default datastore {remembered!r}, not"
+                f" {self._default!r}: set [datastores] default to {remembered!r} again, or use another database"
+            )
 
     async def _check_in_progress(self) -> None:
         """Refuse in-progress documents that are not jobs: the store reads every one of
@@ -525,7 +557,9 @@ class MongoStore:
 
     @store_operation
     async def ping(self) -> None:
-        await self._client.admin.command("ping")
+        """Ready means a change can be stored: a writable primary answers."""
+        if not (await self._client.admin.command("hello")).get("isWritablePrimary"):
+            raise StoreUnavailable("The database has no writable primary")
 
     async def close(self) -> None:
         if self._preparing is not None:

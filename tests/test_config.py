@@ -76,7 +76,7 @@ def test_the_command_prints_one_line_and_exits_1_on_a_bad_config(tmp_path):
     assert result.stderr == "job-service: bad config: server.port: Not a valid integer.\n"
 
 
-def mongodb_config(tmp_path: Path, **mongodb: str) -> Path:
+def mongodb_config(tmp_path: Path, **mongodb: str | int) -> Path:
     """A config file for MongoDB, with `mongodb` as its `[storage.mongodb]` section."""
     return write_config(tmp_path / "config.toml", {"storage": {"backend": "mongodb", "mongodb": mongodb}})
 
@@ -95,6 +95,22 @@ def test_mongodb_url_comes_from_the_environment_and_credentials_never_from_the_f
     )
     with pytest.raises(ConfigError, match=r"storage\.mongodb\.password: Unknown field"):
         load_config(mongodb_config(tmp_path, password="x"), environ={})
+
+
+def test_mongodb_durability_is_majority_unless_configured(tmp_path):
+    assert (MongoDBOptions().write_concern, MongoDBOptions().read_concern) == ("majority", "majority")
+    config = load_config(mongodb_config(tmp_path, write_concern=1, read_concern="local"), environ={})
+    assert (config.storage.mongodb.write_concern, config.storage.mongodb.read_concern) == (1, "local")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("write_concern", 0), ("write_concern", "all"), ("write_concern", True), ("read_concern", "snapshot")],
+)
+def test_a_bad_mongodb_concern_is_one_line_naming_the_key(tmp_path, key, value):
+    with pytest.raises(ConfigError) as error:
+        load_config(mongodb_config(tmp_path, **{key: value}), environ={})
+    assert f"storage.mongodb.{key}" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_secrets_file_gives_the_credentials(tmp_path):

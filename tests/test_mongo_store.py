@@ -12,7 +12,7 @@ from helpers import bump_job, create_job, listed, put_job, service_config, store
 from pymongo import AsyncMongoClient
 from service_process import ServiceProcess
 
-from backends import JobChange, JobFinal, JobQuery, StoreUnavailable, TargetBusy
+from backends import JobChange, JobFinal, JobQuery, StoreCorrupt, StoreUnavailable, TargetBusy, revision_of
 from backends.mongo import MongoStore
 from job_service import create_app
 
@@ -59,6 +59,63 @@ async def test_the_indexes_are_created_at_start_and_again_without_harm(open_stor
     # The executor polls by operation: an index serves that filter in both job collections.
     assert [("parameters.operation", 1)] in completed_keys
     assert [("parameters.operation", 1)] in [index["key"] for index in indexes.values()]
+
+
+async def test_writes_wait_for_a_majority_and_reads_see_only_what_a_majority_has(open_store, storage, caplog):
+    store = await open_store()
+    for collection in ("inprogress", "completed", "targets", "datastores", "maintenance"):
+        handle = store._collections[collection]
+        assert handle.write_concern.document == {"w": "majority"}
+        assert handle.read_concern.level == "majority"
+        assert handle.read_preference.mode == 0  # the primary
+    # SecantusDB is a standalone server, which takes majority as MongoDB does.
+    await store.insert_job(stored_job("1"))
+    assert (await store.get_job("1"))["status"] == "queued"
+    caplog.set_level("INFO", logger="backends.mongo")
+    options = storage["mongodb"]
+    other = await MongoStore.open(
+        options["url"], options["database"], 5, write_concern=1, read_concern="local", default_datastore="local"
+    )
+    try:
+        assert other._collections["inprogress"].write_concern.document == {"w": 1}
+        assert other._collections["inprogress"].read_concern.level == "local"
+    finally:
+        await other.close()
+    assert f"MongoDB database {options['database']}: write concern {{'w': 1}}, read concern local" in caplog.text
+
+
+async def test_a_database_keeps_the_default_datastore_it_was_first_opened_with(open_store, storage, database):
+    await (await open_store()).insert_job({**stored_job("1"), "datastoreRdn": "local"})
+    options = storage["mongodb"]
+    with pytest.raises(StoreCorrupt) as refused:
+        await MongoStore.open(options["url"], options["database"], 5, default_datastore="no.ssb.fdb")
+    assert str(refused.value) == (
+        f"MongoDB database {options['database']} belongs to default datastore 'local', not 'no.ssb.fdb':"
+        " set [datastores] default to 'local' again, or use another database"
+    )
+    assert await database["meta"].find_one({}) == {"_id": "defaultDatastore", "rdn": "local"}
+    await (await open_store()).ping()  # the first default opens it as before
+
+
+async def test_a_database_from_before_takes_the_current_default(open_store, database):
+    await database["inprogress"].insert_one(
+        {key: value for key, value in stored_job("1").items() if key != "datastoreRdn"}
+    )
+    store = await open_store()
+    assert (await store.get_job("1"))["datastoreRdn"] == "local"
+    assert await database["meta"].find_one({}) == {"_id": "defaultDatastore", "rdn": "local"}
+
+
+async def test_every_write_of_a_target_bumps_its_revision(open_store):
+    store = await open_store()
+    await store.insert_job(stored_job("1"))
+    assert revision_of(await store.get_target("local", "MY_DATASET")) == 1
+    await store.update_job("1", JobChange(status="validating"))
+    assert revision_of(await store.get_target("local", "MY_DATASET")) == 2
+    saved = await store.get_target("local", "MY_DATASET")
+    await store.save_target({**saved, "status": "completed", "revision": 0})  # the store's own count wins
+    target = await store.get_target("local", "MY_DATASET")
+    assert (target["status"], revision_of(target)) == ("completed", 3)
 
 
 async def test_a_crash_after_the_final_status_before_the_move(open_store, database):

@@ -1559,7 +1559,7 @@ def read_release_statuses(directory: Path) -> dict[str, str]:
     return statuses
 
 
-def release_statuses_or_none(directory: Path) -> dict[str, str]:
+def release_statuses_or_empty(directory: Path) -> dict[str, str]:
     try:
         return read_release_statuses(directory)
     except UnreadableVersions as exc:
@@ -1591,7 +1591,7 @@ class VersionFiles:
         return await asyncio.shield(reading)
 
     async def _read(self, directory: Path, stamp: tuple[tuple[int, int, int], ...]) -> Mapping[str, str]:
-        statuses = await asyncio.to_thread(release_statuses_or_none, directory)
+        statuses = await asyncio.to_thread(release_statuses_or_empty, directory)
         self._known[directory] = (stamp, statuses)
         return statuses
 

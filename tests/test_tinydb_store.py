@@ -377,6 +377,35 @@ async def test_the_journal_is_folded_in_the_background_once_it_has_grown(tmp_pat
     assert len(json.loads((tmp_path / "inprogress.json").read_bytes())["_default"]) == 20
 
 
+async def test_reads_are_the_same_whenever_the_snapshot_rebuilds_its_bulk(tmp_path, monkeypatch):
+    """A snapshot shares the bulk of the targets and completed jobs with the last one, and
+    rebuilds it once enough were written since: reads do not change across rebuilds."""
+    monkeypatch.setattr(tinydb_backend.Layered, "RECENT_LIMIT", 3)
+    store = await TinyDBStore.open(tmp_path, "local")
+    await store.add_datastore(
+        {"rdn": "fdb", "name": "F", "description": "", "directory": "/d", "bumpEnabled": False, "deleted": False}
+    )
+    for n in range(12):
+        rdn = "fdb" if n % 3 == 0 else "local"
+        await store.insert_job(stored_job(f"{n:06d}", target=f"T{(7 * n) % 12:02d}", datastore=rdn))
+        if n % 2:
+            await store.update_job(f"{n:06d}", JobChange(status="completed", at=T1))
+        listing = await listed(store.list_targets("local"))
+        assert [target["name"] for target in listing] == sorted(target["name"] for target in listing)
+    names = {rdn: [target["name"] for target in await listed(store.list_targets(rdn))] for rdn in ("local", "fdb")}
+    assert names == {
+        "local": sorted(f"T{(7 * n) % 12:02d}" for n in range(12) if n % 3),
+        "fdb": sorted(f"T{(7 * n) % 12:02d}" for n in range(12) if n % 3 == 0),
+    }
+    assert [(await store.get_job(f"{n:06d}"))["status"] for n in range(12)] == ["queued", "completed"] * 6
+    assert (await store.get_target("fdb", "T00"))["datastoreRdn"] == "fdb"
+    shown = await everything(store)
+    await store.close()
+    reopened = await TinyDBStore.open(tmp_path, "local")
+    assert await everything(reopened) == shown
+    await reopened.close()
+
+
 # --- the completed set --------------------------------------------------------------------
 
 

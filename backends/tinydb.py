@@ -1,35 +1,57 @@
 """The embedded default: TinyDB files, and a write-ahead journal that makes every change one write.
 
-The data directory holds one TinyDB file per collection (`inprogress.json`,
-`targets.json`, `maintenance.json`, `datastores.json`) and the completed set as
-segments of at most SEGMENT_SIZE jobs (`completed/00000001.json`, ...), all plain
-TinyDB JSON. A change is never written to them directly: it is one record of the
-journal (`journal/00000001.jsonl`, ...), appended and fsynced before it is
-acknowledged, holding everything the change does (a job and its target; a job's
-move to the completed set with every target a BUMP releases). A record whose
-append a crash cut short fails its checksum and is ignored, so after a crash at
-any instant a change is in the store entirely or not at all, and a write costs
-the same at any size of the store.
+TinyDB is the file format. The data directory holds one TinyDB file per collection
+(`inprogress.json`, `targets.json`, `maintenance.json`, `datastores.json`) and the
+completed set as segments of at most SEGMENT_SIZE jobs (`completed/00000001.json`,
+...): plain TinyDB JSON, one `_default` table each, that any TinyDB reads (with
+`AtomicJSONStorage` to write them safely while the service is stopped). Around it the
+service builds what TinyDB does not do: a journal, a worker thread and snapshots.
 
-The worker thread that appends keeps the TinyDB files' documents in memory and
-applies each change to them; a fold (in the background once the journal has grown
-or the store is idle, at start, and at close) writes the files that changed, each
-to a temporary file that is fsynced and renamed over the old one, then deletes the
-journal files they cover. Replaying a journal over files that already hold some of
-it gives the same documents (a record sets documents, never adds to them), so a
-crash in the middle of a fold loses nothing either.
+The journal. A change is never written to the files directly: it is one record of
+the journal (`journal/<16 digits>.jsonl`), appended and fsynced before it is
+acknowledged, holding everything the change does (a job and its target; a job's move
+to the completed set with every target a BUMP releases). A record whose append a
+crash cut short fails its checksum and is ignored, so after a crash at any instant a
+change is in the store entirely or not at all, and a write costs the same at any size
+of the store. Records are numbered in sequence; a fold (in the background once the
+journal has grown or the store is idle, at start, and at close) writes the files that
+changed, each to a temporary file fsynced and renamed over the old one, then
+`store.json` with the number of the last record they hold, then deletes the journal
+files they cover. Replaying a journal over files that already hold some of it gives
+the same documents (a record sets documents, never adds to them), so a crash in the
+middle of a fold loses nothing either; the numbers let opening notice an acknowledged
+record gone missing (see `read_journals`).
 
-Every change runs on one dedicated worker thread, which serialises them ("check
-the target is free, then insert" is atomic) and keeps file I/O off the event loop.
-What the hot reads need (a job by id, the in-progress jobs, the targets, the
-datastores) the worker also publishes as one immutable Snapshot that the event loop
-reads without waiting for it, replaced whole after each change (see Layered).
+The worker. Every change runs on one dedicated thread, which serialises them ("check
+the target is free, then insert" is atomic) and keeps file I/O off the event loop. It
+alone holds the documents as the files do (TableFile, CompletedJobs) and changes them.
+
+The snapshots. What the event loop reads without waiting for the worker (a job by id,
+the in-progress jobs, the targets, the datastores, the latest maintenance status) is
+one immutable Snapshot, which the worker replaces whole after each change. Its large
+parts (the targets, the completed jobs' JSON) share their bulk with the last snapshot
+and copy only what was written since (Layered), so a change costs what it changes.
 
 Opening validates every file first, and refuses a damaged or unexpected one with a
 StoreCorrupt naming it, before changing anything. A data directory written before
 datastores existed holds jobs and targets without `datastoreRdn`: each is given the
 default datastore as it is read into memory, so opening such a directory rewrites
-nothing, and a document gains the field on disk only when it is next written.
+nothing, and a document gains the field on disk only when it is next written; the
+store remembers the default it was first opened with in `store.json`.
+
+Changing this module safely:
+- A new kind of change is a new journal operation: an Operation in JOURNAL_OPERATIONS
+  (made by calling it, checked when read back, gathered into a Change) and its effect
+  in `_change`. It sets documents whole, so that replaying it twice changes nothing.
+- Change documents only on the worker (`_run`), and only through `_commit`: the
+  record is appended first, then applied, so memory never runs ahead of the journal.
+- On the loop, read `self._snapshot` once per call and never change anything in it;
+  on the worker, make the next one instead (`_change`). A memory kept on a snapshot
+  (PublishedJobs.matching) is filled by the loop alone.
+- Read a store file only through `read_regular` (a FIFO must not hang the start), and
+  check everything before the first write: a refused start changes nothing.
+- Test on real files: copy the directory as a crash leaves it, cut the journal at
+  every byte (tests/test_tinydb_store.py), and run bench/kill9.py.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import bump_job, listed, run_job_service, service_config, stored_job, write_config
+from tinydb import Query, TinyDB
 
 import backends.tinydb as tinydb_backend
 from backends import JobChange, JobQuery, StoreCorrupt, StoreFull, StoreLocked, StoreUnavailable, TargetBusy
@@ -211,6 +212,23 @@ def test_files_are_plain_json_per_collection(tmp_path):
     targets = json.loads((tmp_path / "targets.json").read_text())
     assert [target["name"] for target in targets["_default"].values()] == ["MY_DATASET"]
     assert journal_files(tmp_path) == [], "closing folds the journal into the files"
+
+
+def test_the_files_are_what_tinydb_itself_reads(tmp_path):
+    async def write():
+        store = await TinyDBStore.open(tmp_path, "local")
+        await store.insert_job(stored_job("1"))
+        await store.update_job("1", JobChange(status="completed"))
+        await store.insert_job(stored_job("2"))
+        await store.close()
+
+    asyncio.run(write())
+    with TinyDB(tmp_path / "inprogress.json", storage=AtomicJSONStorage) as inprogress:
+        assert [job["jobId"] for job in inprogress.all()] == ["2"]
+    with TinyDB(tmp_path / "completed" / "00000001.json") as completed:  # TinyDB's own storage
+        assert [job["status"] for job in completed.all()] == ["completed"]
+    with TinyDB(tmp_path / "targets.json", storage=AtomicJSONStorage) as targets:
+        assert targets.search(Query().name == "MY_DATASET")[0]["status"] == "queued"
 
 
 # --- one change, one record of the journal ---------------------------------------------------

@@ -37,8 +37,9 @@ async def test_every_log_line_of_a_request_is_json_with_its_request_id(storage, 
                 assert response.headers["X-Request-ID"] == "plain-1"
             async with session.get(f"{service.url}/importable-datasets", headers={"X-Request-ID": "scan-2"}):
                 pass
-            # The journal this run will first append to, a directory instead: the write fails.
-            (Path(storage["tinydb"]["path"]) / "journal" / "00000001.jsonl").mkdir(parents=True)
+            # The journal file this run will first append to, a directory instead: the write fails.
+            # Files are named by their first record's number: 2, the initial status was 1.
+            (Path(storage["tinydb"]["path"]) / "journal" / f"{2:016d}.jsonl").mkdir(parents=True)
             body = {"jobs": [{"operation": "ADD", "target": "A"}]}
             async with session.post(f"{service.url}/jobs", json=body, headers={"X-Request-ID": "fail-3"}) as response:
                 assert response.status == 500

@@ -784,10 +784,6 @@ class Layered(Generic[K, V]):
             return Layered(self._bulk, recent)
         return Layered({**self._bulk, **recent})
 
-    def whole(self) -> dict[K, V]:
-        """Every item, in a new dict (as costly as the map is large)."""
-        return {**self._bulk, **self.recent}
-
 
 class Targets:
     """The targets as the loop reads them, never changed once made: by key, and each
@@ -883,8 +879,7 @@ class CompletedJobs:
     ) -> None:
         self._directory = directory
         self._default = default_datastore
-        #: Each job's JSON, as of the last `published`, and added since.
-        self._published: Layered[str, bytes] = Layered({})
+        #: Each job's JSON added since the last `published`.
         self._added: dict[str, bytes] = {}
         self._facts: dict[str, JobFacts] = {}
         #: Job ids by (datastore, dataset): the target and any dataset a BUMP manifesto lists.
@@ -896,7 +891,9 @@ class CompletedJobs:
                 if job["jobId"] in self._facts:
                     raise corrupt(path, f"document {doc_id} is job {job['jobId']}, which an earlier segment holds")
                 self._remember(job)
-        self._published, self._added = Layered(self._added), {}
+        #: Each job's JSON, as of the last `published`.
+        self._published: Layered[str, bytes] = Layered(self._added)
+        self._added = {}
         self._active = TableFile(path, documents)
         #: Segments filled since the last fold, which it must still write.
         self._filled: list[TableFile] = []

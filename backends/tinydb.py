@@ -1,47 +1,66 @@
 """The embedded default: TinyDB files, and a write-ahead journal that makes every change one write.
 
-The data directory holds one TinyDB file per collection (`inprogress.json`,
-`targets.json`, `maintenance.json`, `datastores.json`) and the completed set as
-segments of at most SEGMENT_SIZE jobs (`completed/00000001.json`, ...), all plain
-TinyDB JSON. A change is never written to them directly: it is one record of the
-journal (`journal/00000001.jsonl`, ...), appended and fsynced before it is
-acknowledged, holding everything the change does (a job and its target; a job's
-move to the completed set with every target a BUMP releases). A record whose
-append a crash cut short fails its checksum and is ignored, so after a crash at
-any instant a change is in the store entirely or not at all, and a write costs
-the same at any size of the store.
+TinyDB is the file format. The data directory holds one TinyDB file per collection
+(`inprogress.json`, `targets.json`, `maintenance.json`, `datastores.json`) and the
+completed set as segments of at most SEGMENT_SIZE jobs (`completed/00000001.json`,
+...): plain TinyDB JSON, one `_default` table each, that any TinyDB reads (with
+`AtomicJSONStorage` to write them safely while the service is stopped). Around it the
+service builds what TinyDB does not do: a journal, a worker thread and snapshots.
 
-The worker thread that appends keeps the TinyDB files' documents in memory and
-applies each change to them; a fold (in the background once the journal has grown
-or the store is idle, at start, and at close) writes the files that changed, each
-to a temporary file that is fsynced and renamed over the old one, then deletes the
-journal files they cover. Replaying a journal over files that already hold some of
-it gives the same documents (a record sets documents, never adds to them), so a
-crash in the middle of a fold loses nothing either.
+The journal. A change is never written to the files directly: it is one record of
+the journal (`journal/<16 digits>.jsonl`), appended and fsynced before it is
+acknowledged, holding everything the change does (a job and its target; a job's move
+to the completed set with every target a BUMP releases). A record whose append a
+crash cut short fails its checksum and is ignored, so after a crash at any instant a
+change is in the store entirely or not at all, and a write costs the same at any size
+of the store. Records are numbered in sequence; a fold (in the background once the
+journal has grown or the store is idle, at start, and at close) writes the files that
+changed, each to a temporary file fsynced and renamed over the old one, then
+`store.json` with the number of the last record they hold, then deletes the journal
+files they cover. Replaying a journal over files that already hold some of it gives
+the same documents (a record sets documents, never adds to them), so a crash in the
+middle of a fold loses nothing either; the numbers let opening notice an acknowledged
+record gone missing (see `read_journals`).
 
-Every change runs on one dedicated worker thread, which serialises them ("check
-the target is free, then insert" is atomic) and keeps file I/O off the event loop.
-What the hot reads need (a job by id, the in-progress jobs, the targets, the
-datastores) the worker also publishes as in-memory snapshots that the event loop
-reads without waiting for it: replaced, never changed, except the dicts that the
-loop only looks single keys up in.
+The worker. Every change runs on one dedicated thread, which serialises them ("check
+the target is free, then insert" is atomic) and keeps file I/O off the event loop. It
+alone holds the documents as the files do (TableFile, CompletedJobs) and changes them.
+
+The snapshots. What the event loop reads without waiting for the worker (a job by id,
+the in-progress jobs, the targets, the datastores, the latest maintenance status) is
+one immutable Snapshot, which the worker replaces whole after each change. Its large
+parts (the targets, the completed jobs' JSON) share their bulk with the last snapshot
+and copy only what was written since (Layered), so a change costs what it changes.
 
 Opening validates every file first, and refuses a damaged or unexpected one with a
 StoreCorrupt naming it, before changing anything. A data directory written before
 datastores existed holds jobs and targets without `datastoreRdn`: each is given the
 default datastore as it is read into memory, so opening such a directory rewrites
-nothing, and a document gains the field on disk only when it is next written.
+nothing, and a document gains the field on disk only when it is next written; the
+store remembers the default it was first opened with in `store.json`.
+
+Changing this module safely:
+- A new kind of change is a new journal operation: an Operation in JOURNAL_OPERATIONS
+  (made by calling it, checked when read back, gathered into a Change) and its effect
+  in `_change`. It sets documents whole, so that replaying it twice changes nothing.
+- Change documents only on the worker (`_run`), and only through `_commit`: the
+  record is appended first, then applied, so memory never runs ahead of the journal.
+- On the loop, read `self._snapshot` once per call and never change anything in it;
+  on the worker, make the next one instead (`_change`). A memory kept on a snapshot
+  (PublishedJobs.matching) is filled by the loop alone.
+- Read a store file only through `read_regular` (a FIFO must not hang the start), and
+  check everything before the first write: a refused start changes nothing.
+- Test on real files: copy the directory as a crash leaves it, cut the journal at
+  every byte (tests/test_tinydb_store.py), and run bench/kill9.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextvars
 import errno
 import fcntl
 import functools
-import gc
 import itertools
 import logging
 import os
@@ -56,7 +75,7 @@ from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import orjson
 from tinydb.storages import Storage
@@ -103,6 +122,7 @@ from .base import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 M = TypeVar("M", bound=Mapping[str, Any])
 LOCK_FILE = "job-service.lock"
 #: What the store knows of itself beside its documents (see `read_store_file`).
@@ -362,21 +382,73 @@ def read_tinydb_file(path: Path, problem_of: Callable[[Any], str | None]) -> dic
     return table
 
 
-#: The operations a journal record holds, each a JSON list `[name, ...arguments]`.
-OPERATIONS: dict[str, Callable[[list[Any]], str | None]] = {
-    # An in-progress job, inserted or replaced.
-    "job": lambda op: stored_job_problem(op[1], final=False) if len(op) == 2 else "has no job",
-    # A finished job: into the completed set (once), out of the in-progress set.
-    "done": lambda op: stored_job_problem(op[1], final=True) if len(op) == 2 else "has no job",
-    "target": lambda op: target_problem(op[1]) if len(op) == 2 else "has no target",
-    "datastore": lambda op: datastore_problem(op[1]) if len(op) == 2 else "has no datastore",
-    # A datastore forgotten, by rdn.
-    "forget": lambda op: None if len(op) == 2 and is_text(op[1]) else "has no rdn",
-    # A maintenance status with its TinyDB document id: replayed, it is set, never added twice.
-    "maintenance": lambda op: (
+class Change:
+    """What one journal record does, gathered by kind as its operations are read, so
+    that the documents and the snapshot are changed once for all of them."""
+
+    def __init__(self) -> None:
+        #: In-progress jobs, inserted or replaced.
+        self.jobs: list[Job] = []
+        #: Finished jobs: into the completed set (once), out of the in-progress set.
+        self.done: list[Job] = []
+        self.targets: list[Target] = []
+        #: Datastores registered or changed by rdn; None for one forgotten.
+        self.datastores: dict[str, Datastore | None] = {}
+        #: Maintenance statuses with their TinyDB document ids.
+        self.maintenance: list[tuple[int, MaintenanceStatus]] = []
+
+
+class Operation(NamedTuple):
+    """A kind of journal operation, a JSON list `[name, ...arguments]`: calling it makes
+    one, `check` says what one read back lacks (None if nothing), `gather` adds what it
+    does to a record's Change."""
+
+    name: str
+    check: Callable[[list[Any]], str | None]
+    gather: Callable[[Change, list[Any]], None]
+
+    def __call__(self, *arguments: Any) -> list[Any]:
+        return [self.name, *arguments]
+
+
+def one_document(problem: Callable[[Any], str | None], missing: str) -> Callable[[list[Any]], str | None]:
+    return lambda op: problem(op[1]) if len(op) == 2 else missing
+
+
+def gather_datastore(change: Change, op: list[Any]) -> None:
+    change.datastores[op[1]["rdn"]] = op[1]
+
+
+def gather_forget(change: Change, op: list[Any]) -> None:
+    change.datastores[op[1]] = None
+
+
+JOB = Operation(
+    "job",
+    one_document(functools.partial(stored_job_problem, final=False), "has no job"),
+    lambda change, op: change.jobs.append(op[1]),
+)
+DONE = Operation(
+    "done",
+    one_document(functools.partial(stored_job_problem, final=True), "has no job"),
+    lambda change, op: change.done.append(op[1]),
+)
+TARGET = Operation(
+    "target", one_document(target_problem, "has no target"), lambda change, op: change.targets.append(op[1])
+)
+DATASTORE = Operation("datastore", one_document(datastore_problem, "has no datastore"), gather_datastore)
+#: A datastore forgotten, by rdn.
+FORGET = Operation("forget", lambda op: None if len(op) == 2 and is_text(op[1]) else "has no rdn", gather_forget)
+#: A maintenance status with its TinyDB document id: replayed, it is set, never added twice.
+MAINTENANCE = Operation(
+    "maintenance",
+    lambda op: (
         maintenance_problem(op[2]) if len(op) == 3 and isinstance(op[1], int) else "has no document id and status"
     ),
-}
+    lambda change, op: change.maintenance.append((op[1], op[2])),
+)
+#: Every kind of operation a journal record may hold, by name.
+JOURNAL_OPERATIONS = {operation.name: operation for operation in (JOB, DONE, TARGET, DATASTORE, FORGET, MAINTENANCE)}
 
 
 def encode_record(operations: list[list[Any]]) -> bytes:
@@ -399,9 +471,9 @@ def decode_record(line: bytes) -> list[list[Any]] | None:
     if not isinstance(operations, list):
         raise ValueError("is not a list of operations")
     for op in operations:
-        if not isinstance(op, list) or not op or op[0] not in OPERATIONS:
+        if not isinstance(op, list) or not op or op[0] not in JOURNAL_OPERATIONS:
             raise ValueError(f"holds an operation this release does not know: {str(op)[:60]}")
-        problem = OPERATIONS[op[0]](op)
+        problem = JOURNAL_OPERATIONS[op[0]].check(op)
         if problem is not None:
             raise ValueError(f"holds a {op[0]} operation that {problem}")
     return operations
@@ -595,15 +667,11 @@ class TableFile:
         return orjson.dumps({"_default": self.documents})
 
 
-class JobFacts(NamedTuple):
-    """What queries filter and sort completed jobs on, kept beside their JSON."""
-
-    created_at: str
-    job_id: str
-    datastore: str
-    status: str
-    operation: str
-    target: str
+#: What queries filter and sort completed jobs on, kept beside their JSON: (createdAt,
+#: jobId, datastore, status, operation, target). A plain tuple of strings, which the
+#: garbage collector stops tracking, where a NamedTuple stays tracked: the history then
+#: costs its full collections nothing (100,000 NamedTuples cost a start 0.45 s of them).
+JobFacts = tuple[str, str, str, str, str, str]
 
 
 def facts_of(job: Job) -> JobFacts:
@@ -613,7 +681,7 @@ def facts_of(job: Job) -> JobFacts:
         sys.intern(value)
         for value in (job["datastoreRdn"], job["status"], parameters["operation"], parameters["target"])
     )
-    return JobFacts(job["createdAt"], job["jobId"], datastore, status, operation, target)
+    return job["createdAt"], job["jobId"], datastore, status, operation, target
 
 
 def segment_path(directory: Path, number: int) -> Path:
@@ -660,19 +728,128 @@ class PublishedJobs:
         return None if encoded is None else cast(Job, orjson.loads(encoded))
 
     def matching(self, query: JobQuery) -> list[str]:
-        """The ids of the jobs `query` matches, in job order."""
+        """The ids of the jobs `query` matches, in job order, remembered: on the loop only,
+        so that the memory is never changed by two threads."""
         job_ids = self._matches.get(query)
         if job_ids is None:
-            matched = [
-                job
-                for job in self.jobs.values()
-                if wanted(job["datastoreRdn"], job["status"], job["parameters"]["operation"], query)
-            ]
-            job_ids = [job["jobId"] for job in sorted(matched, key=job_order)]
+            job_ids = self.match(query)
             if len(self._matches) >= self.MATCHES_KEPT:
                 self._matches.clear()
             self._matches[query] = job_ids
         return job_ids
+
+    def match(self, query: JobQuery) -> list[str]:
+        """As `matching`, not remembered."""
+        matched = [
+            job
+            for job in self.jobs.values()
+            if wanted(job["datastoreRdn"], job["status"], job["parameters"]["operation"], query)
+        ]
+        return [job["jobId"] for job in sorted(matched, key=job_order)]
+
+
+V = TypeVar("V")
+
+
+class Layered(Generic[K, V]):
+    """A mapping never changed once made, for many items of which a change sets a few:
+    `with_items` makes the next one, sharing the bulk and copying only the items set
+    since the bulk was last rebuilt (at most RECENT_LIMIT), so a change costs its own
+    items, not the whole map's."""
+
+    RECENT_LIMIT = 1024
+
+    def __init__(self, bulk: dict[K, V], recent: dict[K, V] | None = None) -> None:
+        self._bulk = bulk
+        #: Set since the bulk was rebuilt; they win over the bulk's.
+        self.recent: Mapping[K, V] = recent or {}
+
+    def get(self, key: K) -> V | None:
+        value = self.recent.get(key)
+        return self._bulk.get(key) if value is None else value
+
+    def with_items(self, items: Mapping[K, V]) -> Layered[K, V]:
+        recent = {**self.recent, **items}
+        if len(recent) <= self.RECENT_LIMIT:
+            return Layered(self._bulk, recent)
+        return Layered({**self._bulk, **recent})
+
+
+class Targets:
+    """The targets as the loop reads them, never changed once made: by key, and each
+    datastore's ordered by name, as of the last rebuild of the bulk and the few written
+    since (see Layered)."""
+
+    def __init__(self, by_key: Layered[tuple[str, str], Target], by_datastore: Mapping[str, list[Target]]) -> None:
+        self._by_key = by_key
+        #: As of the bulk of `by_key`.
+        self._by_datastore = by_datastore
+
+    @classmethod
+    def of(cls, targets: Iterable[Target]) -> Targets:
+        by_key = {target_key(target): target for target in targets}
+        by_datastore: dict[str, list[Target]] = {}
+        for datastore, name in sorted(by_key):
+            by_datastore.setdefault(datastore, []).append(by_key[datastore, name])
+        return cls(Layered(by_key), by_datastore)
+
+    def get(self, key: tuple[str, str]) -> Target | None:
+        return self._by_key.get(key)
+
+    def listed(self, datastore: str) -> Sequence[Target]:
+        """The datastore's targets by name: the bulk's list itself when none was written since."""
+        return self._merged(datastore, self._by_key.recent)
+
+    def _merged(self, datastore: str, recent: Mapping[tuple[str, str], Target]) -> list[Target]:
+        listed = self._by_datastore.get(datastore, [])
+        written = {name: target for (rdn, name), target in recent.items() if rdn == datastore}
+        if not written:
+            return listed
+        # Two runs in order: the sort merges them in one pass.
+        return sorted(
+            [*(target for target in listed if target["name"] not in written), *written.values()], key=target_name
+        )
+
+    def with_targets(self, targets: Iterable[Target]) -> Targets:
+        written = {target_key(target): target for target in targets}
+        by_key = self._by_key.with_items(written)
+        if by_key.recent:
+            return Targets(by_key, self._by_datastore)
+        # The bulk was rebuilt: so are the lists of the datastores written since the last time.
+        recent = {**self._by_key.recent, **written}
+        changed = {rdn for rdn, _ in recent}
+        return Targets(by_key, {**self._by_datastore, **{rdn: self._merged(rdn, recent) for rdn in changed}})
+
+    def in_order(self) -> list[Target]:
+        """Every target, by datastore then name."""
+        datastores = sorted({*self._by_datastore, *(rdn for rdn, _ in self._by_key.recent)})
+        return [target for rdn in datastores for target in self.listed(rdn)]
+
+
+class Snapshot(NamedTuple):
+    """Everything the event loop reads without the worker, as of one change. The worker
+    makes a new one at every change and replaces the store's whole, in one assignment;
+    nothing in one is ever changed, so a reader that takes it once reads one state."""
+
+    #: The jobs in progress.
+    jobs: PublishedJobs
+    targets: Targets
+    #: The registry, ordered by rdn.
+    datastores: Mapping[str, Datastore]
+    latest_maintenance: MaintenanceStatus | None
+    #: Each completed job's JSON by id.
+    completed: Layered[str, bytes]
+
+    def completed_job(self, job_id: str) -> Job | None:
+        encoded = self.completed.get(job_id)
+        return None if encoded is None else cast(Job, orjson.loads(encoded))
+
+
+def registry(datastores: Mapping[str, Datastore | None]) -> Mapping[str, Datastore]:
+    """The datastores as a snapshot holds them: ordered by rdn, those forgotten (None) left out."""
+    return MappingProxyType(
+        {rdn: datastore for rdn in sorted(datastores) if (datastore := datastores[rdn]) is not None}
+    )
 
 
 class CompletedJobs:
@@ -682,10 +859,9 @@ class CompletedJobs:
     A finished job never changes, so only the newest segment is ever written and
     a fold costs the same at any history size; memory holds each job as its JSON
     bytes, about a third of its size as Python objects, and only the newest
-    segment's documents. Reads of one job by id are single dict lookups, safe from
-    any thread; everything that iterates or changes runs on the store's worker
-    thread. A job from before datastores is remembered in `default_datastore`, its
-    file left as it is.
+    segment's documents. It lives on the store's worker thread; the loop reads the
+    jobs' JSON from the snapshot (`published`). A job from before datastores is
+    remembered in `default_datastore`, its file left as it is.
     """
 
     def __init__(
@@ -693,7 +869,8 @@ class CompletedJobs:
     ) -> None:
         self._directory = directory
         self._default = default_datastore
-        self._encoded: dict[str, bytes] = {}
+        #: Each job's JSON added since the last `published`.
+        self._added: dict[str, bytes] = {}
         self._facts: dict[str, JobFacts] = {}
         #: Job ids by (datastore, dataset): the target and any dataset a BUMP manifesto lists.
         self._by_dataset: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
@@ -704,6 +881,9 @@ class CompletedJobs:
                 if job["jobId"] in self._facts:
                     raise corrupt(path, f"document {doc_id} is job {job['jobId']}, which an earlier segment holds")
                 self._remember(job)
+        #: Each job's JSON, as of the last `published`.
+        self._published: Layered[str, bytes] = Layered(self._added)
+        self._added = {}
         self._active = TableFile(path, documents)
         #: Segments filled since the last fold, which it must still write.
         self._filled: list[TableFile] = []
@@ -713,10 +893,10 @@ class CompletedJobs:
         job_id = job["jobId"]
         # A copy of exactly its length: orjson's own bytes keep their whole
         # working buffer, four times the size, for as long as they live.
-        self._encoded[job_id] = bytes(memoryview(orjson.dumps(job)))
-        facts = self._facts[job_id] = facts_of(job)
-        for name in {facts.target, *manifesto_datasets(job)}:
-            self._by_dataset[facts.datastore, name].append(job_id)
+        self._added[job_id] = bytes(memoryview(orjson.dumps(job)))
+        _, _, datastore, _, _, target = self._facts[job_id] = facts_of(job)
+        for name in {target, *manifesto_datasets(job)}:
+            self._by_dataset[datastore, name].append(job_id)
 
     def add(self, job: Job) -> None:
         """Add `job` unless it is there already (a journal replayed over a fold holds it twice)."""
@@ -736,9 +916,11 @@ class CompletedJobs:
         filled, self._filled = self._filled, []
         return [*filled, self._active] if self._active.dirty else filled
 
-    def get(self, job_id: str) -> Job | None:
-        encoded = self._encoded.get(job_id)
-        return None if encoded is None else orjson.loads(encoded)
+    def published(self) -> Layered[str, bytes]:
+        """Every job's JSON by id, for a snapshot: a new map when jobs were added since the last."""
+        if self._added:
+            self._published, self._added = self._published.with_items(self._added), {}
+        return self._published
 
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._facts
@@ -750,7 +932,9 @@ class CompletedJobs:
         if query.in_progress_only:
             return []
         return [
-            facts for facts in self._facts.values() if wanted(facts.datastore, facts.status, facts.operation, query)
+            facts
+            for facts in self._facts.values()
+            if wanted(facts[2], facts[3], facts[4], query)  # datastore, status, operation
         ]
 
     def facts_for_dataset(self, datastore: str, name: str) -> list[JobFacts]:
@@ -878,21 +1062,16 @@ class TinyDBStore:
         path.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._lock = DirectoryLock(path / LOCK_FILE)
-        collecting = gc.isenabled()
-        gc.disable()  # loading years of jobs makes objects by the million, none of them garbage
         try:
             self._load(path, default_datastore)
         except BaseException:
             self._lock.release()
             raise
-        finally:
-            if collecting:
-                gc.enable()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tinydb")
         self._closed = False
         self._fold_wanted = threading.Event()
         self._stopping = False
-        if initial_maintenance is not None and self._latest_maintenance is None:
+        if initial_maintenance is not None and self._snapshot.latest_maintenance is None:
             self._add_maintenance(MaintenanceStatus(**initial_maintenance))
         self._folder = threading.Thread(target=self._fold_in_background, name="tinydb-fold", daemon=True)
         self._folder.start()
@@ -953,7 +1132,9 @@ class TinyDBStore:
             self._apply(record)
         # A crash of the release before the journal, between "add to completed" and
         # "remove from in-progress", left a finished job in both: the completed copy is the truth.
-        self._change_jobs([], [job_id for job_id in self._current.jobs if job_id in self._completed])
+        cleanup = Change()
+        cleanup.done = [job for job_id, job in self._snapshot.jobs.jobs.items() if job_id in self._completed]
+        self._change(cleanup)
         self._journal = Journal(journal_directory, last_record + 1)
         self._fold_guard = threading.Lock()  # the pending fold below, shared with the fold thread
         self._fold_writing = threading.Lock()  # one fold writes files at a time
@@ -983,100 +1164,61 @@ class TinyDBStore:
         return in_datastore(document, self._default)
 
     def _publish(self) -> None:
-        """Every snapshot anew from the documents."""
+        """The snapshot anew from the documents (at start, and after an import)."""
         history = self._maintenance.documents
         latest = dict(history[max(history, key=int)]) if history else None
-        self._latest_maintenance: MaintenanceStatus | None = cast(MaintenanceStatus | None, latest)
         jobs: list[Job] = [self._read(job) for job in self._inprogress.documents.values()]
-        self._current = PublishedJobs.of(jobs)
         self._held = {held_target(job): job["jobId"] for job in jobs}
-        targets = {target_key(target): target for target in map(self._read, self._targets.documents.values())}
-        by_datastore: dict[str, list[Target]] = {}
-        for datastore, name in sorted(targets):
-            by_datastore.setdefault(datastore, []).append(targets[datastore, name])
-        # The targets are many and change at every write, so these two are replaced anew
-        # only here and otherwise changed in place by the worker, one atomic step at a time
-        # (a key set, a list item set or inserted): the loop only looks a key up, or copies
-        # a datastore's list whole in one call.
-        self._targets_by_key: dict[tuple[str, str], Target] = targets
-        #: Each datastore's targets, ordered by name.
-        self._targets_by_datastore: dict[str, list[Target]] = by_datastore
-        self._publish_datastores({doc["rdn"]: doc for doc in self._registry.documents.values()})
+        self._snapshot = Snapshot(
+            jobs=PublishedJobs.of(jobs),
+            targets=Targets.of(map(self._read, self._targets.documents.values())),
+            datastores=registry({doc["rdn"]: doc for doc in self._registry.documents.values()}),
+            latest_maintenance=cast(MaintenanceStatus | None, latest),
+            completed=self._completed.published(),
+        )
 
-    def _publish_datastores(self, datastores: Mapping[str, Datastore]) -> None:
-        ordered = {rdn: datastores[rdn] for rdn in sorted(datastores)}
-        #: Ordered by rdn.
-        self._datastores: Mapping[str, Datastore] = MappingProxyType(ordered)
-
-    # --- changes: applied to the documents and snapshots, once journaled ---------------
+    # --- changes: applied to the documents and the snapshot, once journaled -------------
 
     def _apply(self, operations: list[list[Any]]) -> None:
-        targets: list[Target] = []
-        jobs: list[Job] = []
-        finished: list[str] = []
+        change = Change()
         for op in operations:
-            kind = op[0]
-            if kind == "job":
-                jobs.append(op[1])
-            elif kind == "done":
-                self._completed.add(op[1])
-                finished.append(op[1]["jobId"])
-            elif kind == "target":
-                targets.append(op[1])
-            elif kind == "datastore":
-                self._registry.put(op[1])
-                self._publish_datastores({**self._datastores, op[1]["rdn"]: op[1]})
-            elif kind == "forget":
-                self._registry.remove(op[1])
-                self._publish_datastores({rdn: value for rdn, value in self._datastores.items() if rdn != op[1]})
-            elif kind == "maintenance":
-                self._maintenance.put_at(op[1], op[2])
-                if op[1] == self._maintenance.next_id - 1:  # the newest (a replay may set an older one again)
-                    self._latest_maintenance = cast(MaintenanceStatus, dict(op[2]))
-        if jobs or finished:
-            self._change_jobs(jobs, finished)
-        if targets:
-            self._put_targets(targets)
+            JOURNAL_OPERATIONS[op[0]].gather(change, op)
+        self._change(change)
 
-    def _change_jobs(self, jobs: list[Job], finished: Iterable[str] = ()) -> None:
-        """Put `jobs` in progress (inserted or replaced) and take the `finished` ones out:
-        one new snapshot of the in-progress jobs for all of them."""
-        put = [self._read(stored) for stored in jobs]
+    def _change(self, change: Change) -> None:
+        """Apply `change` to the documents (which the next fold writes) and publish the
+        next snapshot: the parts it leaves alone are the last one's, never copied."""
+        last = self._snapshot
+        for job in change.done:
+            self._completed.add(job)
+        put = [self._read(stored) for stored in change.jobs]
         for job in put:
             self._inprogress.put(job)
             self._held[held_target(job)] = job["jobId"]
-        gone = [self._current.jobs[job_id] for job_id in finished if job_id in self._current.jobs]
+        gone = [last.jobs.jobs[job["jobId"]] for job in change.done if job["jobId"] in last.jobs.jobs]
         for job in gone:
             self._inprogress.remove(job["jobId"])
             if self._held.get(held_target(job)) == job["jobId"]:
                 del self._held[held_target(job)]
-        self._current = self._current.changed(put, [job["jobId"] for job in gone])
-
-    def _put_targets(self, targets: list[Target]) -> None:
-        """Record targets: a target that replaces one costs a look-up, a new one a list
-        insertion, whatever the store holds besides; many new ones at once, a merge."""
-        changed: defaultdict[str, dict[str, Target]] = defaultdict(dict)
-        for stored in targets:
-            target = self._read(stored)
-            self._targets.put(stored)
-            self._targets_by_key[target_key(target)] = target
-            changed[target["datastoreRdn"]][target["name"]] = target
-        for datastore, by_name in changed.items():
-            listed = self._targets_by_datastore.get(datastore)
-            if listed is None:
-                self._targets_by_datastore[datastore] = [by_name[name] for name in sorted(by_name)]
-                continue
-            new = []
-            for name, target in by_name.items():
-                index = bisect.bisect_left(listed, name, key=target_name)
-                if index < len(listed) and listed[index]["name"] == name:
-                    listed[index] = target
-                else:
-                    new.append(target)
-            if len(new) == 1:
-                listed.insert(bisect.bisect_left(listed, new[0]["name"], key=target_name), new[0])
-            elif new:
-                self._targets_by_datastore[datastore] = sorted([*listed, *new], key=target_name)
+        for target in change.targets:
+            self._targets.put(target)
+        for rdn, datastore in change.datastores.items():
+            if datastore is None:
+                self._registry.remove(rdn)
+            else:
+                self._registry.put(datastore)
+        latest = last.latest_maintenance
+        for doc_id, status in change.maintenance:
+            self._maintenance.put_at(doc_id, status)
+            if doc_id == self._maintenance.next_id - 1:  # the newest (a replay may set an older one again)
+                latest = cast(MaintenanceStatus, dict(status))
+        self._snapshot = Snapshot(
+            jobs=last.jobs.changed(put, [job["jobId"] for job in gone]) if put or gone else last.jobs,
+            targets=last.targets.with_targets(map(self._read, change.targets)) if change.targets else last.targets,
+            datastores=registry({**last.datastores, **change.datastores}) if change.datastores else last.datastores,
+            latest_maintenance=latest,
+            completed=self._completed.published(),
+        )
 
     def _commit(self, operations: list[list[Any]]) -> None:
         """One change: its journal record appended and fsynced, then applied. If the
@@ -1221,7 +1363,7 @@ class TinyDBStore:
             held = held_target(job)
             if held in self._held:
                 raise TargetBusy(held[1])
-            self._commit([["job", job], *self._target_records(job, job["createdAt"])])
+            self._commit([JOB(job), *self._target_records(job, job["createdAt"])])
 
         await self._run(insert)
 
@@ -1241,7 +1383,7 @@ class TinyDBStore:
                     continue
                 held.add(holds)
                 answers.append(None)
-                operations += [["job", job], *self._target_records(job, job["createdAt"])]
+                operations += [JOB(job), *self._target_records(job, job["createdAt"])]
             if operations:
                 self._commit(operations)  # every job stored, and every target, in one write
             return answers
@@ -1253,7 +1395,7 @@ class TinyDBStore:
         `delete_datastore` too, so no delete falls between this check and the insert."""
         if rdn == self._default:
             return
-        registered = self._datastores.get(rdn)
+        registered = self._snapshot.datastores.get(rdn)
         if registered is None or registered["deleted"]:
             raise DatastoreGone(rdn)
 
@@ -1262,18 +1404,19 @@ class TinyDBStore:
 
     @property
     def in_progress_version(self) -> Hashable:
-        return self._current.version
+        return self._snapshot.jobs.version
 
     async def get_job(self, job_id: str) -> Job | None:
         # In-progress first: a job that moves meanwhile is in the completed set by then.
-        job = self._current.copy(job_id)
-        return job if job is not None else self._completed.get(job_id)
+        snapshot = self._snapshot  # one state for both look-ups
+        job = snapshot.jobs.copy(job_id)
+        return job if job is not None else snapshot.completed_job(job_id)
 
     def _read_entry(self, entry: JobFacts | Job) -> Job | None:
         """A job of a snapshot as readers get it: in-progress ones copied (the snapshot holds
         the published jobs themselves, which are replaced, never changed), completed ones
         decoded; None when an import --replace emptied the store meanwhile."""
-        return self._completed.get(entry.job_id) if isinstance(entry, JobFacts) else copy_document(entry)
+        return self._snapshot.completed_job(entry[1]) if isinstance(entry, tuple) else copy_document(entry)
 
     async def _stream(self, snapshot: Callable[[], Sequence[JobFacts | Job]]) -> AsyncIterator[list[Job]]:
         """Jobs in order, a page at a time, of a snapshot taken on the worker."""
@@ -1282,11 +1425,12 @@ class TinyDBStore:
 
     def find_jobs(self, query: JobQuery) -> AsyncIterator[list[Job]]:
         if query.in_progress_only:  # the executors' polls: read on the loop, without the worker
-            current = self._current
-            return pages_of(current.matching(query), current.copy, PAGE_SIZE)
+            jobs = self._snapshot.jobs
+            return pages_of(jobs.matching(query), jobs.copy, PAGE_SIZE)
 
         def snapshot() -> list[JobFacts | Job]:
-            current: list[JobFacts | Job] = [self._current.jobs[job_id] for job_id in self._current.matching(query)]
+            jobs = self._snapshot.jobs
+            current: list[JobFacts | Job] = [jobs.jobs[job_id] for job_id in jobs.match(query)]
             return sorted([*current, *self._completed.facts(query)], key=entry_order)
 
         return self._stream(snapshot)
@@ -1295,7 +1439,7 @@ class TinyDBStore:
         def snapshot() -> list[JobFacts | Job]:
             current: list[JobFacts | Job] = [
                 job
-                for job in self._current.jobs.values()
+                for job in self._snapshot.jobs.jobs.values()
                 if job["datastoreRdn"] == datastore
                 and (job["parameters"]["target"] == name or name in manifesto_datasets(job))
             ]
@@ -1307,9 +1451,9 @@ class TinyDBStore:
         at = change_time(change)
 
         def update() -> Job:
-            current = self._current.jobs.get(job_id)
+            current = self._snapshot.jobs.jobs.get(job_id)
             if current is None:
-                finished = self._completed.get(job_id)
+                finished = self._snapshot.completed_job(job_id)
                 if finished is not None:
                     raise JobFinal(job_id, finished["status"])
                 raise JobNotFound(job_id)
@@ -1318,8 +1462,8 @@ class TinyDBStore:
             job = apply_change(current, change)
             # The move to the completed set, the job's target and every target a BUMP
             # releases: one record, so a crash leaves all of it or none.
-            move = "done" if job["status"] in FINAL_STATUSES else "job"
-            self._commit([[move, job], *self._target_records(job, at)])
+            move = DONE if job["status"] in FINAL_STATUSES else JOB
+            self._commit([move(job), *self._target_records(job, at)])
             return copy_document(job)
 
         return await self._run(update)
@@ -1329,9 +1473,9 @@ class TinyDBStore:
         `at`, each unless its stored target shows a newer job (targets follow job order)."""
         records = []
         for target in targets_to_record(job, at):
-            stored = self._targets_by_key.get(target_key(target))
+            stored = self._snapshot.targets.get(target_key(target))
             if may_replace(target, stored):
-                records.append(["target", self._next_revision(target, stored)])
+                records.append(TARGET(self._next_revision(target, stored)))
         return records
 
     @staticmethod
@@ -1340,7 +1484,7 @@ class TinyDBStore:
         return {**target, "revision": (0 if stored is None else revision_of(cast(Target, stored))) + 1}
 
     async def target_in_progress(self, datastore: str, name: str) -> bool:
-        return any(held_target(job) == (datastore, name) for job in self._current.jobs.values())
+        return any(held_target(job) == (datastore, name) for job in self._snapshot.jobs.jobs.values())
 
     # --- targets ---------------------------------------------------------------------
 
@@ -1348,19 +1492,18 @@ class TinyDBStore:
         target = copy_document(target)
 
         def save() -> None:
-            stored = self._targets_by_key.get(target_key(in_datastore(target, self._default)))
-            self._commit([["target", self._next_revision(dict(target), stored)]])
+            stored = self._snapshot.targets.get(target_key(in_datastore(target, self._default)))
+            self._commit([TARGET(self._next_revision(dict(target), stored))])
 
         await self._run(save)
 
     async def get_target(self, datastore: str, name: str) -> Target | None:
-        target = self._targets_by_key.get((datastore, name))
+        target = self._snapshot.targets.get((datastore, name))
         return None if target is None else shown_target(target)
 
     def list_targets(self, datastore: str) -> AsyncIterator[list[Target]]:
-        # The list is copied whole in one call (its targets are replaced, never changed),
-        # and shown a page at a time: a copy of every target never exists at once.
-        return pages_of(list(self._targets_by_datastore.get(datastore, ())), shown_target, PAGE_SIZE)
+        # Shown a page at a time, from one snapshot: a copy of every target never exists at once.
+        return pages_of(self._snapshot.targets.listed(datastore), shown_target, PAGE_SIZE)
 
     # --- datastores --------------------------------------------------------------------
 
@@ -1368,41 +1511,41 @@ class TinyDBStore:
         datastore = copy_document(datastore)
 
         def add() -> None:
-            if datastore["rdn"] in self._datastores:
+            if datastore["rdn"] in self._snapshot.datastores:
                 raise DatastoreTaken(datastore["rdn"])
-            self._commit([["datastore", datastore]])
+            self._commit([DATASTORE(datastore)])
 
         await self._run(add)
 
     async def get_datastore(self, rdn: str) -> Datastore | None:
-        datastore = self._datastores.get(rdn)
+        datastore = self._snapshot.datastores.get(rdn)
         return None if datastore is None else copy_document(datastore)
 
     async def list_datastores(self) -> list[Datastore]:
-        return copy_document(list(self._datastores.values()))
+        return copy_document(list(self._snapshot.datastores.values()))
 
     async def delete_datastore(self, rdn: str) -> None:
         def delete() -> None:
             # On the worker, like every insert: no job can start between this check and the mark.
-            if any(job["datastoreRdn"] == rdn for job in self._current.jobs.values()):
+            if any(job["datastoreRdn"] == rdn for job in self._snapshot.jobs.jobs.values()):
                 raise DatastoreBusy(rdn)
-            registered = self._datastores.get(rdn)
+            registered = self._snapshot.datastores.get(rdn)
             if registered is not None:
-                self._commit([["datastore", {**registered, "deleted": True}]])
+                self._commit([DATASTORE({**registered, "deleted": True})])
 
         await self._run(delete)
 
     async def remove_datastore(self, rdn: str) -> None:
         def remove() -> None:
-            if rdn in self._datastores:
-                self._commit([["forget", rdn]])
+            if rdn in self._snapshot.datastores:
+                self._commit([FORGET(rdn)])
 
         await self._run(remove)
 
     # --- maintenance -------------------------------------------------------------------
 
     def _add_maintenance(self, status: MaintenanceStatus) -> None:
-        self._commit([["maintenance", self._maintenance.next_id, dict(status)]])
+        self._commit([MAINTENANCE(self._maintenance.next_id, dict(status))])
 
     async def add_maintenance(self, status: MaintenanceStatus) -> None:
         await self._run(self._add_maintenance, MaintenanceStatus(**status))
@@ -1410,7 +1553,7 @@ class TinyDBStore:
     async def latest_maintenance(self) -> MaintenanceStatus | None:
         # Kept in memory: the executor reads it before every start of work, and the
         # history only grows.
-        latest = self._latest_maintenance
+        latest = self._snapshot.latest_maintenance
         return None if latest is None else cast(MaintenanceStatus, dict(latest))
 
     async def maintenance_history(self) -> AsyncIterator[list[MaintenanceStatus]]:
@@ -1422,8 +1565,9 @@ class TinyDBStore:
 
     async def stats(self) -> StoreStats:
         def count() -> StoreStats:
-            in_progress = Counter((job["datastoreRdn"], job["status"]) for job in self._current.jobs.values())
-            latest = self._latest_maintenance
+            snapshot = self._snapshot
+            in_progress = Counter((job["datastoreRdn"], job["status"]) for job in snapshot.jobs.jobs.values())
+            latest = snapshot.latest_maintenance
             return StoreStats(dict(in_progress), len(self._completed), bool(latest and latest["paused"]))
 
         return await self._run(count)
@@ -1440,11 +1584,11 @@ class TinyDBStore:
     async def _dump_small_collection(self, name: str) -> AsyncIterator[list[dict[str, Any]]]:
         def dump() -> list[Any]:
             if name == "inprogress":
-                return sorted(self._current.jobs.values(), key=job_order)
+                return sorted(self._snapshot.jobs.jobs.values(), key=job_order)
             if name == "targets":
-                return [self._targets_by_key[key] for key in sorted(self._targets_by_key)]
+                return self._snapshot.targets.in_order()
             if name == "datastores":
-                return list(self._datastores.values())
+                return list(self._snapshot.datastores.values())
             return self._maintenance.in_order()
 
         read = cast(Callable[[Any], dict[str, Any]], shown_target if name == "targets" else copy_document)
@@ -1460,15 +1604,16 @@ class TinyDBStore:
             if name == "inprogress":
                 jobs = cast(list[Job], documents)
                 refuse_repeats(map(held_target, jobs), self._held, lambda key: TargetBusy(key[1]))
-                self._change_jobs(jobs)
+                self._apply([JOB(job) for job in jobs])
             elif name == "datastores":
-                refuse_repeats((datastore["rdn"] for datastore in documents), self._datastores, DatastoreTaken)
-                self._apply([["datastore", datastore] for datastore in documents])
+                refuse_repeats((datastore["rdn"] for datastore in documents), self._snapshot.datastores, DatastoreTaken)
+                self._apply([DATASTORE(datastore) for datastore in documents])
             elif name == "completed":
                 for job in cast(list[Job], documents):
                     self._completed.add(job)
+                self._snapshot = self._snapshot._replace(completed=self._completed.published())
             elif name == "targets":
-                self._apply([["target", target] for target in documents])
+                self._apply([TARGET(target) for target in documents])
             else:
                 for status in documents:
                     self._maintenance.put_at(self._maintenance.next_id, status)
@@ -1502,7 +1647,7 @@ class TinyDBStore:
 
 
 def entry_order(entry: JobFacts | Job) -> tuple[str, str]:
-    return (entry.created_at, entry.job_id) if isinstance(entry, JobFacts) else job_order(entry)
+    return (entry[0], entry[1]) if isinstance(entry, tuple) else job_order(entry)
 
 
 def empty_directory(path: Path) -> str:
@@ -1516,7 +1661,7 @@ def empty_directory(path: Path) -> str:
     lock = DirectoryLock(path / LOCK_FILE)
     removed: list[str] = []
     try:
-        for name in TABLE_FILES.values():
+        for name in (*TABLE_FILES.values(), STORE_FILE):
             for candidate in (path / name, path / (name + TMP_SUFFIX)):
                 if candidate.is_symlink() or (candidate.exists() and not candidate.is_dir()):
                     candidate.unlink()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import bump_job, listed, run_job_service, service_config, stored_job, write_config
+from tinydb import Query, TinyDB
 
 import backends.tinydb as tinydb_backend
 from backends import JobChange, JobQuery, StoreCorrupt, StoreFull, StoreLocked, StoreUnavailable, TargetBusy
@@ -213,6 +214,23 @@ def test_files_are_plain_json_per_collection(tmp_path):
     assert journal_files(tmp_path) == [], "closing folds the journal into the files"
 
 
+def test_the_files_are_what_tinydb_itself_reads(tmp_path):
+    async def write():
+        store = await TinyDBStore.open(tmp_path, "local")
+        await store.insert_job(stored_job("1"))
+        await store.update_job("1", JobChange(status="completed"))
+        await store.insert_job(stored_job("2"))
+        await store.close()
+
+    asyncio.run(write())
+    with TinyDB(tmp_path / "inprogress.json", storage=AtomicJSONStorage) as inprogress:
+        assert [job["jobId"] for job in inprogress.all()] == ["2"]
+    with TinyDB(tmp_path / "completed" / "00000001.json") as completed:  # TinyDB's own storage
+        assert [job["status"] for job in completed.all()] == ["completed"]
+    with TinyDB(tmp_path / "targets.json", storage=AtomicJSONStorage) as targets:
+        assert targets.search(Query().name == "MY_DATASET")[0]["status"] == "queued"
+
+
 # --- one change, one record of the journal ---------------------------------------------------
 
 
@@ -375,6 +393,35 @@ async def test_the_journal_is_folded_in_the_background_once_it_has_grown(tmp_pat
     assert len(json.loads((tmp_path / "inprogress.json").read_bytes())["_default"]) >= 5
     await store.close()
     assert len(json.loads((tmp_path / "inprogress.json").read_bytes())["_default"]) == 20
+
+
+async def test_reads_are_the_same_whenever_the_snapshot_rebuilds_its_bulk(tmp_path, monkeypatch):
+    """A snapshot shares the bulk of the targets and completed jobs with the last one, and
+    rebuilds it once enough were written since: reads do not change across rebuilds."""
+    monkeypatch.setattr(tinydb_backend.Layered, "RECENT_LIMIT", 3)
+    store = await TinyDBStore.open(tmp_path, "local")
+    await store.add_datastore(
+        {"rdn": "fdb", "name": "F", "description": "", "directory": "/d", "bumpEnabled": False, "deleted": False}
+    )
+    for n in range(12):
+        rdn = "fdb" if n % 3 == 0 else "local"
+        await store.insert_job(stored_job(f"{n:06d}", target=f"T{(7 * n) % 12:02d}", datastore=rdn))
+        if n % 2:
+            await store.update_job(f"{n:06d}", JobChange(status="completed", at=T1))
+        listing = await listed(store.list_targets("local"))
+        assert [target["name"] for target in listing] == sorted(target["name"] for target in listing)
+    names = {rdn: [target["name"] for target in await listed(store.list_targets(rdn))] for rdn in ("local", "fdb")}
+    assert names == {
+        "local": sorted(f"T{(7 * n) % 12:02d}" for n in range(12) if n % 3),
+        "fdb": sorted(f"T{(7 * n) % 12:02d}" for n in range(12) if n % 3 == 0),
+    }
+    assert [(await store.get_job(f"{n:06d}"))["status"] for n in range(12)] == ["queued", "completed"] * 6
+    assert (await store.get_target("fdb", "T00"))["datastoreRdn"] == "fdb"
+    shown = await everything(store)
+    await store.close()
+    reopened = await TinyDBStore.open(tmp_path, "local")
+    assert await everything(reopened) == shown
+    await reopened.close()
 
 
 # --- the completed set --------------------------------------------------------------------

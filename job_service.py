@@ -63,7 +63,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 import aiohttp.http_exceptions
@@ -128,9 +128,12 @@ from backends import (
     open_store,
     revision_of,
 )
-from backends.adoption import Adoption, OriginalMongo, PlatformSqlite, adopt, time_zone
-from backends.base import parse_json
+from backends.base import PAGE_SIZE, now_iso, parse_json
+from backends.durable import fsync_directory, write_durably
 from backends.transfer import Rules, TransferError, export_documents, import_documents
+
+if TYPE_CHECKING:  # adoption reads the original MongoDB: a TinyDB service never imports pymongo
+    from backends.adoption import Adoption, OriginalMongo, PlatformSqlite
 
 log = logging.getLogger("job_service")
 
@@ -190,11 +193,6 @@ def invalid_rdn_message(rdn: str) -> str:
         f'"{rdn}" is not a datastore rdn: use lower-case letters a-z in parts separated by single dots'
         f" (such as no.ssb.fdb), at most {MAX_RDN_LENGTH} characters"
     )
-
-
-def now_iso() -> str:
-    """The current instant, always with microseconds so the strings sort in time order."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def is_dataset_name(name: object) -> bool:
@@ -919,8 +917,6 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 JSON_MEDIA_TYPE = "application/json"
 JSON_CONTENT_TYPE = f"{JSON_MEDIA_TYPE}; charset=utf-8"
-#: Documents serialised per write of a streamed list.
-DOCUMENTS_PER_WRITE = 500
 #: What the encoded jobs may take in memory; enough for the jobs the executor polls many times over.
 ENCODED_JOBS_MAX_BYTES = 64 << 20
 ENCODED_TARGETS_MAX_BYTES = 8 << 20
@@ -1039,7 +1035,7 @@ async def respond_listing(
     documents: list[Any] = []
     async for page in pages:  # before any header: a failure here still gets its status
         documents += page
-        if len(documents) >= DOCUMENTS_PER_WRITE:
+        if len(documents) >= PAGE_SIZE:
             break
     else:
         return respond_encoded(b"" if request.method == "HEAD" else b"[" + b",".join(map(encode, documents)) + b"]")
@@ -1336,32 +1332,6 @@ def sibling(directory: Path, suffix: str) -> Path:
     return directory.with_name(directory.name + suffix)
 
 
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, data: bytes, *, replace: bool = True) -> None:
-    """Write a whole file or nothing: a temporary file, fsynced, then renamed into
-    place (or, with `replace` false, linked: FileExistsError if one is there)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_path(path.parent)
-
-
 def datastore_files(datastore: Datastore) -> dict[str, Any]:
     """What a new datastore's `datastore/` folder holds, as the platform lays it out."""
     rdn, name, description = datastore["rdn"], datastore["name"], datastore["description"]
@@ -1408,7 +1378,7 @@ def lay_out_datastore(datastore: Datastore, keys_job: Job) -> None:
         for name, content in datastore_files(datastore).items():
             write_durably(directory / "datastore" / name, orjson.dumps(content, option=orjson.OPT_INDENT_2))
         for path in (directory, directory.parent):
-            fsync_path(path)
+            fsync_directory(path)
     except BaseException:
         remove_datastore_files(directory)
         raise
@@ -1421,7 +1391,7 @@ def remove_datastore_files(directory: Path) -> None:
     for suffix in ("_input", "_working"):
         with contextlib.suppress(OSError):
             sibling(directory, suffix).rmdir()
-    fsync_path(directory.parent)
+    fsync_directory(directory.parent)
 
 
 def unfinished_provisioning(directory: Path) -> Job | None:
@@ -1460,7 +1430,7 @@ async def finish_or_undo_provisioning(app: web.Application, directory: Path) -> 
 
 def finish_provisioning(directory: Path) -> None:
     (directory / PROVISIONING_MARKER).unlink(missing_ok=True)
-    fsync_path(directory)
+    fsync_directory(directory)
 
 
 async def provision(app: web.Application, datastore: Datastore, keys_job: Job) -> None:
@@ -3438,10 +3408,14 @@ DOCUMENT_RULES = Rules(
 
 def platform_source(args: argparse.Namespace) -> PlatformSqlite | OriginalMongo:
     """The platform's store that `import --from-platform-sqlite/--from-original-mongodb` names."""
+    from backends.adoption import OriginalMongo, PlatformSqlite
+
     return PlatformSqlite(args.platform_sqlite) if args.platform_sqlite else OriginalMongo(args.original_mongodb)
 
 
 def adoption_of(args: argparse.Namespace, config: Config) -> Adoption:
+    from backends.adoption import Adoption, time_zone
+
     zone = time_zone(args.timezone)
     return Adoption(
         zone, config.storage.selected, default_datastore(config), DOCUMENT_RULES, replace=args.replace, check=args.check
@@ -3500,6 +3474,8 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"exported {exported} documents to {args.to}")
         elif adopting:
+            from backends.adoption import adopt
+
             asyncio.run(adopt(platform_source(args), adoption_of(args, config)))
         elif args.command == "import":
             imported = asyncio.run(

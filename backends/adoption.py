@@ -50,13 +50,12 @@ from .base import (
     log_characters,
     parse_json,
 )
-from .transfer import IN_DATASTORES, Rules, TransferError, fill_or_empty, open_destination
+from .transfer import BATCH, IN_DATASTORES, Rules, TransferError, fill_or_empty, open_destination
 
 T = TypeVar("T")
 #: Documents per `load_collection` call, and rows per read of the SQLite file: a
 #: batch of jobs with their logs is a few megabytes, and a call's own cost (TinyDB
 #: writes its files once per call) is spread over many documents.
-BATCH = 1000
 #: How long the original's MongoDB may take to answer before the import gives up on it.
 SOURCE_TIMEOUT_SECONDS = 5.0
 #: The original service's database when the URL names none.

@@ -78,6 +78,9 @@ class MaintenanceStatus(TypedDict):
 
 
 D = TypeVar("D")
+#: Documents a listing's page holds (and a database cursor brings per round trip), so that a
+#: listing of years of history never holds every job at once, and a poll is one page.
+PAGE_SIZE = 500
 
 
 def copy_document(document: D) -> D:

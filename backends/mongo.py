@@ -51,6 +51,7 @@ from .base import (
     COLLECTIONS,
     FINAL_STATUSES,
     MAX_LOG_CHARACTERS,
+    PAGE_SIZE,
     PROBLEMS,
     SHOWN_JOB,
     Datastore,
@@ -104,8 +105,6 @@ HISTORY_SORT = [("timestamp", DESCENDING), ("_id", DESCENDING)]
 INITIAL_MAINTENANCE_ID = "initial-status"
 #: In `meta`: the default datastore the database was first opened with.
 DEFAULT_ID = "defaultDatastore"
-#: Documents a cursor brings per round trip, and so what a listing holds at once.
-BATCH_SIZE = 500
 #: The offending documents a StoreCorrupt names; its count says how many there are.
 NAMED = 5
 #: Malformed documents remembered, so that each is logged once: at most this many.
@@ -447,7 +446,7 @@ class MongoStore:
         them for its rules and its repairs. They are few, so all are checked each time."""
         named: list[str] = []
         count = 0
-        async for document in self._inprogress.find({}, JOB_FIELDS).batch_size(BATCH_SIZE):
+        async for document in self._inprogress.find({}, JOB_FIELDS).batch_size(PAGE_SIZE):
             problem = job_problem(document)
             if problem is not None:
                 count += 1
@@ -543,7 +542,7 @@ class MongoStore:
         """The sound documents of `cursor`, a batch at a time; the cursor is closed however the reading ends."""
         try:
             async with translate_errors():
-                async for document in cursor.batch_size(BATCH_SIZE):
+                async for document in cursor.batch_size(PAGE_SIZE):
                     if self._sound(collection, document):
                         yield document
         finally:
@@ -779,11 +778,11 @@ class MongoStore:
         while True:
             bounds = [conditions] if after is None else [conditions, after_job(after)]
             async with translate_errors():
-                cursor = self._inprogress.find(all_of(bounds), JOB_FIELDS).sort(JOB_SORT).limit(BATCH_SIZE)
-                page = await cursor.batch_size(BATCH_SIZE).to_list()
+                cursor = self._inprogress.find(all_of(bounds), JOB_FIELDS).sort(JOB_SORT).limit(PAGE_SIZE)
+                page = await cursor.batch_size(PAGE_SIZE).to_list()
             # A full page ends the window at its last job that has a place in job order (a
             # page of nothing but malformed documents, which no start lets by, ends the listing).
-            edge = next(filter(has_position, reversed(page)), None) if len(page) == BATCH_SIZE else None
+            edge = next(filter(has_position, reversed(page)), None) if len(page) == PAGE_SIZE else None
             in_progress = [job for job in page if self._sound("inprogress", job)]
             window = all_of(bounds if edge is None else [*bounds, up_to_job(edge)])
             completed = self._stream("completed", self._completed.find(window, JOB_FIELDS).sort(JOB_SORT))
@@ -796,7 +795,7 @@ class MongoStore:
             after = edge
 
     def find_jobs(self, query: JobQuery) -> AsyncIterator[list[Job]]:
-        return paged(self._jobs_matching(query), BATCH_SIZE)
+        return paged(self._jobs_matching(query), PAGE_SIZE)
 
     async def _jobs_matching(self, query: JobQuery) -> AsyncGenerator[Job, None]:
         conditions = job_filter(query)
@@ -814,7 +813,7 @@ class MongoStore:
             {"datastoreRdn": datastore, "parameters.target": name},
             {"datastoreRdn": datastore, "parameters.operation": "BUMP", MANIFESTO_NAME: name},
         ]
-        return paged(self._find_both({"$or": either}), BATCH_SIZE)
+        return paged(self._find_both({"$or": either}), PAGE_SIZE)
 
     @store_operation
     async def update_job(self, job_id: str, change: JobChange) -> Job:
@@ -873,7 +872,7 @@ class MongoStore:
 
     def list_targets(self, datastore: str) -> AsyncIterator[list[Target]]:
         cursor = self._targets.find({"datastoreRdn": datastore}, TARGET_FIELDS).sort("name", ASCENDING)
-        return paged(self._listing("targets", cursor), BATCH_SIZE)
+        return paged(self._listing("targets", cursor), PAGE_SIZE)
 
     # --- datastores ----------------------------------------------------------------------
 
@@ -922,7 +921,7 @@ class MongoStore:
         return None if latest is None else cast(MaintenanceStatus, self._checked("maintenance", latest))
 
     def maintenance_history(self) -> AsyncIterator[list[MaintenanceStatus]]:
-        return paged(self._listing("maintenance", self._maintenance.find().sort(HISTORY_SORT)), BATCH_SIZE)
+        return paged(self._listing("maintenance", self._maintenance.find().sort(HISTORY_SORT)), PAGE_SIZE)
 
     @store_operation
     async def stats(self) -> StoreStats:
@@ -954,7 +953,7 @@ class MongoStore:
             "maintenance": [(key, ASCENDING) for key, _ in HISTORY_SORT],
         }
         cursor = self._collections[name].find({}, DUMPED_FIELDS).sort(order.get(name, JOB_SORT))
-        return paged(self._listing(name, cursor), BATCH_SIZE)
+        return paged(self._listing(name, cursor), PAGE_SIZE)
 
     @store_operation
     async def load_collection(self, name: str, documents: list[dict[str, Any]]) -> None:

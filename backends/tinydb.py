@@ -82,6 +82,7 @@ from tinydb.storages import Storage
 
 from .base import (
     FINAL_STATUSES,
+    PAGE_SIZE,
     PROBLEMS,
     Datastore,
     DatastoreBusy,
@@ -119,6 +120,7 @@ from .base import (
     target_problem,
     targets_to_record,
 )
+from .durable import fsync_directory, write_atomically
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,9 +146,6 @@ JOURNAL_NAME = re.compile(r"[0-9]{16}\.jsonl|[0-9]{8}\.jsonl")
 PREVIOUS_JOURNAL_NAME = re.compile(r"[0-9]{8}\.jsonl")
 #: Jobs per completed segment: a fold rewrites at most the newest (and one it just filled).
 SEGMENT_SIZE = 500
-#: Documents a listing's page holds, so a listing of years of history never
-#: holds every job as objects at once.
-PAGE_SIZE = 500
 #: The collections whose documents belong to a datastore.
 IN_DATASTORES = frozenset({"inprogress", "completed", "targets"})
 #: A journal this large is folded into the files at once, in the background.
@@ -155,34 +154,6 @@ FOLD_BYTES = 4 << 20
 IDLE_FOLD_SECONDS = 2.0
 #: Less free space than this on the data directory's disk, and the store is not ready.
 MIN_FREE_BYTES = 64 << 10
-
-
-def fsync_directory(path: Path) -> None:
-    """Make a rename inside `path` durable: the new name lives in the directory."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` so that the file is always the old or the new
-    content: a temporary file, fsynced, renamed over it (the directory is the
-    caller's to fsync). A failure removes the temporary file at once."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            log.warning("Cannot remove %s; the next start removes it", tmp)
-        raise
 
 
 class AtomicJSONStorage(Storage):
@@ -205,7 +176,7 @@ class AtomicJSONStorage(Storage):
 
     def write(self, data: dict[str, Any]) -> None:
         try:
-            write_atomically(self._path, orjson.dumps(data))
+            write_atomically(self._path, orjson.dumps(data), tmp=self._path.with_name(self._path.name + TMP_SUFFIX))
             fsync_directory(self._path.parent)
         except BaseException:
             # TinyDB has already changed `data` in place; forget it so the next
@@ -1263,7 +1234,7 @@ class TinyDBStore:
                 fold = Fold(dict(self._pending.files), list(self._pending.journals))
             try:
                 for path, content in fold.files.items():
-                    write_atomically(path, content)
+                    write_atomically(path, content, tmp=path.with_name(path.name + TMP_SUFFIX))
                 for directory in {path.parent for path in fold.files}:
                     fsync_directory(directory)
                 for journal in fold.journals:
@@ -1418,7 +1389,7 @@ class TinyDBStore:
         decoded; None when an import --replace emptied the store meanwhile."""
         return self._snapshot.completed_job(entry[1]) if isinstance(entry, tuple) else copy_document(entry)
 
-    async def _stream(self, snapshot: Callable[[], Sequence[JobFacts | Job]]) -> AsyncIterator[list[Job]]:
+    async def _snapshot_pages(self, snapshot: Callable[[], Sequence[JobFacts | Job]]) -> AsyncIterator[list[Job]]:
         """Jobs in order, a page at a time, of a snapshot taken on the worker."""
         async for page in pages_of(await self._run(snapshot), self._read_entry, PAGE_SIZE):
             yield page
@@ -1433,7 +1404,7 @@ class TinyDBStore:
             current: list[JobFacts | Job] = [jobs.jobs[job_id] for job_id in jobs.match(query)]
             return sorted([*current, *self._completed.facts(query)], key=entry_order)
 
-        return self._stream(snapshot)
+        return self._snapshot_pages(snapshot)
 
     def jobs_for_target(self, datastore: str, name: str) -> AsyncIterator[list[Job]]:
         def snapshot() -> list[JobFacts | Job]:
@@ -1445,7 +1416,7 @@ class TinyDBStore:
             ]
             return sorted([*current, *self._completed.facts_for_dataset(datastore, name)], key=entry_order)
 
-        return self._stream(snapshot)
+        return self._snapshot_pages(snapshot)
 
     async def update_job(self, job_id: str, change: JobChange) -> Job:
         at = change_time(change)
@@ -1577,7 +1548,8 @@ class TinyDBStore:
     def dump_collection(self, name: str) -> AsyncIterator[list[dict[str, Any]]]:
         if name == "completed":  # years of history: decoded a page at a time, as listings are
             return cast(
-                AsyncIterator[list[dict[str, Any]]], self._stream(lambda: sorted(self._completed.facts(JobQuery())))
+                AsyncIterator[list[dict[str, Any]]],
+                self._snapshot_pages(lambda: sorted(self._completed.facts(JobQuery()))),
             )
         return self._dump_small_collection(name)
 

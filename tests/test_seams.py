@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 
 import pytest
 from helpers import DEFAULT_DATASTORE, create_job, faulty, listed, raising, stored_job
@@ -190,3 +192,14 @@ async def test_a_job_and_its_target_cross_the_seam_as_one_change(store):
     assert (await store.get_target(DEFAULT_DATASTORE, "MINE"))["status"] == "queued"
     await store.update_job("1", JobChange(status="completed", at="2026-11-30T12:00:00.000000+00:00"))
     assert (await store.get_target(DEFAULT_DATASTORE, "MINE"))["lastUpdatedAt"] == "2026-11-30T12:00:00.000000+00:00"
+
+
+def test_a_tinydb_service_never_imports_the_mongodb_driver(tmp_path):
+    """Developers run it locally without MongoDB: its driver is for the MongoDB backend and adoption."""
+    program = (
+        "import sys, job_service; "
+        f"job_service.create_app(job_service.load_config(None, {{'INPUT_DIR': {str(tmp_path)!r}}})); "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('pymongo', 'bson')))"
+    )
+    finished = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert finished.stdout.strip() == "[]"

@@ -6,6 +6,17 @@ and the handlers never learn how. A document handed to a store is copied before
 the store keeps any of it, and a document a store hands out is the caller's own:
 neither side can change the other's by accident. Errors cross the seam as the
 exceptions below; the service's error middleware turns each into its HTTP status.
+
+Adding a backend: a module beside `tinydb.py` and `mongo.py` with a class that has every
+method of `Store` (an `open` classmethod, as theirs), chosen by `open_store` in
+`backends/__init__.py` from an options dataclass of its own (a `[storage.<name>]` section).
+Build it on what this module gives: the vocabulary, the shape checks (`PROBLEMS`), what a
+change does to a job (`apply_change`) and to its targets (`targets_to_record`, `may_replace`:
+targets follow job order), the default datastore of documents from before datastores
+(`in_datastore`), queries (`JobQuery.matches`), listings as pages (`pages_of`, `paged`).
+The rules every backend must keep itself, one in-progress job per target per datastore
+first, are tested over every backend by tests/test_store_rules.py: add the backend to the
+`backend` fixture's parameters in tests/conftest.py and that suite runs on it.
 """
 
 from __future__ import annotations
@@ -78,6 +89,7 @@ class MaintenanceStatus(TypedDict):
 
 
 D = TypeVar("D")
+M = TypeVar("M", bound=Mapping[str, Any])
 #: Documents a listing's page holds (and a database cursor brings per round trip), so that a
 #: listing of years of history never holds every job at once, and a poll is one page.
 PAGE_SIZE = 500
@@ -143,6 +155,8 @@ def refuse_repeats(keys: Iterable[K], taken: Iterable[K], refusal: Callable[[K],
 
 #: The collections every backend keeps, by these names: what export writes and import reads.
 COLLECTIONS = ("datastores", "inprogress", "completed", "targets", "maintenance")
+#: The collections whose documents belong to a datastore.
+IN_DATASTORES = ("inprogress", "completed", "targets")
 
 # --- vocabulary: the words of jobs, in the store, the API and the executor alike ---------
 
@@ -422,6 +436,14 @@ class JobQuery:
     operations: frozenset[str] | None = None
     ignore_completed: bool = False
 
+    def matches(self, datastore: str, status: str, operation: str) -> bool:
+        """Whether a job of `datastore` with `status` and `operation` is one the query asks for."""
+        if self.datastore is not None and datastore != self.datastore:
+            return False
+        if self.status is not None and status != self.status:
+            return False
+        return self.operations is None or operation in self.operations
+
     @property
     def in_progress_only(self) -> bool:
         """Whether no completed job can match, without looking: the executors' polls."""
@@ -443,6 +465,29 @@ class JobChange:
 def now_iso() -> str:
     """Now, as every time is written: UTC with microseconds, so that the strings sort as the instants do."""
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def apply_change(job: Job, change: JobChange) -> Job:
+    """The job as `change` leaves it, one revision on: a new dict, sharing nothing it changes with `job`."""
+    job = Job(**job)
+    job["log"] = [*job["log"], *copy_document(change.log)]
+    job["revision"] = revision_of(job) + 1
+    if change.status is not None:
+        job["status"] = change.status
+    if change.description is not None:
+        job["parameters"] = {**job["parameters"], "description": change.description}
+    return job
+
+
+def in_datastore(document: M, default: str) -> M:
+    """`document` as read today: a job or target written before datastores existed
+    belongs to the default datastore. A new dict when it lacks one; never changed in place."""
+    return document if "datastoreRdn" in document else cast(M, {**document, "datastoreRdn": default})
+
+
+def held_target(job: Job) -> tuple[str, str]:
+    """What an in-progress job holds: its target, in its datastore."""
+    return job["datastoreRdn"], job["parameters"]["target"]
 
 
 def change_time(change: JobChange) -> str:

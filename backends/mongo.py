@@ -50,6 +50,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 from .base import (
     COLLECTIONS,
     FINAL_STATUSES,
+    IN_DATASTORES,
     MAX_LOG_CHARACTERS,
     PAGE_SIZE,
     PROBLEMS,
@@ -110,8 +111,6 @@ NAMED = 5
 #: Malformed documents remembered, so that each is logged once: at most this many.
 REMEMBERED_MALFORMED = 10_000
 
-#: Documents of these belong to a datastore.
-IN_DATASTORES = ("inprogress", "completed", "targets")
 #: Both job collections': a job by id, and what the job queries filter and sort on
 #: (status, datastore, operation, job order, the datasets of a BUMP manifesto).
 JOB_QUERY_INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [

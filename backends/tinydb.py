@@ -82,6 +82,7 @@ from tinydb.storages import Storage
 
 from .base import (
     FINAL_STATUSES,
+    IN_DATASTORES,
     PAGE_SIZE,
     PROBLEMS,
     Datastore,
@@ -103,9 +104,12 @@ from .base import (
     StoreUnavailable,
     Target,
     TargetBusy,
+    apply_change,
     change_time,
     copy_document,
     datastore_problem,
+    held_target,
+    in_datastore,
     is_text,
     job_order,
     job_problem,
@@ -146,8 +150,6 @@ JOURNAL_NAME = re.compile(r"[0-9]{16}\.jsonl|[0-9]{8}\.jsonl")
 PREVIOUS_JOURNAL_NAME = re.compile(r"[0-9]{8}\.jsonl")
 #: Jobs per completed segment: a fold rewrites at most the newest (and one it just filled).
 SEGMENT_SIZE = 500
-#: The collections whose documents belong to a datastore.
-IN_DATASTORES = frozenset({"inprogress", "completed", "targets"})
 #: A journal this large is folded into the files at once, in the background.
 FOLD_BYTES = 4 << 20
 #: A journal with anything in it is folded after this long without a change.
@@ -549,43 +551,12 @@ def check_directory(path: Path) -> None:
 # --- documents ---------------------------------------------------------------------
 
 
-def apply_change(job: Job, change: JobChange) -> Job:
-    """The job as `change` leaves it, one revision on: a new dict, sharing nothing it changes with `job`."""
-    job = Job(**job)
-    job["log"] = [*job["log"], *copy_document(change.log)]
-    job["revision"] = revision_of(job) + 1
-    if change.status is not None:
-        job["status"] = change.status
-    if change.description is not None:
-        job["parameters"] = {**job["parameters"], "description": change.description}
-    return job
-
-
-def in_datastore(document: M, default: str) -> M:
-    """`document` as read today: a job or target written before datastores existed
-    belongs to the default datastore. A new dict when it lacks one; never changed in place."""
-    return document if "datastoreRdn" in document else cast(M, {**document, "datastoreRdn": default})
-
-
-def held_target(job: Job) -> tuple[str, str]:
-    """What an in-progress job holds: its target, in its datastore."""
-    return job["datastoreRdn"], job["parameters"]["target"]
-
-
 def target_key(target: Mapping[str, Any]) -> tuple[str, str]:
     return target["datastoreRdn"], target["name"]
 
 
 def target_name(target: Mapping[str, Any]) -> str:
     return cast(str, target["name"])
-
-
-def wanted(datastore: str, status: str, operation: str, query: JobQuery) -> bool:
-    if query.datastore is not None and datastore != query.datastore:
-        return False
-    if query.status is not None and status != query.status:
-        return False
-    return query.operations is None or operation in query.operations
 
 
 class TableFile:
@@ -714,7 +685,7 @@ class PublishedJobs:
         matched = [
             job
             for job in self.jobs.values()
-            if wanted(job["datastoreRdn"], job["status"], job["parameters"]["operation"], query)
+            if query.matches(job["datastoreRdn"], job["status"], job["parameters"]["operation"])
         ]
         return [job["jobId"] for job in sorted(matched, key=job_order)]
 
@@ -905,7 +876,7 @@ class CompletedJobs:
         return [
             facts
             for facts in self._facts.values()
-            if wanted(facts[2], facts[3], facts[4], query)  # datastore, status, operation
+            if query.matches(facts[2], facts[3], facts[4])  # datastore, status, operation
         ]
 
     def facts_for_dataset(self, datastore: str, name: str) -> list[JobFacts]:

@@ -30,10 +30,12 @@ from . import MongoDBOptions, TinyDBOptions, open_store
 from .base import (
     COLLECTIONS,
     FINAL_STATUSES,
+    IN_DATASTORES,
     MAX_LOG_CHARACTERS,
     PROBLEMS,
     Store,
     StoreError,
+    in_datastore,
     log_characters,
     parse_json,
 )
@@ -46,8 +48,6 @@ BATCH = 1000
 #: BSON takes more bytes than JSON for the same document; a job the API made (its log
 #: bounded by MAX_LOG_CHARACTERS, its other values by the body limit) is far smaller.
 MAX_DOCUMENT_BYTES = 8 << 20
-#: The collections whose documents belong to a datastore.
-IN_DATASTORES = frozenset({"inprogress", "completed", "targets"})
 
 
 class TransferError(Exception):
@@ -209,11 +209,9 @@ class Whole:
                 yield f"{where}: a job in progress on target {target} of datastore {rdn}, which is deleted"
 
 
-def in_datastore(collection: str, document: dict[str, Any], default: str) -> dict[str, Any]:
+def in_default_datastore(collection: str, document: Any, default: str) -> Any:
     """A job or target of an export from before datastores belongs to the default datastore."""
-    if collection in IN_DATASTORES and isinstance(document, dict) and "datastoreRdn" not in document:
-        return {**document, "datastoreRdn": default}
-    return document
+    return in_datastore(document, default) if collection in IN_DATASTORES and isinstance(document, dict) else document
 
 
 def document_name(collection: str, document: Mapping[str, Any]) -> str:
@@ -295,7 +293,7 @@ def check_export(path: Path, default_datastore: str, rules: Rules) -> int:
     whole = Whole(default_datastore)
     count = 0
     for number, collection, document in export_lines(path):
-        document = in_datastore(collection, document, default_datastore)
+        document = in_default_datastore(collection, document, default_datastore)
         where = f"{path}:{number}"
         problem = rules.problem(collection, document) or whole.problem(collection, document, where)
         if problem is not None:
@@ -359,7 +357,7 @@ async def load_export(store: Store, path: Path, default_datastore: str) -> None:
     pending: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
     for _, collection, document in export_lines(path):
         batch = pending[collection]
-        batch.append(in_datastore(collection, document, default_datastore))
+        batch.append(in_default_datastore(collection, document, default_datastore))
         if len(batch) >= BATCH:
             await store.load_collection(collection, pending.pop(collection))
     for collection, batch in pending.items():

@@ -583,7 +583,7 @@ async def journal_of_two_files(tmp_path: Path, monkeypatch) -> Path:
     await store.insert_job(stored_job("1", "A"))
     await store.insert_job(stored_job("2", "B"))
 
-    def disk_error(*args):
+    def disk_error(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
 
     with monkeypatch.context() as failing:

@@ -35,6 +35,7 @@ import bisect
 import collections.abc
 import contextlib
 import contextvars
+import copy
 import dataclasses
 import enum
 import functools
@@ -63,7 +64,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import aiohttp
 import aiohttp.http_exceptions
@@ -127,6 +128,7 @@ from backends import (
     User,
     open_store,
     revision_of,
+    setting,
 )
 from backends.base import PAGE_SIZE, now_iso, parse_json
 from backends.durable import fsync_directory, write_durably
@@ -204,105 +206,14 @@ def invalid_name_message(name: str) -> str:
 
 
 # --- configuration ---------------------------------------------------------
+# Each key is declared once, on its section's dataclass: its type, its default, the
+# marshmallow field that reads and checks it, and what it means. The schema that loads
+# the TOML file is derived from the dataclasses (`schema_of`); a test checks that
+# `config.example.toml` names every key.
 
 
 class ConfigError(Exception):
     """A bad configuration; its text is the one line printed at start-up."""
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    host: str
-    port: int
-    max_body_bytes: int
-    #: How long a request body may take to arrive before the request is answered 408.
-    body_timeout: float
-    shutdown_timeout: float
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    format: str
-    level: str
-    #: Whether successful reads get an access line at INFO; else at DEBUG (writes and errors always at INFO).
-    access_reads: bool
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    backend: str
-    tinydb: TinyDBOptions
-    mongodb: MongoDBOptions
-
-    @property
-    def selected(self) -> TinyDBOptions | MongoDBOptions:
-        """The chosen backend's own section, as `backends.open_store` takes it."""
-        options: TinyDBOptions | MongoDBOptions = getattr(self, self.backend)
-        return options
-
-
-@dataclass(frozen=True)
-class InputConfig:
-    dir: Path
-
-
-@dataclass(frozen=True)
-class JobsConfig:
-    bump_enabled: bool
-
-
-@dataclass(frozen=True)
-class LocalUser:
-    user_id: str
-    first_name: str
-    last_name: str
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    enabled: bool
-    jwks_url: str | None
-    jwks_file: str | None
-    #: What administrators' tokens must carry.
-    audience: str
-    role: str
-    algorithms: list[str]
-    #: The job executor's key; None leaves what only the executor does open, as the original service did.
-    api_key: str | None
-    provision_audience: str
-    #: The `user/uuid`s that may provision and delete datastores.
-    provisioners: list[str]
-    #: Opens GET /jobs and GET /jobs/{jobId} to callers without a credential (an executor that sends none).
-    open_job_reads: bool
-    #: With auth on and no API key, leaves the executor's routes open instead of refusing to start.
-    open_executor_routes: bool
-    jwks_refetch_seconds: float
-    #: The JWKS is fetched again this often, so that a revoked key stops working without a restart.
-    jwks_refresh_seconds: float
-
-
-@dataclass(frozen=True)
-class DatastoresConfig:
-    #: Where provisioning creates a datastore's directories: `<root>/<rdn>`.
-    root: Path
-    #: The rdn of the datastore the original routes act on.
-    default: str
-    #: The default datastore's directory, as the executor is told it; `<root>/<default>` when unset.
-    default_directory: Path | None
-    #: The name of the job that makes a datastore's keys, as the deployed executor parses it.
-    keys_operation: str
-
-
-@dataclass(frozen=True)
-class Config:
-    server: ServerConfig
-    storage: StorageConfig
-    input: InputConfig
-    jobs: JobsConfig
-    local_user: LocalUser
-    auth: AuthConfig
-    logging: LoggingConfig
-    datastores: DatastoresConfig
 
 
 class StrictBoolean(fields.Boolean):
@@ -314,9 +225,149 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
-def section(schema: type[Schema]) -> fields.Nested:
-    """A config section that may be left out entirely, taking all its defaults."""
-    return fields.Nested(schema, load_default=lambda: schema().load({}))
+def validate_rdn(rdn: str) -> None:
+    if not is_datastore_rdn(rdn):
+        raise ValidationError(invalid_rdn_message(rdn))
+
+
+def a_path() -> fields.Function:
+    return fields.Function(deserialize=Path)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = setting("127.0.0.1", fields.String(), "the address to listen on")
+    port: int = setting(8000, fields.Integer(strict=True, validate=validate.Range(1, 65535)), "the port")
+    max_body_bytes: int = setting(
+        1 << 20, fields.Integer(strict=True, validate=validate.Range(min=1)), "the largest request body (413 above)"
+    )
+    body_timeout: float = setting(
+        30.0,
+        fields.Float(validate=validate.Range(min=0, min_inclusive=False)),
+        "how long a request body may take to arrive before the request is answered 408",
+    )
+    shutdown_timeout: float = setting(
+        30.0,
+        fields.Float(validate=validate.Range(min=0)),
+        "on SIGTERM, how long requests in flight may take to finish before the process exits",
+    )
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str = setting("text", fields.String(validate=validate.OneOf(["text", "json"])), "text or json lines")
+    level: str = setting(
+        "INFO", fields.String(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"])), "the lowest level logged"
+    )
+    access_reads: bool = setting(
+        False,
+        StrictBoolean(),
+        "whether successful reads get an access line at INFO; else at DEBUG (writes and errors always at INFO)",
+    )
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = setting("tinydb", fields.String(validate=validate.OneOf(["tinydb", "mongodb"])), "the backend")
+    tinydb: TinyDBOptions = dataclasses.field(default_factory=TinyDBOptions)
+    mongodb: MongoDBOptions = dataclasses.field(default_factory=MongoDBOptions)
+
+    @property
+    def selected(self) -> TinyDBOptions | MongoDBOptions:
+        """The chosen backend's own section, as `backends.open_store` takes it."""
+        options: TinyDBOptions | MongoDBOptions = getattr(self, self.backend)
+        return options
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    dir: Path = setting(Path("input"), a_path(), "where the default datastore's archives wait (env INPUT_DIR)")
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    bump_enabled: bool = setting(False, StrictBoolean(), "whether the default datastore takes BUMP jobs")
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    user_id: str = setting("local-user", fields.String(), "createdBy's userId while auth is off")
+    first_name: str = setting("Local", fields.String(), "createdBy's firstName while auth is off")
+    last_name: str = setting("User", fields.String(), "createdBy's lastName while auth is off")
+
+
+#: Long enough that guessing it is hopeless.
+MIN_API_KEY_LENGTH = 16
+#: Public-key algorithms only: a symmetric one would let anyone holding the
+#: public JWKS sign tokens, and "none" signs nothing.
+SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+
+
+def an_api_key() -> fields.String:
+    return fields.String(validate=validate.Length(min=MIN_API_KEY_LENGTH), allow_none=True)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    enabled: bool = setting(False, StrictBoolean(), "whether tokens and keys are checked")
+    jwks_url: str | None = setting(None, fields.String(allow_none=True), "where the JWKS is fetched from")
+    jwks_file: str | None = setting(None, fields.String(allow_none=True), "or the file the JWKS is read from")
+    audience: str = setting("datastore", fields.String(), "what administrators' tokens must carry")
+    role: str = setting("role/dataadministrator", fields.String(), "the administrators' role")
+    algorithms: list[str] = setting(
+        ["RS256", "RS512"],
+        fields.List(fields.String(validate=validate.OneOf(SIGNING_ALGORITHMS)), validate=validate.Length(min=1)),
+        "the signature algorithms accepted",
+    )
+    api_key: str | None = setting(
+        None, an_api_key(), "the job executor's key (better: env JOB_SERVICE_API_KEY); None: see open_executor_routes"
+    )
+    provision_audience: str = setting("datastore-api-provision", fields.String(), "what provisioners' tokens carry")
+    provisioners: list[str] = setting(
+        [], fields.List(fields.String()), "the user/uuids that may provision and delete datastores"
+    )
+    open_job_reads: bool = setting(
+        False, StrictBoolean(), "opens GET /jobs and /jobs/{jobId} to callers without a credential"
+    )
+    open_executor_routes: bool = setting(
+        False, StrictBoolean(), "with auth on and no API key, leaves the executor's routes open instead of not starting"
+    )
+    jwks_refetch_seconds: float = setting(
+        30.0,
+        fields.Float(validate=validate.Range(min=0)),
+        "a token naming an unknown key id refetches the JWKS at most this often (made-up ids cannot hammer it)",
+    )
+    jwks_refresh_seconds: float = setting(
+        300.0,
+        fields.Float(validate=validate.Range(min=0, min_inclusive=False)),
+        "the JWKS is fetched again this often, so that a revoked key stops working without a restart",
+    )
+
+
+@dataclass(frozen=True)
+class DatastoresConfig:
+    root: Path = setting(Path("datastores"), a_path(), "where provisioning creates datastores' directories")
+    default: str = setting("local", fields.String(validate=validate_rdn), "the datastore the original routes act on")
+    default_directory: Path | None = setting(
+        None, fields.Function(deserialize=Path, allow_none=True), "the default's directory; unset: <root>/<default>"
+    )
+    keys_operation: str = setting(
+        KEYS_OPERATIONS[0],
+        fields.String(validate=validate.OneOf(KEYS_OPERATIONS)),
+        "the name of the job that makes a datastore's keys, as the deployed executor parses it",
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
+    storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
+    input: InputConfig = dataclasses.field(default_factory=InputConfig)
+    jobs: JobsConfig = dataclasses.field(default_factory=JobsConfig)
+    local_user: LocalUser = dataclasses.field(default_factory=LocalUser)
+    auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    datastores: DatastoresConfig = dataclasses.field(default_factory=DatastoresConfig)
 
 
 class ConfigSection(Schema):
@@ -329,105 +380,28 @@ class ConfigSection(Schema):
         return self.model(**data)
 
 
-class ServerSection(ConfigSection):
-    model = ServerConfig
-    host = fields.String(load_default="127.0.0.1")
-    port = fields.Integer(strict=True, validate=validate.Range(1, 65535), load_default=8000)
-    max_body_bytes = fields.Integer(strict=True, validate=validate.Range(min=1), load_default=1 << 20)
-    body_timeout = fields.Float(validate=validate.Range(min=0, min_inclusive=False), load_default=30.0)
-    #: On SIGTERM, how long requests in flight may take to finish before the process exits.
-    shutdown_timeout = fields.Float(validate=validate.Range(min=0), load_default=30.0)
+def schema_of(model: type, base: type[ConfigSection] = ConfigSection) -> type[ConfigSection]:
+    """The schema of a section's dataclass: each key's own field, its default the
+    dataclass's; a field whose default is made by a dataclass is a section of its own,
+    which may be left out entirely. A dataclass field with no `setting` is not a key of the file."""
+    declared: dict[str, Any] = {"model": model}
+    for field in dataclasses.fields(model):
+        if isinstance(field.default_factory, type) and dataclasses.is_dataclass(field.default_factory):
+            section = field.default_factory
+            declared[field.name] = fields.Nested(
+                SECTION_SCHEMAS.get(section) or schema_of(section), load_default=section
+            )
+        elif "field" in field.metadata:
+            key = copy.deepcopy(field.metadata["field"])
+            key.load_default = field.default if field.default is not dataclasses.MISSING else field.default_factory
+            declared[field.name] = key
+    return type(f"{model.__name__}Schema", (base,), declared)
 
 
-class LoggingSection(ConfigSection):
-    model = LoggingConfig
-    format = fields.String(validate=validate.OneOf(["text", "json"]), load_default="text")
-    level = fields.String(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]), load_default="INFO")
-    access_reads = StrictBoolean(load_default=False)
+class AuthSection(schema_of(AuthConfig)):  # type: ignore[misc]
+    """`[auth]`, which also reads api_key's old name and checks the keys together."""
 
-
-class TinyDBSection(ConfigSection):
-    model = TinyDBOptions
-    path = fields.String(load_default=TinyDBOptions.path)
-
-
-def write_concern(value: Any) -> str | int:
-    """`[storage.mongodb] write_concern`: "majority" or a number of members, at least 1."""
-    if value == "majority" or (type(value) is int and value >= 1):
-        concern: str | int = value
-        return concern
-    raise ValidationError('Must be "majority" or a number of members (1 or more).')
-
-
-class MongoDBSection(ConfigSection):
-    """The credentials are not keys of the file: `load_config` adds them from the environment."""
-
-    model = MongoDBOptions
-    url = fields.String(load_default=MongoDBOptions.url)
-    database = fields.String(load_default=MongoDBOptions.database)
-    timeout_seconds = fields.Float(
-        validate=validate.Range(min=0, min_inclusive=False), load_default=MongoDBOptions.timeout_seconds
-    )
-    write_concern = fields.Function(deserialize=write_concern, load_default=MongoDBOptions.write_concern)
-    read_concern = fields.String(
-        validate=validate.OneOf(["majority", "local", "linearizable"]), load_default=MongoDBOptions.read_concern
-    )
-
-
-class StorageSection(ConfigSection):
-    model = StorageConfig
-    backend = fields.String(validate=validate.OneOf(["tinydb", "mongodb"]), load_default="tinydb")
-    tinydb = section(TinyDBSection)
-    mongodb = section(MongoDBSection)
-
-
-class InputSection(ConfigSection):
-    model = InputConfig
-    dir = fields.Function(deserialize=Path, load_default=lambda: Path("input"))
-
-
-class JobsSection(ConfigSection):
-    model = JobsConfig
-    bump_enabled = StrictBoolean(load_default=False)
-
-
-class LocalUserSection(ConfigSection):
-    model = LocalUser
-    user_id = fields.String(load_default="local-user")
-    first_name = fields.String(load_default="Local")
-    last_name = fields.String(load_default="User")
-
-
-#: Public-key algorithms only: a symmetric one would let anyone holding the
-#: public JWKS sign tokens, and "none" signs nothing.
-#: Long enough that guessing it is hopeless.
-MIN_API_KEY_LENGTH = 16
-SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
-
-
-class AuthSection(ConfigSection):
-    model = AuthConfig
-    enabled = StrictBoolean(load_default=False)
-    jwks_url = fields.String(load_default=None)
-    jwks_file = fields.String(load_default=None)
-    audience = fields.String(load_default="datastore")
-    role = fields.String(load_default="role/dataadministrator")
-    algorithms = fields.List(
-        fields.String(validate=validate.OneOf(SIGNING_ALGORITHMS)),
-        validate=validate.Length(min=1),
-        load_default=lambda: ["RS256", "RS512"],
-    )
-    api_key = fields.String(validate=validate.Length(min=MIN_API_KEY_LENGTH), load_default=None)
-    #: The old name of api_key, still read so that existing configurations keep working.
-    service_token = fields.String(validate=validate.Length(min=MIN_API_KEY_LENGTH), load_default=None)
-    provision_audience = fields.String(load_default="datastore-api-provision")
-    provisioners = fields.List(fields.String(), load_default=list)
-    open_job_reads = StrictBoolean(load_default=False)
-    open_executor_routes = StrictBoolean(load_default=False)
-    #: A token naming an unknown key id refetches the JWKS at most this often,
-    #: so that made-up key ids cannot make the service hammer the key server.
-    jwks_refetch_seconds = fields.Float(validate=validate.Range(min=0), load_default=30.0)
-    jwks_refresh_seconds = fields.Float(validate=validate.Range(min=0, min_inclusive=False), load_default=300.0)
+    service_token = an_api_key()  # the old name of api_key: existing configurations keep working
 
     @validates_schema
     def check_key_source(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -438,33 +412,13 @@ class AuthSection(ConfigSection):
 
     @post_load
     def make_model(self, data: dict[str, Any], **kwargs: Any) -> AuthConfig:
-        service_token = data.pop("service_token")
-        return AuthConfig(**{**data, "api_key": data["api_key"] or service_token})
+        service_token = data.pop("service_token", None)
+        return cast(AuthConfig, super().make_model({**data, "api_key": data.get("api_key") or service_token}))
 
 
-def validate_rdn(rdn: str) -> None:
-    if not is_datastore_rdn(rdn):
-        raise ValidationError(invalid_rdn_message(rdn))
-
-
-class DatastoresSection(ConfigSection):
-    model = DatastoresConfig
-    root = fields.Function(deserialize=Path, load_default=lambda: Path("datastores"))
-    default = fields.String(validate=validate_rdn, load_default="local")
-    default_directory = fields.Function(deserialize=Path, load_default=None)
-    keys_operation = fields.String(validate=validate.OneOf(KEYS_OPERATIONS), load_default=KEYS_OPERATIONS[0])
-
-
-class ConfigSchema(ConfigSection):
-    model = Config
-    server = section(ServerSection)
-    storage = section(StorageSection)
-    input = section(InputSection)
-    jobs = section(JobsSection)
-    local_user = section(LocalUserSection)
-    auth = section(AuthSection)
-    logging = section(LoggingSection)
-    datastores = section(DatastoresSection)
+#: The sections whose schema adds to what their dataclass declares.
+SECTION_SCHEMAS: dict[type, type[ConfigSection]] = {AuthConfig: AuthSection}
+ConfigSchema = schema_of(Config)
 
 
 def read_secrets(environ: Mapping[str, str]) -> Mapping[str, Any]:

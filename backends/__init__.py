@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from marshmallow import ValidationError, fields, validate
 
 from .base import (
     COLLECTIONS,
@@ -85,31 +88,59 @@ __all__ = [
     "change_time",
     "open_store",
     "revision_of",
+    "setting",
     "targets_of",
 ]
+
+
+def setting(default: Any, reader: Any, meaning: str) -> Any:
+    """A key of the configuration file, declared once as a dataclass field: its default,
+    the marshmallow field that reads and checks it (the service derives its schema from
+    these), and what it means."""
+    metadata = {"field": reader, "meaning": meaning}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def write_concern(value: Any) -> str | int:
+    """`[storage.mongodb] write_concern`: "majority" or a number of members, at least 1."""
+    if value == "majority" or (type(value) is int and value >= 1):
+        concern: str | int = value
+        return concern
+    raise ValidationError('Must be "majority" or a number of members (1 or more).')
 
 
 @dataclass(frozen=True)
 class TinyDBOptions:
     """`[storage.tinydb]`: the data directory, which one process owns."""
 
-    path: str = "data"
+    path: str = setting("data", fields.String(), "the data directory, which one process owns")
 
 
 @dataclass(frozen=True)
 class MongoDBOptions:
-    """`[storage.mongodb]`, with the credentials that come from the environment."""
+    """`[storage.mongodb]`, with the credentials that come from the environment (no keys of the file)."""
 
-    url: str = "mongodb://localhost:27017"
-    database: str = "jobdb"
-    #: How long a request waits for an unreachable server before its 503.
-    timeout_seconds: float = 5.0
+    url: str = setting("mongodb://localhost:27017", fields.String(), "the server (env MONGODB_URL)")
+    database: str = setting("jobdb", fields.String(), "the database")
+    timeout_seconds: float = setting(
+        5.0,
+        fields.Float(validate=validate.Range(min=0, min_inclusive=False)),
+        "how long a request waits for an unreachable server before its 503",
+    )
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    #: Whose acknowledgement a write waits for: "majority" (which a failover never rolls back) or a number of members.
-    write_concern: str | int = "majority"
-    #: What reads see: "majority" (nothing a failover can roll back), "local" or "linearizable".
-    read_concern: str = "majority"
+    write_concern: str | int = setting(
+        "majority",
+        fields.Function(deserialize=write_concern),
+        'whose acknowledgement a write waits for: "majority" (which a failover never rolls back) or a number',
+    )
+    read_concern: str = setting(
+        "majority",
+        fields.String(validate=validate.OneOf(["majority", "local", "linearizable"])),
+        'what reads see: "majority" (nothing a failover can roll back), "local" or "linearizable"',
+    )
 
 
 async def open_store(

@@ -38,6 +38,8 @@ import contextvars
 import copy
 import dataclasses
 import enum
+import errno
+import fcntl
 import functools
 import gc
 import hmac
@@ -160,6 +162,7 @@ STORE_OPENER: web.AppKey[StoreOpener] = web.AppKey("store_opener")
 RUNNER: web.AppKey[web.AppRunner] = web.AppKey("runner")
 #: Held while a datastore is provisioned: one at a time in a process.
 PROVISIONING: web.AppKey[asyncio.Lock] = web.AppKey("provisioning")
+PROVISIONER: web.AppKey[Provisioner] = web.AppKey("provisioner")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 #: Set on a request whose answer was cut off after its headers went out.
 ABORTED_MID_STREAM: web.RequestKey[bool] = web.RequestKey("aborted_mid_stream")
@@ -742,10 +745,20 @@ class DatastoreSchema(Schema):
     bumpEnabled = fields.Boolean(required=True)
 
 
+#: A datastore's name and description are copied into every listing of datastores and
+#: into its metadata files: a few lines of text, not a document.
+MAX_DATASTORE_NAME_CHARS = 256
+MAX_DATASTORE_DESCRIPTION_CHARS = 4096
+
+
+def at_most(limit: int) -> validate.Length:
+    return validate.Length(max=limit, error=f"At most {limit} characters.")
+
+
 class NewDatastoreSchema(Schema):
     rdn = rdn_field(required=True)
-    name = fields.String(required=True, validate=validate_datastore_name)
-    description = fields.String(required=True)
+    name = fields.String(required=True, validate=[at_most(MAX_DATASTORE_NAME_CHARS), validate_datastore_name])
+    description = fields.String(required=True, validate=at_most(MAX_DATASTORE_DESCRIPTION_CHARS))
     bumpEnabled = StrictBoolean(load_default=False)
 
     @validates_schema(skip_on_field_errors=True)
@@ -1266,11 +1279,26 @@ def delete_archive(input_dir: Path, name: str) -> None:
 
 PEM_CONTENT_TYPE = "application/x-pem-file"
 PUBLIC_KEY_FILE = "microdata_public_key.pem"
-#: In a datastore's directory while it is being provisioned: the job that makes its
-#: keys, so that a provisioning cut short is finished or undone at the next attempt.
+#: In a datastore's directory until its provisioning is finished: who provisions it and
+#: the job that makes its keys, so that a provisioning cut short is brought to an end.
 PROVISIONING_MARKER = ".provisioning.json"
-#: A marker younger than this may be another process's provisioning under way.
-PROVISIONING_GRACE_SECONDS = 10.0
+#: In the datastores' root (no rdn starts with a dot): each provisioning process's lock
+#: file `<owner>.lock`, held for as long as the process lives, and its folder `<owner>/`,
+#: where a datastore's directory is made whole before it is renamed into place.
+PROVISIONING_AREA = ".provisioning"
+#: How often a process looks for provisionings cut short that it could not end before
+#: (its store out of reach): each is a marker on disk, so a look costs a directory listing.
+PROVISIONING_RETRY_SECONDS = 30.0
+#: A keys job's id is its datastore's rdn in this namespace: a retry of a store write whose
+#: answer was lost finds the job it made instead of making a second one.
+KEYS_JOB_NAMESPACE = uuid.UUID("5d0c1f1e-7a4b-4c53-9a59-2f0c1ab5e8d1")
+#: What the root's file system refusing a write means: full (507), or not writable (503).
+ROOT_REFUSALS = {errno.ENOSPC: 507, errno.EDQUOT: 507, errno.EROFS: 503, errno.EACCES: 503, errno.EPERM: 503}
+
+
+class ProvisioningUnderWay(ApiError):
+    def __init__(self, rdn: str) -> None:
+        super().__init__(409, f"A provisioning of {rdn} is under way in another process; try again when it ends")
 
 
 def datastore_directory(root: Path, rdn: str) -> Path:
@@ -1307,35 +1335,159 @@ def datastore_files(datastore: Datastore) -> dict[str, Any]:
     }
 
 
-def lay_out_datastore(datastore: Datastore, keys_job: Job) -> None:
+class Provisioner:
+    """This process's part in provisioning: an owner id, and a lock on `<root>/.provisioning/
+    <owner>.lock` held for as long as the process lives. Whether a provisioning left on
+    disk is under way is whether its owner's lock is held: no clock, no grace period, and a
+    process stalled on its database for minutes is still under way."""
+
+    def __init__(self, root: Path) -> None:
+        self.area = root / PROVISIONING_AREA
+        self.owner = ""
+        self._lock: int | None = None
+
+    def claim(self) -> Path:
+        """This process's folder in the area, its lock taken on first use (blocking)."""
+        while self._lock is None:
+            self.area.mkdir(parents=True, exist_ok=True)
+            owner = uuid.uuid4().hex
+            path = self.area / f"{owner}.lock"
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                taken = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                taken = False  # a sweep took the file for a dead owner's before it was locked
+            if taken:
+                self.owner, self._lock = owner, fd
+            else:
+                os.close(fd)
+        folder = self.area / self.owner
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def close(self) -> None:
+        """Remove this process's folder and lock file, and release the lock."""
+        if self._lock is not None:
+            with contextlib.suppress(OSError):  # a folder not empty is left to a sweep
+                (self.area / self.owner).rmdir()
+                (self.area / f"{self.owner}.lock").unlink()
+            os.close(self._lock)
+            self._lock = None
+
+    def is_alive(self, owner: str) -> bool:
+        """Whether the process `owner` names holds its lock: it is, or may be, working."""
+        if owner == self.owner:
+            return True
+        try:
+            fd = os.open(self.area / f"{owner}.lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def sweep(self) -> None:
+        """Remove what dead owners left in the area: the directories they were making whole (blocking)."""
+        if not self.area.is_dir():
+            return
+        for entry in self.area.iterdir():
+            owner = entry.name.removesuffix(".lock")
+            if owner == self.owner or (not entry.is_dir() and entry.suffix != ".lock"):
+                continue
+            lock = self.area / f"{owner}.lock"
+            try:
+                fd = os.open(lock, os.O_RDONLY)
+            except FileNotFoundError:
+                fd = None  # a sweep that died between the folder and the lock file
+            try:
+                if fd is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                folder = self.area / owner
+                if folder.is_dir():
+                    log.warning("Removing %s, provisionings its process did not live to finish", folder)
+                    shutil.rmtree(folder)
+                lock.unlink(missing_ok=True)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+
+
+def storage_refusal(exc: OSError, root: Path) -> ApiError | None:
+    """The answer to the root's file system refusing a write, or None for another failure."""
+    status = ROOT_REFUSALS.get(exc.errno or 0)
+    if status == 507:
+        return ApiError(507, f"The datastores' root {root} is full: {exc.strerror}")
+    if status is not None or exc.errno == errno.ENOTDIR or not root.is_dir():
+        return ApiError(503, f"The datastores' root {root} cannot be written: {exc.strerror}")
+    return None
+
+
+def check_sibling(path: Path) -> None:
+    """`<directory>_input` or `_working` may be made: absent, or an empty folder (a
+    provisioning cut short made it); one with files in it is somebody's work."""
+    if os.path.lexists(path) and (not path.is_dir() or any(path.iterdir())):
+        raise ApiError(409, f"Datastore directory already exists at {path}")
+
+
+def lay_out_datastore(provisioner: Provisioner, datastore: Datastore, keys_job: Job) -> None:
     """Create the datastore's directories and files (blocking: run it in a thread).
 
-    Making `<directory>` claims it (a second provisioning of it fails there), and
-    the marker written into it first says that what follows is unfinished. Any
-    failure removes everything made so far.
+    The directory is made whole in this process's folder, the marker first, then renamed
+    into place: `<directory>` appears complete or not at all, and its marker says whose
+    provisioning it is until it is finished. Its siblings are made once it is in place:
+    they are whoever's `<directory>` is. Any failure removes everything made so far.
     """
     directory = Path(datastore["directory"])
-    directory.parent.mkdir(parents=True, exist_ok=True)
     try:
-        directory.mkdir()
-    except FileExistsError:
-        raise ApiError(409, f"Datastore directory already exists at {directory}") from None
-    try:
-        write_durably(directory / PROVISIONING_MARKER, orjson.dumps(keys_job))
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(directory):
+            raise ApiError(409, f"Datastore directory already exists at {directory}")
         for suffix in ("_input", "_working"):
-            try:
-                sibling(directory, suffix).mkdir()
-            except FileExistsError:
-                raise ApiError(409, f"Datastore directory already exists at {sibling(directory, suffix)}") from None
+            check_sibling(sibling(directory, suffix))
+        prepared = provisioner.claim() / directory.name
+        shutil.rmtree(prepared, ignore_errors=True)  # this process's own, from a failure it could not clean up
+        prepared.mkdir()
+    except OSError as exc:
+        raise storage_refusal(exc, directory.parent) or exc from None
+    in_place = False
+    try:
+        marker = {"owner": provisioner.owner, "keysJob": keys_job}
+        write_durably(prepared / PROVISIONING_MARKER, orjson.dumps(marker))
         for folder in ("data", "datastore", "vault"):
-            (directory / folder).mkdir()
+            (prepared / folder).mkdir()
         for name, content in datastore_files(datastore).items():
-            write_durably(directory / "datastore" / name, orjson.dumps(content, option=orjson.OPT_INDENT_2))
-        for path in (directory, directory.parent):
-            fsync_directory(path)
-    except BaseException:
-        remove_datastore_files(directory)
+            write_durably(prepared / "datastore" / name, orjson.dumps(content, option=orjson.OPT_INDENT_2))
+        fsync_directory(prepared)
+        try:
+            os.rename(prepared, directory)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise ApiError(409, f"Datastore directory already exists at {directory}") from None
+            raise
+        in_place = True
+        make_siblings(directory)
+    except BaseException as exc:
+        if in_place:
+            remove_datastore_files(directory)
+        else:
+            shutil.rmtree(prepared, ignore_errors=True)
+        if isinstance(exc, OSError) and (refusal := storage_refusal(exc, directory.parent)) is not None:
+            raise refusal from None
         raise
+
+
+def make_siblings(directory: Path) -> None:
+    for suffix in ("_input", "_working"):
+        sibling(directory, suffix).mkdir(exist_ok=True)
+    fsync_directory(directory.parent)
 
 
 def remove_datastore_files(directory: Path) -> None:
@@ -1345,75 +1497,144 @@ def remove_datastore_files(directory: Path) -> None:
     for suffix in ("_input", "_working"):
         with contextlib.suppress(OSError):
             sibling(directory, suffix).rmdir()
-    fsync_directory(directory.parent)
+    with contextlib.suppress(OSError):
+        fsync_directory(directory.parent)
 
 
-def unfinished_provisioning(directory: Path) -> Job | None:
-    """The keys job of a provisioning of `directory` that was cut short (and is old
-    enough not to be under way in another process), or None."""
+def read_marker(directory: Path) -> tuple[str, Job] | None:
+    """Who provisions `directory` and its keys job, while it is unfinished; None once it is.
+    A marker of the release before owners is nobody's: its process is gone."""
     marker = directory / PROVISIONING_MARKER
     try:
-        age = time.time() - marker.stat().st_mtime
-        keys_job: Job = orjson.loads(marker.read_bytes())
-    except FileNotFoundError:
+        content = orjson.loads(marker.read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, orjson.JSONDecodeError):
         raise ApiError(409, f"{marker} cannot be read; remove {directory} by hand") from None
-    if age < PROVISIONING_GRACE_SECONDS:
-        raise ApiError(409, f"A provisioning of {directory.name} is under way; try again in a few seconds")
-    return keys_job
+    if "keysJob" not in content:
+        return "", content
+    return content["owner"], content["keysJob"]
 
 
-async def finish_or_undo_provisioning(app: web.Application, directory: Path) -> None:
-    """A provisioning cut short by a crash: registered means it reached its commit
-    point, so it is finished (its keys job stored, the marker removed); else undone."""
-    keys_job = await asyncio.to_thread(unfinished_provisioning, directory)
-    if keys_job is None:
+async def keys_job_for(store: Store, datastore: Datastore, operation: str, user: User) -> Job:
+    """The job that makes a new datastore's keys, under the id its rdn gives. One an earlier
+    attempt stored without hearing so, and whose datastore it then unregistered, is taken
+    as it is: it holds the datastore's DATASTORE target. One that has ended since is
+    history, and this one gets an id of its own."""
+    job = new_job(datastore, {"operation": operation, "target": DATASTORE}, user)
+    job_id = str(uuid.uuid5(KEYS_JOB_NAMESPACE, datastore["rdn"]))
+    earlier = await store.get_job(job_id)
+    if earlier is None:
+        return {**job, "jobId": job_id}
+    return job if earlier["status"] in FINAL_STATUSES else earlier
+
+
+async def queue_keys_job(store: Store, keys_job: Job) -> None:
+    """Store the keys job unless it is stored (a retry, or an answer that was lost)."""
+    if await store.get_job(keys_job["jobId"]) is None:
+        await store.insert_job(keys_job)  # with its target, in the same change
+
+
+async def converge(app: web.Application, directory: Path) -> None:
+    """Bring a provisioning of `directory` that was cut short to its end: registered means
+    it reached its commit point, so it is finished (its keys job queued, the marker removed);
+    unregistered, it is undone. One whose owner lives is left to it (ProvisioningUnderWay).
+    Called with the PROVISIONING lock held, so that none of this process's is under way."""
+    found = await asyncio.to_thread(read_marker, directory)
+    if found is None:
         return
+    owner, keys_job = found
+    provisioner = app[PROVISIONER]
+    if owner != provisioner.owner and await asyncio.to_thread(provisioner.is_alive, owner):
+        raise ProvisioningUnderWay(directory.name)
     store = app[STORE]
     if await store.get_datastore(keys_job["datastoreRdn"]) is None:
         log.warning("Undoing the provisioning of %s, which was cut short", directory.name)
         await asyncio.to_thread(remove_datastore_files, directory)
         return
     log.warning("Finishing the provisioning of %s, which was cut short", directory.name)
-    if await store.get_job(keys_job["jobId"]) is None:
-        with contextlib.suppress(TargetBusy):
-            await store.insert_job(keys_job)  # with its target, in the same change
+    try:
+        await queue_keys_job(store, keys_job)
+    except (TargetBusy, DatastoreGone) as exc:  # deleted since, or a job posted to it holds DATASTORE
+        log.warning("The provisioning of %s is finished without its keys job: %s", directory.name, exc)
     await asyncio.to_thread(finish_provisioning, directory)
 
 
 def finish_provisioning(directory: Path) -> None:
+    make_siblings(directory)  # a crash may have come between the directory and them
     (directory / PROVISIONING_MARKER).unlink(missing_ok=True)
     fsync_directory(directory)
+
+
+async def undo_provisioning(app: web.Application, datastore: Datastore) -> None:
+    """After a step failed: unregister the datastore and remove its files. If the store cannot
+    be told, the marker stays and `converge` ends the provisioning when it can (every
+    PROVISIONING_RETRY_SECONDS, or at the next POST of the rdn)."""
+    with contextlib.suppress(StoreError):
+        await app[STORE].remove_datastore(datastore["rdn"])
+        await asyncio.to_thread(remove_datastore_files, Path(datastore["directory"]))
 
 
 async def provision(app: web.Application, datastore: Datastore, keys_job: Job) -> None:
     """Lay out the datastore's files, register it, queue its keys job: all or nothing.
 
-    The registration is the commit point. Before it, any failure removes the
-    files; after it, a failure to store the job unregisters the datastore, and
-    if even that fails the marker is left for the next attempt to finish it.
+    The registration is the commit point. A failure of a step undoes them all, but when
+    the keys job turns out to be stored (its answer lost): then the provisioning is done.
+    A crash at any instant leaves a marked directory, or nothing in place, which `converge`
+    finishes or undoes. Called with the PROVISIONING lock held.
     """
     store, directory = app[STORE], Path(datastore["directory"])
-    await finish_or_undo_provisioning(app, directory)
+    await converge(app, directory)
     await app[DATASTORES].check_free(datastore["rdn"])
-    await asyncio.to_thread(lay_out_datastore, datastore, keys_job)
+    await asyncio.to_thread(lay_out_datastore, app[PROVISIONER], datastore, keys_job)
     try:
         await store.add_datastore(datastore)
-    except BaseException:
+    except DatastoreTaken:
         await asyncio.to_thread(remove_datastore_files, directory)
         raise
-    try:
-        await store.insert_job(keys_job)  # with its target, in the same change
     except BaseException:
-        await store.remove_datastore(datastore["rdn"])
-        await asyncio.to_thread(remove_datastore_files, directory)
+        await undo_provisioning(app, datastore)
+        raise
+    try:
+        await queue_keys_job(store, keys_job)
+    except BaseException:
+        with contextlib.suppress(StoreError):
+            if await store.get_job(keys_job["jobId"]) is not None:
+                await asyncio.to_thread(finish_provisioning, directory)
+                return
+        await undo_provisioning(app, datastore)
         raise
     await asyncio.to_thread(finish_provisioning, directory)
 
 
 def unfinished_provisionings(root: Path) -> list[Path]:
     return [marker.parent for marker in root.glob(f"*/{PROVISIONING_MARKER}")]
+
+
+async def end_unfinished_provisionings(app: web.Application) -> None:
+    """Every provisioning a crash or an unreachable store left unfinished, ended where no
+    live process is working on it; what cannot be ended now waits for the next look."""
+    root = app[CONFIG].datastores.root
+    async with app[PROVISIONING]:
+        try:
+            await asyncio.to_thread(app[PROVISIONER].sweep)
+            directories = await asyncio.to_thread(unfinished_provisionings, root)
+        except OSError as exc:
+            log.warning("Cannot look for unfinished provisionings in %s now: %s", root, exc)
+            return
+        for directory in directories:
+            try:
+                await converge(app, directory)
+            except ProvisioningUnderWay:
+                pass
+            except (ApiError, StoreError, OSError) as exc:
+                log.warning("Cannot end the unfinished provisioning of %s now: %s", directory.name, exc)
+
+
+async def retry_provisionings(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(PROVISIONING_RETRY_SECONDS)
+        await end_unfinished_provisionings(app)
 
 
 #: A datastore's release history, in `<directory>/datastore/`, in the order a
@@ -2882,7 +3103,7 @@ async def list_datastores(request: web.Request, scope: Scope) -> web.Response:
     "Provision a datastore: its directories and files, then the job that makes its keys",
     PostJobResultSchema,
     "datastores",
-    errors=(409, 503),
+    errors=(409, 503, 507),
     body=NewDatastoreSchema,
 )
 async def post_datastore(request: web.Request, scope: Scope) -> web.Response:
@@ -2897,8 +3118,8 @@ async def post_datastore(request: web.Request, scope: Scope) -> web.Response:
         bumpEnabled=new["bumpEnabled"],
         deleted=False,
     )
-    keys_job = new_job(datastore, {"operation": config.datastores.keys_operation, "target": DATASTORE}, user)
     async with request.app[PROVISIONING]:
+        keys_job = await keys_job_for(store_of(request), datastore, config.datastores.keys_operation, user)
         await provision(request.app, datastore, keys_job)
     return respond(POST_JOB_RESULT_SCHEMA, {"status": "queued", "msg": "CREATED", "job_id": keys_job["jobId"]})
 
@@ -3174,17 +3395,6 @@ async def stop_inspections(app: web.Application) -> None:
     app[ARCHIVES].close()
 
 
-async def finish_or_undo_provisionings(app: web.Application) -> None:
-    """Provisionings a crash cut short, dealt with at start; while the store cannot
-    be reached they wait for the next attempt to provision the same rdn."""
-    root = app[CONFIG].datastores.root
-    for directory in await asyncio.to_thread(unfinished_provisionings, root):
-        try:
-            await finish_or_undo_provisioning(app, directory)
-        except (ApiError, StoreError) as exc:
-            log.warning("Cannot deal with the unfinished provisioning of %s now: %s", directory.name, exc)
-
-
 async def warn_of_unparsable_keys_jobs(store: Store, keys_operation: str) -> None:
     """Keys jobs in progress under the other generation's name, which the deployed
     executor cannot parse (and which hold their datastore's DATASTORE target), in one line."""
@@ -3233,8 +3443,14 @@ async def storage_context(app: web.Application) -> Any:
     app[ENCODED_TARGETS] = EncodedCache(
         TARGET_SCHEMA, target_identity, revision_of, ENCODED_TARGETS_MAX_BYTES if keeps else 0
     )
-    await finish_or_undo_provisionings(app)
+    app[PROVISIONER] = Provisioner(config.datastores.root)
+    await end_unfinished_provisionings(app)
+    retrying = asyncio.create_task(retry_provisionings(app))
     yield
+    retrying.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await retrying
+    app[PROVISIONER].close()
     await app[STORE].close()
 
 

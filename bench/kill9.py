@@ -9,7 +9,11 @@ them. The next round's start must open the store, and then:
 - every target shows what the last change of its job shows, as one write would leave it:
   a job's target its status, action and the time of its last log entry; the DATASTORE
   target the newest BUMP; every dataset a completed BUMP released or removed, that BUMP
-  at the time of its completion; no dataset of a BUMP not completed; no other target.
+  at the time of its completion; no dataset of a BUMP not completed; no other target;
+- one more client provisions datastores one after another (POST /datastores): every
+  datastore acknowledged is registered with its keys job and its directory whole; every
+  registered datastore has its keys job and no provisioning marker left; the rdn a kill
+  cut short is not blocked: posted again, it is created (200), or it is there (409, taken).
 
     python bench/kill9.py --rounds 50
 
@@ -31,7 +35,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import bump_job, service_config
+from helpers import DEFAULT_DATASTORE, bump_job, service_config
 from service_process import ServiceProcess
 
 TIMEOUT = aiohttp.ClientTimeout(total=60)  # a request the killed service never answers fails, not hangs
@@ -44,6 +48,10 @@ class Acknowledged:
     completed: set[str] = field(default_factory=set)
     #: Set while a BUMP's completing PUT is in flight.
     completing_bump: bool = False
+    #: Provisioned datastores: rdn -> the id of its keys job.
+    datastores: dict[str, str] = field(default_factory=dict)
+    #: The rdn whose POST /datastores is in flight.
+    provisioning: str | None = None
 
 
 @dataclass
@@ -54,6 +62,12 @@ class Findings:
     bumps_completed: int = 0
     #: Kills that fell while a BUMP's completion was in flight.
     kills_in_bumps: int = 0
+    kills_in_provisionings: int = 0
+    #: An rdn a kill cut short whose next POST was neither created nor taken.
+    blocked: int = 0
+    #: Registered datastores without a keys job, or with an unfinished directory.
+    without_keys_job: int = 0
+    unfinished: int = 0
 
 
 async def complete(session: aiohttp.ClientSession, base: str, acked: Acknowledged, job_id: str) -> None:
@@ -118,6 +132,61 @@ async def bump_client(base: str, acked: Acknowledged, name: str, datasets: int) 
             acked.completed.add(result["job_id"])
 
 
+def letters(n: int) -> str:
+    """`n` in letters (an rdn has no digits): 0 -> a, 26 -> ba."""
+    text = ""
+    while True:
+        n, digit = divmod(n, 26)
+        text = chr(ord("a") + digit) + text
+        if not n:
+            return text
+
+
+async def provisioning_client(base: str, acked: Acknowledged, number: int) -> None:
+    """Provision datastores one after another, recording those answered with a 200."""
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        for n in range(1_000_000):
+            rdn = f"bench.r{letters(number)}.p{letters(n)}"
+            acked.provisioning = rdn
+            body = {"rdn": rdn, "name": "Bench", "description": f"Round {number}"}
+            async with session.post(f"{base}/datastores", json=body) as response:
+                assert response.status == 200, await response.text()
+                acked.datastores[rdn] = (await response.json())["job_id"]
+            acked.provisioning = None
+
+
+async def check_datastores(
+    session: aiohttp.ClientSession,
+    base: str,
+    root: Path,
+    acked: Acknowledged,
+    jobs: list[dict[str, Any]],
+    findings: Findings,
+) -> None:
+    """Post again the rdn a kill cut short; count what is blocked, lost, or unfinished."""
+    if acked.provisioning is not None:
+        rdn, acked.provisioning = acked.provisioning, None
+        body = {"rdn": rdn, "name": "Bench", "description": "Again"}
+        async with session.post(f"{base}/datastores", json=body) as response:
+            answer = await response.json()
+            if response.status == 200:
+                acked.datastores[rdn] = answer["job_id"]
+            elif response.status != 409 or "already exists" not in answer["message"]:
+                findings.blocked += 1
+        async with session.get(f"{base}/jobs") as response:
+            jobs = await response.json()
+    async with session.get(f"{base}/datastores/rdns") as response:
+        registered = set(await response.json()) - {DEFAULT_DATASTORE}
+    findings.lost += len(acked.datastores.keys() - registered)
+    keys_jobs = {job["datastoreRdn"]: job["jobId"] for job in jobs if job["parameters"]["target"] == "DATASTORE"}
+    findings.lost += sum(keys_jobs.get(rdn) != job_id for rdn, job_id in acked.datastores.items())
+    findings.without_keys_job += len(registered - keys_jobs.keys())
+    findings.unfinished += sum(
+        (root / rdn / ".provisioning.json").exists() or not (root / rdn / "datastore" / "draft_version.json").exists()
+        for rdn in registered
+    )
+
+
 def last_change(job: dict[str, Any]) -> str:
     return job["log"][-1]["at"] if job["log"] else job["createdAt"]
 
@@ -140,13 +209,15 @@ def expected_targets(jobs: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
     return expected
 
 
-async def check(base: str, acked: Acknowledged, findings: Findings) -> None:
+async def check(base: str, root: Path, acked: Acknowledged, findings: Findings) -> None:
     """Count what acknowledged is missing and every target that disagrees with its jobs."""
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         async with session.get(f"{base}/jobs") as response:
-            jobs = await response.json()
+            every = await response.json()
         async with session.get(f"{base}/targets") as response:
             targets = await response.json()
+        await check_datastores(session, base, root, acked, every, findings)
+    jobs = [job for job in every if job["datastoreRdn"] == DEFAULT_DATASTORE]
     ids = [job["jobId"] for job in jobs]
     if len(ids) != len(set(ids)):
         raise RuntimeError("a job is listed twice")
@@ -167,13 +238,14 @@ async def check(base: str, acked: Acknowledged, findings: Findings) -> None:
 
 
 async def run_round(
-    service: ServiceProcess, acked: Acknowledged, findings: Findings, number: int, datasets: int
+    service: ServiceProcess, root: Path, acked: Acknowledged, findings: Findings, number: int, datasets: int
 ) -> float:
     startup = await service.start(timeout=120)
     clients = []
     try:
-        await check(service.url, acked, findings)
+        await check(service.url, root, acked, findings)
         clients = [
+            asyncio.ensure_future(provisioning_client(service.url, acked, number)),
             *(asyncio.ensure_future(single_client(service.url, acked, f"R{number}_C{c}")) for c in range(3)),
             asyncio.ensure_future(batch_client(service.url, acked, f"R{number}_M")),
             asyncio.ensure_future(bump_client(service.url, acked, f"R{number}_B", datasets)),
@@ -182,6 +254,7 @@ async def run_round(
     finally:
         service.stop(signal.SIGKILL)
         findings.kills_in_bumps += acked.completing_bump
+        findings.kills_in_provisionings += acked.provisioning is not None
     results = await asyncio.wait_for(asyncio.gather(*clients, return_exceptions=True), 120)
     acked.completing_bump = False
     # The kill ends every client with a connection error; anything else is a wrong answer.
@@ -202,10 +275,11 @@ async def main() -> int:
         config = service_config(storage, Path(tmp) / "input", jobs={"bump_enabled": True})
         service = ServiceProcess(Path(tmp), config)
         acked, findings = Acknowledged(), Findings()
-        startups = [await run_round(service, acked, findings, n, args.datasets) for n in range(args.rounds)]
+        root = Path(tmp) / "datastores"
+        startups = [await run_round(service, root, acked, findings, n, args.datasets) for n in range(args.rounds)]
         await service.start(timeout=120)
         try:
-            await check(service.url, acked, findings)
+            await check(service.url, root, acked, findings)
         finally:
             service.stop(signal.SIGKILL)
 
@@ -214,15 +288,20 @@ async def main() -> int:
     startups.sort()
     print(
         "| kill -9 rounds | store opened | jobs acknowledged | completions acknowledged | BUMPs completed "
-        "| targets checked | lost | inconsistent targets | start-up median | kills during a BUMP's completion |"
+        "| targets checked | lost | inconsistent targets | start-up median | kills during a BUMP's completion "
+        "| datastores provisioned | kills during a provisioning | blocked rdns | datastores without a keys job "
+        "| unfinished directories |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(
         f"| {args.rounds} | {args.rounds + 1}/{args.rounds + 1} | {len(acked.created)} | {len(acked.completed)} "
         f"| {findings.bumps_completed} | {findings.targets} | {findings.lost} | {len(findings.inconsistent)} "
-        f"| {startups[len(startups) // 2] * 1000:.0f} ms | {findings.kills_in_bumps} |"
+        f"| {startups[len(startups) // 2] * 1000:.0f} ms | {findings.kills_in_bumps} | {len(acked.datastores)} "
+        f"| {findings.kills_in_provisionings} | {findings.blocked} | {findings.without_keys_job} "
+        f"| {findings.unfinished} |"
     )
-    return 1 if findings.lost or findings.inconsistent else 0
+    broken = findings.blocked or findings.without_keys_job or findings.unfinished
+    return 1 if findings.lost or findings.inconsistent or broken else 0
 
 
 if __name__ == "__main__":

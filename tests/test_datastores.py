@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
+import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 from helpers import DEFAULT_DATASTORE, bump_job, create_job, faulty, post_jobs, put_job
 
-from backends import Datastore
-from job_service import PROVISIONING_MARKER, STORE, lay_out_datastore, new_job
+from job_service import PROVISIONING_AREA, PROVISIONING_MARKER
 
 FDB = {"rdn": "no.ssb.fdb", "name": "Forskningsdata", "description": "Research data"}
 
@@ -21,6 +19,15 @@ FDB = {"rdn": "no.ssb.fdb", "name": "Forskningsdata", "description": "Research d
 def root(input_dir: Path) -> Path:
     """Where the tests' services provision datastores (see `helpers.service_config`)."""
     return input_dir.parent / "datastores"
+
+
+def left_in(root: Path) -> list[str]:
+    """What provisionings left in the datastores' root: everything but the provisioning
+    processes' locks (their area), and whatever is in their folders there."""
+    if not root.exists():
+        return []
+    made = [path.name for path in root.iterdir() if path.name != PROVISIONING_AREA]
+    return sorted([*made, *(str(path.relative_to(root)) for path in root.glob(f"{PROVISIONING_AREA}/*/*"))])
 
 
 async def provision(client, **overrides) -> str:
@@ -116,7 +123,7 @@ async def test_a_bad_rdn_is_a_400_and_creates_nothing(client, root, rdn):
     response = await client.post("/datastores", json={**FDB, "rdn": rdn})
     assert response.status == 400
     assert "rdn" in (await response.json())["message"]
-    assert not root.exists() or list(root.iterdir()) == []
+    assert left_in(root) == []
     assert await (await client.get("/datastores/rdns")).json() == [DEFAULT_DATASTORE]
 
 
@@ -135,7 +142,7 @@ async def test_a_bad_new_datastore_is_a_400_naming_the_field(client, root, body,
     response = await client.post("/datastores", json={**FDB, **body})
     assert response.status == 400
     assert field in (await response.json())["message"]
-    assert not root.exists() or list(root.iterdir()) == []
+    assert left_in(root) == []
 
 
 async def test_a_link_that_would_take_the_directory_outside_the_root_is_a_400(client, root, tmp_path):
@@ -317,58 +324,9 @@ async def test_a_provisioning_that_fails_at_the_store_leaves_nothing_and_a_retry
     client = await make_client(faulty(insert_job=fails_once))
     response = await client.post("/datastores", json=FDB)
     assert response.status == 500
-    assert list(root.iterdir()) == []
+    assert left_in(root) == []
     assert (await client.get("/datastores/no.ssb.fdb")).status == 404
     await provision(client)
-
-
-def crashed_provisioning(root: Path, rdn: str) -> tuple[Datastore, dict]:
-    """The files a provisioning left when its process died, made long enough ago."""
-    datastore = Datastore(
-        rdn=rdn,
-        name="Crashed",
-        description="",
-        directory=str(root.resolve() / rdn),
-        bumpEnabled=False,
-        deleted=False,
-    )
-    keys_job = new_job(
-        datastore,
-        {"operation": "GENERATE_RSA_KEYS", "target": "DATASTORE"},
-        {"userId": "u", "firstName": "F", "lastName": "L"},
-    )
-    root.mkdir(parents=True, exist_ok=True)
-    lay_out_datastore(datastore, keys_job)
-    long_ago = time.time() - 3600
-    os.utime(Path(datastore["directory"]) / PROVISIONING_MARKER, (long_ago, long_ago))
-    return datastore, keys_job
-
-
-async def test_a_provisioning_cut_short_before_it_registered_is_undone_and_a_retry_works(client, root):
-    crashed_provisioning(root, "no.ssb.fdb")
-    await provision(client)
-    assert not (root / "no.ssb.fdb" / PROVISIONING_MARKER).exists()
-    assert await (await client.get("/datastores/rdns")).json() == [DEFAULT_DATASTORE, "no.ssb.fdb"]
-
-
-async def test_a_provisioning_under_way_is_not_undone(client, root):
-    crashed_provisioning(root, "no.ssb.fdb")
-    os.utime(root / "no.ssb.fdb" / PROVISIONING_MARKER)  # just now: perhaps another process's
-    response = await client.post("/datastores", json=FDB)
-    assert response.status == 409
-    assert (root / "no.ssb.fdb" / PROVISIONING_MARKER).exists()
-
-
-async def test_a_provisioning_cut_short_after_it_registered_is_finished_at_the_next_start(make_client, root):
-    client = await make_client()
-    datastore, keys_job = crashed_provisioning(root, "no.ssb.crash")
-    await client.app[STORE].add_datastore(datastore)
-    await client.close()
-
-    restarted = await make_client()
-    assert (await (await restarted.get(f"/jobs/{keys_job['jobId']}")).json())["datastoreRdn"] == "no.ssb.crash"
-    assert not (root / "no.ssb.crash" / PROVISIONING_MARKER).exists()
-    assert "no.ssb.crash" in await (await restarted.get("/datastores/rdns")).json()
 
 
 async def test_metrics_count_jobs_in_progress_by_datastore(client):
@@ -392,7 +350,7 @@ async def test_an_oversize_body_is_a_413_on_every_new_entry_point(make_client, r
     client = await make_client(server={"max_body_bytes": 1024})
     response = await client.post(path, data=b"x" * 2048, headers={"Content-Type": content_type})
     assert response.status == 413
-    assert not root.exists() or list(root.iterdir()) == []
+    assert left_in(root) == []
 
 
 @pytest.mark.parametrize("body", [{"msg": "x"}, {"msg": "x", "paused": "yes"}, {"paused": True}])
@@ -400,3 +358,78 @@ async def test_a_bad_maintenance_status_is_a_400_on_the_new_route_too(client, bo
     before = await (await client.get("/maintenance-statuses")).json()
     assert (await client.post("/maintenance-statuses", json=body)).status == 400
     assert await (await client.get("/maintenance-statuses")).json() == before
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"name": "Forskningsdata " * 20}, "name"), ({"description": "d" * 4097}, "description")],
+)
+async def test_a_name_or_description_over_its_bound_is_a_400(client, root, body, field):
+    response = await client.post("/datastores", json={**FDB, **body})
+    assert response.status == 400
+    assert (await response.json())["message"].startswith(f"{field}: At most")
+    assert left_in(root) == []
+    await provision(client, description="d" * 4096)
+
+
+@pytest.mark.parametrize("backend", ["tinydb"])
+async def test_a_datastores_root_that_is_a_file_is_a_503_in_one_line(make_client, root, caplog):
+    root.write_text("not a folder")
+    client = await make_client()
+    response = await client.post("/datastores", json=FDB)
+    assert response.status == 503
+    assert await response.json() == {"message": f"The datastores' root {root.resolve()} cannot be written: File exists"}
+    assert "Traceback" not in caplog.text
+    assert await (await client.get("/datastores/rdns")).json() == [DEFAULT_DATASTORE]
+
+
+@pytest.mark.parametrize("backend", ["tinydb"])
+async def test_a_datastores_root_the_kernel_refuses_is_a_503(make_client, tmp_path):
+    # sysfs refuses every mkdir, root's included (EPERM): what a root without write permission
+    # answers, which a test run as root cannot get from chmod.
+    client = await make_client(datastores={"root": "/sys/job-service-datastores"})
+    response = await client.post("/datastores", json=FDB)
+    assert response.status == 503
+    assert (await response.json())["message"] == (
+        "The datastores' root /sys/job-service-datastores cannot be written: Operation not permitted"
+    )
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """Mount a tmpfs with the given options at a fresh path (as root, where mounts are allowed)."""
+    mounts = []
+
+    def mount(options: str) -> Path:
+        path = tmp_path / f"mount{len(mounts)}"
+        path.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+            pytest.skip("needs to mount a tmpfs (root, with CAP_SYS_ADMIN)")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.parametrize("backend", ["tinydb"])
+async def test_a_read_only_datastores_root_is_a_503(mounted, make_client):
+    root = mounted("ro,size=1m")
+    client = await make_client(datastores={"root": str(root)})
+    response = await client.post("/datastores", json=FDB)
+    assert response.status == 503
+    assert await response.json() == {"message": f"The datastores' root {root} cannot be written: Read-only file system"}
+
+
+@pytest.mark.parametrize("backend", ["tinydb"])
+async def test_a_full_datastores_root_is_a_507_and_leaves_nothing(mounted, make_client):
+    root = mounted("size=64k")
+    client = await make_client(datastores={"root": str(root)})
+    (root / "ballast").write_bytes(b"x" * (60 << 10))
+    response = await client.post("/datastores", json=FDB)
+    assert response.status == 507
+    assert await response.json() == {"message": f"The datastores' root {root} is full: No space left on device"}
+    assert left_in(root) == ["ballast"]
+    (root / "ballast").unlink()
+    await provision(client)

@@ -1,5 +1,6 @@
-"""SIGKILL at random moments loses no acknowledged write and leaves no target out of step
-with its jobs (bench/kill9.py, a few rounds, with BUMPs of large manifestos and multi-entry POSTs)."""
+"""SIGKILL at random moments loses no acknowledged write, leaves no target out of step
+with its jobs, and leaves no provisioning unfinished nor any rdn blocked (bench/kill9.py, a
+few rounds, with BUMPs of large manifestos, multi-entry POSTs and datastores provisioned)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).parent.parent / "bench" / "kill9.py"
 
 
-def test_kill_9_never_loses_an_acknowledged_job_nor_leaves_a_target_out_of_step():
+def test_kill_9_never_loses_an_acknowledged_job_nor_leaves_a_target_or_a_provisioning_out_of_step():
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--rounds", "4", "--datasets", "1000"],
         capture_output=True,
@@ -21,6 +22,9 @@ def test_kill_9_never_loses_an_acknowledged_job_nor_leaves_a_target_out_of_step(
     row = [cell.strip() for cell in result.stdout.strip().splitlines()[-1].split("|")]
     opened, created, completed, _, targets, lost, inconsistent = row[2:9]
     assert opened == "5/5" and lost == "0" and inconsistent == "0"
+    provisioned, _, blocked, without_keys_job, unfinished = row[11:16]
+    assert (blocked, without_keys_job, unfinished) == ("0", "0", "0")
+    assert int(provisioned) > 0, "the provisioning client must have been acknowledged a datastore"
     assert int(created) > 0 and int(completed) > 0 and int(targets) > 0, (
         "the clients must have been acknowledged something"
     )

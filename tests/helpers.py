@@ -7,6 +7,7 @@ without importing another test module.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -47,6 +48,15 @@ def service_config(storage: dict[str, Any], input_dir: Path, **sections: dict[st
     datastores are provisioned in `datastores/` beside the input directory."""
     datastores = {"root": str(input_dir.parent / "datastores")}
     return {"storage": storage, "input": {"dir": str(input_dir)}, "datastores": datastores, **sections}
+
+
+#: How a text log line begins (the commands log to stdout, beside what they print).
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+
+
+def said(stdout: str) -> list[str]:
+    """What a command printed for a person: its lines that are not log lines."""
+    return [line for line in stdout.strip().splitlines() if not LOG_LINE.match(line)]
 
 
 def run_job_service(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

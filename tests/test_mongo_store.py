@@ -67,9 +67,27 @@ async def test_the_indexes_are_created_at_start_and_again_without_harm(open_stor
     assert any(index.get("unique") and index["key"] == [("jobId", 1)] for index in indexes.values())
     completed_keys = [index["key"] for index in (await database["completed"].index_information()).values()]
     assert [("parameters.bumpManifesto.dataStructureUpdates.name", 1)] in completed_keys
-    # The executor polls by operation: an index serves that filter in both job collections.
     assert [("parameters.operation", 1)] in completed_keys
-    assert [("parameters.operation", 1)] in [index["key"] for index in indexes.values()]
+    # In-progress jobs are few: no index beyond the rule, the id and job order costs their writes.
+    assert sorted(index["key"] for index in indexes.values()) == [
+        [("_id", 1)],
+        [("createdAt", 1), ("jobId", 1)],
+        [("datastoreRdn", 1), ("parameters.target", 1)],
+        [("jobId", 1)],
+    ]
+
+
+async def test_the_in_progress_query_indexes_of_an_earlier_release_are_dropped_at_start(open_store, database):
+    await database["inprogress"].create_index("status")
+    await database["inprogress"].create_index("parameters.operation")
+    await database["inprogress"].create_index("targetsDueAt", sparse=True)
+    await (await open_store()).ping()
+    assert sorted(await database["inprogress"].index_information()) == [
+        "_id_",
+        "createdAt_1_jobId_1",
+        "jobId_1",
+        "one_job_per_target_per_datastore",
+    ]
 
 
 async def test_writes_wait_for_a_majority_and_reads_see_only_what_a_majority_has(open_store, storage, caplog):

@@ -14,6 +14,17 @@ mark is removed. A job still marked is a change whose targets a crash may have c
 short: the next start, or the next touch of the job or its target, records them
 again from the job itself and removes the mark. Readers never see the mark.
 
+A job goes only into a live datastore, checked in the same step as the insert against
+a `delete_datastore` of any process, without a transaction: each of the two writes
+first and reads the other's document second, so at least one of them sees the other.
+A job of a datastore other than the default is inserted marked `unchecked` (no reader
+sees it, and its targets wait), then its datastore is read. Whoever finds an unchecked
+job settles it with a conditional write: the inserter, a start, a later insert on its
+target remove the mark if the datastore is live and delete the job if not; a delete,
+which has marked the datastore deleted before it looks, deletes it. A delete that
+then finds a settled job in progress puts the datastore back and refuses; a start
+puts back a deleted datastore holding one (a delete that a crash cut short).
+
 The database is shared with the world (restores, hand edits, other releases), so
 nothing is trusted to have the shape the API promises. Before its first operation
 the store checks what its rules rest on, the in-progress jobs and its unique
@@ -57,6 +68,7 @@ from .base import (
     SHOWN_JOB,
     Datastore,
     DatastoreBusy,
+    DatastoreGone,
     DatastoreTaken,
     Job,
     JobChange,
@@ -90,6 +102,11 @@ FINAL = {"$in": sorted(FINAL_STATUSES)}
 NO_ID = {"_id": False}
 #: On a job whose targets may not be recorded yet: the time of its change.
 TARGETS_DUE = "targetsDueAt"
+#: On a new job of a datastore other than the default until its datastore is found live
+#: (`_settle`): no reader sees it, and it is deleted if the datastore is not live.
+UNCHECKED = "unchecked"
+#: In-progress jobs as readers see them: settled (read by a key, where the filter is cheap).
+SETTLED = {UNCHECKED: {"$exists": False}}
 #: What job reads fetch: all but the store's mark. `_id` comes along to name a
 #: malformed document, and is dropped from a sound one.
 JOB_FIELDS = {TARGETS_DUE: False}
@@ -111,7 +128,7 @@ NAMED = 5
 #: Malformed documents remembered, so that each is logged once: at most this many.
 REMEMBERED_MALFORMED = 10_000
 
-#: Both job collections': a job by id, and what the job queries filter and sort on
+#: The completed jobs': a job by id, and what the job queries filter and sort on
 #: (status, datastore, operation, job order, the datasets of a BUMP manifesto).
 JOB_QUERY_INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
     ([("jobId", ASCENDING)], {"unique": True}),
@@ -124,13 +141,18 @@ JOB_QUERY_INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
     ([(TARGETS_DUE, ASCENDING)], {"sparse": True}),
 ]
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
+    # In-progress jobs are few (one per target being worked on), and every start reads
+    # them all: a query of them reads them all too, cheaply. An index is kept only for
+    # the rule, for a job by id and for job order; each costs every insert and every
+    # change of a job (on SecantusDB, about a third of a second per 1,000 inserts).
     "inprogress": [
         # The rule itself: one document per target and datastore in this collection, across processes.
         (
             [("datastoreRdn", ASCENDING), ("parameters.target", ASCENDING)],
             {"unique": True, "name": "one_job_per_target_per_datastore"},
         ),
-        *JOB_QUERY_INDEXES,
+        ([("jobId", ASCENDING)], {"unique": True}),
+        (JOB_SORT, {}),
     ],
     "completed": [*JOB_QUERY_INDEXES, ([("parameters.target", ASCENDING)], {})],
     "targets": [([("datastoreRdn", ASCENDING), ("name", ASCENDING)], {"unique": True})],
@@ -139,7 +161,17 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
 }
 #: The rules from before datastores (one job per target, one target per name, across
 #: all datastores), which the new ones replace.
-OLD_INDEXES = {"inprogress": "one_job_per_target", "targets": "name_1"}
+OLD_INDEXES = {"inprogress": ["one_job_per_target"], "targets": ["name_1"]}
+#: The query indexes earlier releases built on the in-progress jobs, which cost more than they save.
+UNNEEDED_INDEXES = {
+    "inprogress": [
+        "status_1",
+        "datastoreRdn_1_createdAt_1_jobId_1",
+        "parameters.operation_1",
+        f"{MANIFESTO_NAME}_1",
+        f"{TARGETS_DUE}_1",
+    ]
+}
 #: MongoDB's error code for dropping an index that is not there.
 INDEX_NOT_FOUND = 27
 #: What a StoreCorrupt tells the operator to do once the data is fixed.
@@ -415,17 +447,32 @@ class MongoStore:
         for name, indexes in INDEXES.items():
             for keys, options in indexes:
                 await self._create_index(name, keys, options)
-        for name, index in OLD_INDEXES.items():
-            await drop_index_if_present(self._collections[name], index)
+        for dropped in (OLD_INDEXES, UNNEEDED_INDEXES):
+            for name, names in dropped.items():
+                for index in names:
+                    await drop_index_if_present(self._collections[name], index)
         async for job in self._inprogress.find({"status": FINAL}, NO_ID):
             await self._finish(job)
+        unchecked = await self._inprogress.find({UNCHECKED: True}, {"jobId": True, "datastoreRdn": True}).to_list()
+        for rdn in {job["datastoreRdn"] for job in unchecked}:
+            await self._settle(rdn, [job["jobId"] for job in unchecked if job["datastoreRdn"] == rdn])
+        await self._put_back_busy_datastores()
         for name in ("inprogress", "completed"):
-            async for job in self._collections[name].find({TARGETS_DUE: {"$exists": True}}):
+            async for job in self._collections[name].find({TARGETS_DUE: {"$exists": True}, **SETTLED}):
                 if self._sound(name, job):
                     await self._record_targets([job])
         if self._initial_maintenance is not None:
             await self._insert_initial_maintenance(self._initial_maintenance)
         self.prepared = True
+
+    async def _put_back_busy_datastores(self) -> None:
+        """Put back each deleted datastore that holds a job in progress: a delete that
+        a crash stopped between its mark and its refusal."""
+        async for datastore in self._datastores.find({"deleted": True, "rdn": {"$type": "string"}}, {"rdn": True}):
+            rdn = datastore["rdn"]
+            if await self._inprogress.find_one({"datastoreRdn": rdn, "status": NOT_FINAL, **SETTLED}) is not None:
+                await self._datastores.update_one({"rdn": rdn, "deleted": True}, {"$set": {"deleted": False}})
+                log.warning("MongoDB: datastore %s was deleted with a job in progress; it is live again", rdn)
 
     async def _check_default(self) -> None:
         """Refuse another default datastore than the first one the database was opened with:
@@ -542,7 +589,7 @@ class MongoStore:
         try:
             async with translate_errors():
                 async for document in cursor.batch_size(PAGE_SIZE):
-                    if self._sound(collection, document):
+                    if UNCHECKED not in document and self._sound(collection, document):
                         yield document
         finally:
             await cursor.close()
@@ -628,8 +675,11 @@ class MongoStore:
     async def _insert(self, jobs: list[Job]) -> list[StoreError | None]:
         """Store new jobs in a few round trips, whatever their number: the jobs, marked,
         in one unordered insert (the unique index refuses those whose target is held),
-        then all their targets in one bulk write, then the marks removed. Each job is a
-        change of its own, repaired as any marked job is if a crash cuts it short."""
+        those of a datastore other than the default settled (`_settle`), then all their
+        targets in one bulk write, then the marks removed. Each job is a change of its
+        own, repaired as any marked job is if a crash cuts it short."""
+        rdn = jobs[0]["datastoreRdn"]
+        checked = {} if rdn == self._default else {UNCHECKED: True}
         answers: list[StoreError | None] = [None] * len(jobs)
         first: set[str] = set()
         for index, job in enumerate(jobs):
@@ -642,7 +692,7 @@ class MongoStore:
         # Twice: a target held by a finished job whose move a crash cut short is freed
         # by the first attempt, and taken by the second.
         for attempt in range(2):
-            marked = [{**jobs[index], TARGETS_DUE: jobs[index]["createdAt"]} for index in pending]
+            marked = [{**jobs[index], TARGETS_DUE: jobs[index]["createdAt"], **checked} for index in pending]
             try:
                 refused = await self._insert_marked(marked)
             except StoreUnavailable as exc:
@@ -662,8 +712,29 @@ class MongoStore:
                     answers[index] = TargetBusy(jobs[index]["parameters"]["target"])
             if not pending:
                 break
+        if checked and stored:
+            standing = await self._settle(rdn, [jobs[index]["jobId"] for index in stored])
+            if not standing:
+                raise DatastoreGone(rdn)
+            for index in stored:
+                if jobs[index]["jobId"] not in standing:
+                    answers[index] = DatastoreGone(rdn)  # deleted by a delete_datastore meanwhile
+            stored = [index for index in stored if answers[index] is None]
         await self._record_targets_or_leave_them_due([jobs[index] for index in sorted(stored)])
         return answers
+
+    async def _settle(self, rdn: str, job_ids: list[str]) -> set[str]:
+        """Settle unchecked jobs of datastore `rdn`, each with a conditional write: the mark
+        removed if the datastore is live, the job deleted if not. Whoever settles a job first
+        decides (another process may have): the ids of those that stand, settled."""
+        unchecked = {"jobId": {"$in": job_ids}, UNCHECKED: True}
+        if await self._datastores.find_one({"rdn": rdn, "deleted": False}) is None:
+            await self._inprogress.delete_many(unchecked)
+        elif (await self._inprogress.update_many(unchecked, {"$unset": {UNCHECKED: ""}})).modified_count == len(
+            job_ids
+        ):
+            return set(job_ids)
+        return set(await self._inprogress.distinct("jobId", {"jobId": {"$in": job_ids}, **SETTLED}))
 
     async def _insert_targets(self, targets: list[dict[str, Any]]) -> list[int]:
         """Insert targets at their first revision: the positions of those already there."""
@@ -714,6 +785,12 @@ class MongoStore:
             holder["parameters"]["target"]: holder if self._sound("inprogress", holder) else None
             async for holder in self._inprogress.find(held)
         }
+        # An unchecked holder is settled first: it holds the target only if it stands.
+        unchecked = [holder["jobId"] for holder in holders.values() if holder is not None and UNCHECKED in holder]
+        standing = await self._settle(rdn, unchecked) if unchecked else set()
+        for target, holder in list(holders.items()):
+            if holder is not None and holder.pop(UNCHECKED, None) and holder["jobId"] not in standing:
+                del holders[target]
         free = []
         for job, index in zip(jobs, indexes, strict=True):
             target = job["parameters"]["target"]
@@ -754,7 +831,7 @@ class MongoStore:
     @store_operation
     async def get_job(self, job_id: str) -> Job | None:
         for name in ("inprogress", "completed"):
-            job = await self._collections[name].find_one({"jobId": job_id}, JOB_FIELDS)
+            job = await self._collections[name].find_one({"jobId": job_id, **SETTLED}, JOB_FIELDS)
             if job is not None:
                 return cast(Job, self._checked(name, job))
         return None
@@ -782,7 +859,7 @@ class MongoStore:
             # A full page ends the window at its last job that has a place in job order (a
             # page of nothing but malformed documents, which no start lets by, ends the listing).
             edge = next(filter(has_position, reversed(page)), None) if len(page) == PAGE_SIZE else None
-            in_progress = [job for job in page if self._sound("inprogress", job)]
+            in_progress = [job for job in page if UNCHECKED not in job and self._sound("inprogress", job)]
             window = all_of(bounds if edge is None else [*bounds, up_to_job(edge)])
             completed = self._stream("completed", self._completed.find(window, JOB_FIELDS).sort(JOB_SORT))
             async for job in merge_in_order(completed, in_progress):
@@ -819,7 +896,7 @@ class MongoStore:
         # The job changed and marked, moved if final, its targets recorded, the mark
         # removed: a crash after any step leaves what the next start or touch finishes.
         job = await self._inprogress.find_one_and_update(
-            {"jobId": job_id, "status": NOT_FINAL, **log_with_room_for(log_room_needed(change))},
+            {"jobId": job_id, "status": NOT_FINAL, **SETTLED, **log_with_room_for(log_room_needed(change))},
             job_updates(change, change_time(change)),
             return_document=ReturnDocument.AFTER,
         )
@@ -834,7 +911,7 @@ class MongoStore:
     async def _refuse_update(self, job_id: str) -> Job:
         """Why an update found no job to change: its log is full, it is final, or it
         does not exist. This touch finishes what a crash left of the job's last change."""
-        job = await self._inprogress.find_one({"jobId": job_id})
+        job = await self._inprogress.find_one({"jobId": job_id, **SETTLED})
         if job is not None:
             if self._checked("inprogress", job)["status"] not in FINAL_STATUSES:
                 raise JobLogFull(job_id)
@@ -850,7 +927,7 @@ class MongoStore:
 
     @store_operation
     async def target_in_progress(self, datastore: str, name: str) -> bool:
-        held = {"datastoreRdn": datastore, "parameters.target": name, "status": NOT_FINAL}
+        held = {"datastoreRdn": datastore, "parameters.target": name, "status": NOT_FINAL, **SETTLED}
         return await self._inprogress.find_one(held) is not None
 
     # --- targets ------------------------------------------------------------------------
@@ -893,12 +970,15 @@ class MongoStore:
 
     @store_operation
     async def delete_datastore(self, rdn: str) -> None:
-        # A job posted between the check and the mark is tolerated: the datastore
-        # keeps its jobs and files when deleted, so that job still runs to its end
-        # on a directory that exists, and shows in the job lists like any other.
-        if await self._inprogress.find_one({"datastoreRdn": rdn, "status": NOT_FINAL}) is not None:
+        # Marked first, looked at second (see the module's docstring): an insert that read
+        # the datastore live before the mark has its job there, unchecked or settled.
+        marked = await self._datastores.update_one({"rdn": rdn, "deleted": False}, {"$set": {"deleted": True}})
+        if marked.modified_count == 0:
+            return  # unknown, or deleted already
+        await self._inprogress.delete_many({"datastoreRdn": rdn, UNCHECKED: True})
+        if await self._inprogress.find_one({"datastoreRdn": rdn, "status": NOT_FINAL, **SETTLED}) is not None:
+            await self._datastores.update_one({"rdn": rdn, "deleted": True}, {"$set": {"deleted": False}})
             raise DatastoreBusy(rdn)
-        await self._datastores.update_one({"rdn": rdn}, {"$set": {"deleted": True}})
 
     @store_operation
     async def remove_datastore(self, rdn: str) -> None:
@@ -925,7 +1005,7 @@ class MongoStore:
     @store_operation
     async def stats(self) -> StoreStats:
         by_status: list[dict[str, Any]] = [
-            {"$match": {"status": {"$type": "string", **NOT_FINAL}, "datastoreRdn": {"$type": "string"}}},
+            {"$match": {"status": {"$type": "string", **NOT_FINAL}, "datastoreRdn": {"$type": "string"}, **SETTLED}},
             {"$group": {"_id": {"datastore": "$datastoreRdn", "status": "$status"}, "count": {"$sum": 1}}},
         ]
         rows = await (await self._inprogress.aggregate(by_status)).to_list()

@@ -12,7 +12,18 @@ from helpers import bump_job, create_job, listed, put_job, service_config, store
 from pymongo import AsyncMongoClient
 from service_process import ServiceProcess
 
-from backends import JobChange, JobFinal, JobQuery, StoreCorrupt, StoreUnavailable, TargetBusy, revision_of
+from backends import (
+    DatastoreBusy,
+    DatastoreGone,
+    JobChange,
+    JobFinal,
+    JobNotFound,
+    JobQuery,
+    StoreCorrupt,
+    StoreUnavailable,
+    TargetBusy,
+    revision_of,
+)
 from backends.mongo import MongoStore
 from job_service import create_app
 
@@ -56,9 +67,27 @@ async def test_the_indexes_are_created_at_start_and_again_without_harm(open_stor
     assert any(index.get("unique") and index["key"] == [("jobId", 1)] for index in indexes.values())
     completed_keys = [index["key"] for index in (await database["completed"].index_information()).values()]
     assert [("parameters.bumpManifesto.dataStructureUpdates.name", 1)] in completed_keys
-    # The executor polls by operation: an index serves that filter in both job collections.
     assert [("parameters.operation", 1)] in completed_keys
-    assert [("parameters.operation", 1)] in [index["key"] for index in indexes.values()]
+    # In-progress jobs are few: no index beyond the rule, the id and job order costs their writes.
+    assert sorted(index["key"] for index in indexes.values()) == [
+        [("_id", 1)],
+        [("createdAt", 1), ("jobId", 1)],
+        [("datastoreRdn", 1), ("parameters.target", 1)],
+        [("jobId", 1)],
+    ]
+
+
+async def test_the_in_progress_query_indexes_of_an_earlier_release_are_dropped_at_start(open_store, database):
+    await database["inprogress"].create_index("status")
+    await database["inprogress"].create_index("parameters.operation")
+    await database["inprogress"].create_index("targetsDueAt", sparse=True)
+    await (await open_store()).ping()
+    assert sorted(await database["inprogress"].index_information()) == [
+        "_id_",
+        "createdAt_1_jobId_1",
+        "jobId_1",
+        "one_job_per_target_per_datastore",
+    ]
 
 
 async def test_writes_wait_for_a_majority_and_reads_see_only_what_a_majority_has(open_store, storage, caplog):
@@ -255,7 +284,17 @@ class Crash(Exception):
 T1 = "2026-11-30T10:00:00.000001+00:00"
 T2 = "2026-11-30T10:00:00.000002+00:00"
 T3 = "2026-11-30T10:00:00.000003+00:00"
-WRITES = {"insert_one", "insert_many", "replace_one", "update_one", "delete_one", "find_one_and_update", "bulk_write"}
+WRITES = {
+    "insert_one",
+    "insert_many",
+    "replace_one",
+    "update_one",
+    "update_many",
+    "delete_one",
+    "delete_many",
+    "find_one_and_update",
+    "bulk_write",
+}
 #: Writes of many documents at once.
 BULK_WRITES = {"insert_many", "bulk_write"}
 
@@ -293,7 +332,7 @@ class Stopping:
 
 def stopping_after(store: MongoStore, writes: int) -> None:
     budget = {"left": writes}
-    for name in ("_inprogress", "_completed", "_targets"):
+    for name in ("_inprogress", "_completed", "_targets", "_datastores"):
         setattr(store, name, Stopping(getattr(store, name), budget))
 
 
@@ -467,3 +506,182 @@ async def test_a_batch_stopped_after_any_step_leaves_each_job_there_with_its_tar
             "targets": {job["parameters"]["target"]: ("queued", ["ADD"], job["createdAt"]) for job in batch[:stored]},
         }, f"after {writes} writes"
         assert await nothing_marked(database)
+
+
+# --- a job goes only into a live datastore, against a delete from any process ----------------
+
+FDB = "no.ssb.fdb"
+
+
+def registered(rdn: str) -> dict:
+    return {
+        "rdn": rdn,
+        "name": rdn,
+        "description": "",
+        "directory": f"/srv/{rdn}",
+        "bumpEnabled": False,
+        "deleted": False,
+    }
+
+
+class Meanwhile:
+    """A collection whose first call of `method` lets another process's operation run to
+    its end first: an interleaving of two processes' steps, chosen by the test."""
+
+    def __init__(self, collection, method: str, operation) -> None:
+        self._collection = collection
+        self._method = method
+        self._operation = operation
+        self.outcome: BaseException | None = None
+
+    def __getattr__(self, name):
+        call = getattr(self._collection, name)
+        if name != self._method or self._operation is None:
+            return call
+        operation, self._operation = self._operation, None
+
+        async def interleaved(*args, **kwargs):
+            try:
+                await operation()
+            except Exception as exc:
+                self.outcome = exc
+            return await call(*args, **kwargs)
+
+        return interleaved
+
+
+#: (whose step, its collection, the call the other's whole operation comes before, which one wins).
+INTERLEAVINGS = [
+    ("insert", "_datastores", "find_one", "delete"),  # after the job is written, before the datastore is read
+    ("insert", "_inprogress", "update_many", "delete"),  # after the datastore is read live, before the settle
+    ("insert", "_targets", "insert_many", "insert"),  # after the settle
+    ("delete", "_datastores", "update_one", "insert"),  # before the mark
+    ("delete", "_inprogress", "delete_many", "delete"),  # after the mark, before the unchecked jobs go
+    ("delete", "_inprogress", "find_one", "delete"),  # after they went, before the look for settled jobs
+]
+
+
+@pytest.mark.parametrize(("paused", "collection", "method", "winner"), INTERLEAVINGS)
+async def test_an_insert_and_a_delete_in_two_processes_never_leave_a_job_in_a_deleted_datastore(
+    open_store, database, paused, collection, method, winner
+):
+    inserter, deleter = await open_store(), await open_store()
+    await inserter.add_datastore(registered(FDB))
+    await deleter.ping()
+    operations = {
+        "insert": lambda: inserter.insert_job(stored_job("1", datastore=FDB)),
+        "delete": lambda: deleter.delete_datastore(FDB),
+    }
+    other = "delete" if paused == "insert" else "insert"
+    store = inserter if paused == "insert" else deleter
+    meanwhile = Meanwhile(getattr(store, collection), method, operations[other])
+    setattr(store, collection, meanwhile)
+    try:
+        await operations[paused]()
+        outcomes = {paused: None, other: meanwhile.outcome}
+    except (DatastoreGone, DatastoreBusy) as exc:
+        outcomes = {paused: exc, other: meanwhile.outcome}
+
+    # Exactly one of them wins, and the store shows what the winner was told.
+    expected = {"insert": (None, DatastoreBusy), "delete": (DatastoreGone, None)}[winner]
+    assert (type(outcomes["insert"]) if outcomes["insert"] else None) == expected[0], outcomes
+    assert (type(outcomes["delete"]) if outcomes["delete"] else None) == expected[1], outcomes
+    for reader in (await open_store(), inserter):
+        await reader.ping()
+        jobs = await listed(reader.find_jobs(JobQuery(datastore=FDB)))
+        assert [job["jobId"] for job in jobs] == (["1"] if winner == "insert" else [])
+        assert (await reader.get_datastore(FDB))["deleted"] == (winner == "delete")
+        targets = await listed(reader.list_targets(FDB))
+        assert [target["name"] for target in targets] == (["MY_DATASET"] if winner == "insert" else [])
+    assert await database["inprogress"].count_documents({"unchecked": {"$exists": True}}) == 0
+
+
+async def test_a_job_not_yet_checked_is_seen_by_no_reader_and_settled_by_the_next_insert_on_its_target(
+    open_store, database
+):
+    store = await open_store()
+    await store.add_datastore(registered(FDB))
+    dying = await open_store()
+    await dying.ping()
+    stopping_after(dying, 1)  # the job written, unchecked; its datastore never read
+    with pytest.raises(Crash):
+        await dying.insert_job(stored_job("1", datastore=FDB))
+
+    assert await listed(store.find_jobs(JobQuery())) == []
+    assert await listed(store.find_jobs(JobQuery(datastore=FDB, ignore_completed=True))) == []
+    assert await store.get_job("1") is None
+    assert not await store.target_in_progress(FDB, "MY_DATASET")
+    assert (await store.stats()).in_progress == {}
+    with pytest.raises(JobNotFound):
+        await store.update_job("1", JobChange(status="validating"))
+    # The next insert on its target settles it: the datastore is live, so the job stands.
+    with pytest.raises(TargetBusy):
+        await store.insert_job(stored_job("2", datastore=FDB))
+    assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == ["1"]
+    assert (await store.get_target(FDB, "MY_DATASET"))["status"] == "queued"
+    assert await nothing_marked(database)
+
+
+async def test_a_delete_removes_a_job_not_yet_checked_and_goes_through(open_store, database):
+    store = await open_store()
+    await store.add_datastore(registered(FDB))
+    dying = await open_store()
+    await dying.ping()
+    stopping_after(dying, 1)
+    with pytest.raises(Crash):
+        await dying.insert_jobs([stored_job("1", "A", datastore=FDB), stored_job("2", "B", datastore=FDB)])
+
+    await store.delete_datastore(FDB)
+    assert (await store.get_datastore(FDB))["deleted"]
+    assert await database["inprogress"].count_documents({}) == 0
+    assert await listed(store.list_targets(FDB)) == []
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["live", "deleted"])
+async def test_an_insert_stopped_after_any_step_is_settled_by_the_next_start(open_store, database, live):
+    """Into another datastore than the default, a job is 4 writes: the job (unchecked and
+    marked), the settle, its target, the mark removed; the datastore is read between the first two."""
+    for writes in range(5):
+        running = await open_store()
+        await running.clear()
+        await running.add_datastore(registered(FDB))
+        if not live:
+            await running.delete_datastore(FDB)
+        dying = await open_store()
+        await dying.ping()
+        stopping_after(dying, writes)
+        with contextlib.suppress(Crash, DatastoreGone):
+            await dying.insert_job(stored_job("1", datastore=FDB))
+
+        repaired = await open_store()
+        await repaired.ping()
+        jobs = await listed(repaired.find_jobs(JobQuery()))
+        targets = await listed(repaired.list_targets(FDB))
+        stands = live and writes > 0
+        assert [job["jobId"] for job in jobs] == (["1"] if stands else []), f"after {writes} writes"
+        assert [target["name"] for target in targets] == (["MY_DATASET"] if stands else []), f"after {writes} writes"
+        assert await database["inprogress"].count_documents({"unchecked": {"$exists": True}}) == 0
+        assert await nothing_marked(database)
+
+
+async def test_a_delete_stopped_after_any_step_leaves_a_busy_datastore_live_after_the_next_start(open_store):
+    """A delete of a datastore with a job in progress is 3 writes: the mark, the removal of
+    unchecked jobs, the mark taken back (with DatastoreBusy)."""
+    for writes in range(4):
+        running = await open_store()
+        await running.clear()
+        await running.add_datastore(registered(FDB))
+        await running.insert_job(stored_job("1", datastore=FDB))
+        dying = await open_store()
+        await dying.ping()
+        stopping_after(dying, writes)
+        with pytest.raises(Crash if writes < 3 else DatastoreBusy):
+            await dying.delete_datastore(FDB)
+
+        repaired = await open_store()
+        await repaired.ping()
+        assert not (await repaired.get_datastore(FDB))["deleted"], f"after {writes} writes"
+        assert [job["jobId"] for job in await listed(repaired.find_jobs(JobQuery(datastore=FDB)))] == ["1"]
+        await repaired.update_job("1", JobChange(status="completed"))
+        await repaired.delete_datastore(FDB)  # once the job is done, the delete goes through
+        assert (await repaired.get_datastore(FDB))["deleted"]

@@ -241,9 +241,6 @@ async def test_a_datastore_with_a_job_in_progress_cannot_be_deleted(store):
     assert (await store.get_datastore(FDB))["deleted"]
 
 
-# The MongoDB store keeps these rules once its own helper's change lands (issue 21 item 2,
-# issue 20 item 5); until then they run on TinyDB only.
-@pytest.mark.parametrize("backend", ["tinydb"])
 async def test_a_job_goes_only_into_the_default_datastore_or_a_live_registered_one(store):
     await store.add_datastore(datastore(FDB))
     await store.add_datastore(datastore("no.ssb"))
@@ -262,7 +259,6 @@ async def test_a_job_goes_only_into_the_default_datastore_or_a_live_registered_o
     assert await ids(store.find_jobs(JobQuery())) == ["4", "5"]
 
 
-@pytest.mark.parametrize("backend", ["tinydb"])  # see above
 async def test_a_delete_and_an_insert_at_once_never_leave_a_job_in_a_deleted_datastore(store):
     for n in range(20):
         rdn = f"no.ssb.race{n}"
@@ -280,7 +276,6 @@ async def test_a_delete_and_an_insert_at_once_never_leave_a_job_in_a_deleted_dat
         assert not (in_progress and (await store.get_datastore(rdn))["deleted"])
 
 
-@pytest.mark.parametrize("backend", ["tinydb"])  # see above
 async def test_a_target_is_a_new_revision_at_every_write_of_it(store):
     await store.add_datastore(datastore(FDB))
     await store.save_target(target("MY_DATASET"))

@@ -20,6 +20,7 @@ The sections of this file, in order (each starts with a `# --- name` line):
 - logs and metrics: request-scoped log fields, Prometheus, the timed store;
 - authentication: the JWKS, administrators' tokens, the executor's key;
 - datastores: the registry as the routes see it, the default datastore's special cases;
+- the pipeline: a job's timeline and which jobs are stale, derived from their logs;
 - routes: `@route` declares each route once (path, twin, `Access`, body, errors), and
   the one resolver (`endpoint`, `authorize`) enforces it before any body is read;
 - the API's own documentation: OpenAPI from the route declarations and schemas, Swagger UI;
@@ -2220,6 +2221,139 @@ class Datastores:
         await self._store.delete_datastore(rdn)
 
 
+# --- the pipeline: timelines and stale jobs ------------------------------------------
+# What the jobs tell of the pipeline, derived from their logs at each request: the
+# phases a job went through, and which jobs in progress have not moved for too long.
+# Nothing of it is stored or added to a job: what the executor reads stays as it was.
+
+#: The log line `PUT /jobs/{jobId}` writes for a new status (see `update_job`).
+STATUS_LINE = re.compile(r"Set status: ([a-z]+)")
+
+
+def instant(text: str) -> datetime | None:
+    """A stored time; a time without an offset is UTC's; None for one that cannot be
+    read (the service never writes one, an imported document may hold one)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def status_changes(created_at: str, log: list[LogEntry]) -> list[tuple[str, datetime]]:
+    """The statuses a job entered and when, in log order (the order things happened,
+    whatever the times say): `queued` at its creation, then each `Set status: <status>`
+    line. A line that repeats the status the job is in changes nothing; a line whose
+    time cannot be read, or that names no status, is left out."""
+    created = instant(created_at)
+    changes = [] if created is None else [("queued", created)]
+    for entry in log:
+        line = STATUS_LINE.fullmatch(entry["message"])
+        moment = instant(entry["at"])
+        if line is None or line[1] not in STATUSES or moment is None:
+            continue
+        if not changes or changes[-1][0] != line[1]:
+            changes.append((line[1], moment))
+    return changes
+
+
+def last_change(job: Job, now: datetime) -> datetime:
+    """When a job last changed: its last log entry's time, else its creation (else now,
+    for times that cannot be read)."""
+    for entry in reversed(job["log"]):
+        moment = instant(entry["at"])
+        if moment is not None:
+            return moment
+    return instant(job["createdAt"]) or now
+
+
+def phases_of(job: Job, now: datetime) -> list[tuple[str, datetime]]:
+    """`status_changes`, ending in the status the job is in. History from before this
+    service (adopted) may lack the line of that status: the job is taken to have
+    entered it at its last change, the latest time its log knows of."""
+    changes = status_changes(job["createdAt"], job["log"])
+    if not changes or changes[-1][0] != job["status"]:
+        changes.append((job["status"], last_change(job, now)))
+    return changes
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def timeline(job: Job, now: datetime) -> dict[str, Any]:
+    """A job's phases, as `TimelineSchema` shows them. Each phase lasts until the next
+    one begins; a final one ends as it begins; the last phase of a job in progress is
+    open, its seconds counted up to `now`. A phase that a line with an earlier time
+    ends (clocks put back, history from elsewhere) lasts 0 seconds, never less."""
+    changes = phases_of(job, now)
+    phases: list[dict[str, Any]] = []
+    reentries: list[dict[str, str]] = []
+    entered: set[str] = set()
+    seconds_in = {"queued": 0.0, "working": 0.0}
+    for index, (status, moment) in enumerate(changes):
+        if index + 1 < len(changes):
+            left: datetime | None = changes[index + 1][1]
+        else:
+            left = moment if status in FINAL_STATUSES else None
+        seconds = max(0.0, ((now if left is None else left) - moment).total_seconds())
+        seconds_in["queued" if status == "queued" else "working"] += seconds
+        phases.append(
+            {
+                "status": status,
+                "enteredAt": iso(moment),
+                "leftAt": None if left is None else iso(left),
+                "seconds": seconds,
+            }
+        )
+        if status in entered:  # the executor's rollback sends a job back to queued or built
+            reentries.append({"status": status, "enteredAt": iso(moment), "fromStatus": changes[index - 1][0]})
+        entered.add(status)
+    return {
+        "jobId": job["jobId"],
+        "datastoreRdn": job["datastoreRdn"],
+        "status": job["status"],
+        "phases": phases,
+        "queuedSeconds": seconds_in["queued"],
+        "workingSeconds": seconds_in["working"],
+        "totalSeconds": seconds_in["queued"] + seconds_in["working"],
+        "reentries": reentries,
+    }
+
+
+class PhaseSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    enteredAt = fields.String(required=True)
+    #: None while the job is in this status (the last phase of a job in progress).
+    leftAt = fields.String(required=True, allow_none=True)
+    seconds = fields.Float(required=True)
+
+
+class ReentrySchema(Schema):
+    """A phase of a status the job had been in before: the executor's rollback."""
+
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    enteredAt = fields.String(required=True)
+    #: The status the job left for it.
+    fromStatus = fields.String(required=True, validate=validate.OneOf(STATUSES))
+
+
+class TimelineSchema(Schema):
+    jobId = fields.String(required=True)
+    datastoreRdn = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    phases = fields.List(fields.Nested(PhaseSchema), required=True)
+    #: Seconds in `queued`, the executor's queue; working is every other phase.
+    queuedSeconds = fields.Float(required=True)
+    workingSeconds = fields.Float(required=True)
+    #: From its creation to its final status, or to now: queuedSeconds + workingSeconds.
+    totalSeconds = fields.Float(required=True)
+    reentries = fields.List(fields.Nested(ReentrySchema), required=True)
+
+
+TIMELINE_SCHEMA = TimelineSchema()
+
+
 # --- routes: each declared once, resolved in one place ------------------------------
 
 
@@ -2683,6 +2817,27 @@ async def get_job(request: web.Request, scope: Scope) -> web.Response:
     if job is None or elsewhere or not scope.sees(job["datastoreRdn"]):
         raise JobNotFound(job_id)
     return respond_encoded(request.app[ENCODED_JOBS].encode(job))
+
+
+@route(
+    "GET",
+    "/jobs/{jobId}/timeline",
+    Access.READ_JOBS,
+    "A job's phases, from its status changes: time queued, working, in all, and its re-entries",
+    TimelineSchema,
+    "jobs",
+    twin=True,
+    spans_datastores=True,
+    errors=(404, 503),
+)
+async def get_job_timeline(request: web.Request, scope: Scope) -> web.Response:
+    job_id = request.match_info["jobId"]
+    job = await store_of(request).get_job(job_id)
+    # Found as `get_job` finds it: on a datastore's own route, a job of another datastore is not there.
+    elsewhere = scope.datastore is not None and job is not None and job["datastoreRdn"] != scope.rdn
+    if job is None or elsewhere or not scope.sees(job["datastoreRdn"]):
+        raise JobNotFound(job_id)
+    return respond(TIMELINE_SCHEMA, timeline(job, datetime.now(UTC)))
 
 
 def new_job(datastore: Datastore, parameters: dict[str, Any], user: User) -> Job:

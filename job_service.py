@@ -85,6 +85,7 @@ from marshmallow import (
     ValidationError,
     fields,
     post_load,
+    pre_load,
     validate,
     validates_schema,
 )
@@ -140,6 +141,9 @@ log = logging.getLogger("job_service")
 # Typed by annotation: the classes they hold are defined further down.
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 STORE: web.AppKey[Store] = web.AppKey("store")
+#: The same store, its operations not timed: for /metrics' own reads of the jobs, which
+#: must not move the series of the executors' polls (find_jobs) it reports.
+UNTIMED_STORE: web.AppKey[Store] = web.AppKey("untimed_store")
 SIGNING_KEYS: web.AppKey[SigningKeys] = web.AppKey("signing_keys")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")
@@ -252,6 +256,9 @@ class InputConfig:
 @dataclass(frozen=True)
 class JobsConfig:
     bump_enabled: bool
+    #: `[jobs.stale_after]`: per in-progress status, the seconds a job may stay in it
+    #: without a change before it is stale (see `is_stale`).
+    stale_after: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -389,9 +396,66 @@ class InputSection(ConfigSection):
     dir = fields.Function(deserialize=Path, load_default=lambda: Path("input"))
 
 
+class Seconds(fields.Float):
+    """A TOML number of seconds, more than 0: marshmallow's Float also takes "900" and true."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(validate=validate.Range(min=0, min_inclusive=False), **options)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        seconds: float = super()._deserialize(value, attr, data, **kwargs)
+        return seconds
+
+
+MINUTE, HOUR = 60.0, 3600.0
+
+
+class StaleAfterSection(ConfigSection):
+    """`[jobs.stale_after]`: per in-progress status, the seconds a job may stay in it
+    without a change before it is stale. The defaults follow how the executor works
+    (microdata-job-executor d447dd8): it polls every 5 seconds and starts a queued
+    job as soon as a worker is free, so a job queued for a quarter of an hour waits
+    for something (a pause, busy workers, a silent executor); a built job is imported
+    at its next poll, paused or not; a worker's steps and an import run for hours on
+    the largest datasets."""
+
+    model = dict
+    queued = Seconds(load_default=15 * MINUTE)
+    initiated = Seconds(load_default=6 * HOUR)
+    validating = Seconds(load_default=6 * HOUR)
+    decrypting = Seconds(load_default=6 * HOUR)
+    transforming = Seconds(load_default=6 * HOUR)
+    pseudonymizing = Seconds(load_default=6 * HOUR)
+    enriching = Seconds(load_default=6 * HOUR)
+    converting = Seconds(load_default=6 * HOUR)
+    partitioning = Seconds(load_default=6 * HOUR)
+    built = Seconds(load_default=1 * HOUR)
+    importing = Seconds(load_default=6 * HOUR)
+
+    @pre_load
+    def name_the_statuses(self, data: Any, **kwargs: Any) -> Any:
+        """A key that is no in-progress status is refused saying which ones there are."""
+        if not isinstance(data, dict):
+            return data
+        in_progress = ", ".join(self.fields)
+        problems = {
+            key: "A final status has no threshold: a finished job is never stale."
+            if key in FINAL_STATUSES
+            else f"Not a status; the thresholds are of the in-progress statuses: {in_progress}."
+            for key in data
+            if key not in self.fields
+        }
+        if problems:
+            raise ValidationError(problems)
+        return data
+
+
 class JobsSection(ConfigSection):
     model = JobsConfig
     bump_enabled = StrictBoolean(load_default=False)
+    stale_after = section(StaleAfterSection)
 
 
 class LocalUserSection(ConfigSection):
@@ -1879,10 +1943,11 @@ class Metrics:
     def count_malformed(self, collection: str) -> None:
         self.malformed_documents.labels(collection).inc()
 
-    def record_store(self, stats: StoreStats | None, default_datastore: str) -> None:
+    def record_store(self, stats: StoreStats | None, queues: QueueReading | None, default_datastore: str) -> None:
         """What this scrape read of the store; None when it could not be read."""
-        self.store_up.set(int(stats is not None))
-        self.store_gauges.reading = None if stats is None else (stats, default_datastore)
+        reading = None if stats is None or queues is None else (stats, queues, default_datastore)
+        self.store_up.set(int(reading is not None))
+        self.store_gauges.reading = reading
 
 
 class StoreGauges(prometheus_client.registry.Collector):
@@ -1891,23 +1956,38 @@ class StoreGauges(prometheus_client.registry.Collector):
     left out, so a dashboard shows a gap, never stale or zero counts."""
 
     def __init__(self) -> None:
-        #: The last scrape's statistics and default datastore; None when it could not read them.
-        self.reading: tuple[StoreStats, str] | None = None
+        #: The last scrape's statistics, jobs in progress and default datastore; None when it could not read them.
+        self.reading: tuple[StoreStats, QueueReading, str] | None = None
 
     def collect(self) -> Iterator[prometheus_client.Metric]:
         if self.reading is None:
             return
-        stats, default_datastore = self.reading
+        stats, queues, default_datastore = self.reading
         in_progress = GaugeMetricFamily(
             "jobs_in_progress", "Jobs in progress, by datastore and status", labels=["datastore", "status"]
         )
+        stale = GaugeMetricFamily(
+            "jobs_stale",
+            "Jobs in progress unchanged for longer than [jobs.stale_after] allows their status",
+            labels=["datastore", "status"],
+        )
+        oldest_queued = GaugeMetricFamily(
+            "jobs_oldest_queued_age_seconds",
+            "How long the job queued longest has been waiting (0 with none queued)",
+            labels=["datastore"],
+        )
         # A datastore's series go when its last job does, so the labels stay as few as
         # the datastores with work (and the default).
-        for datastore in sorted({default_datastore, *(datastore for datastore, _ in stats.in_progress)}):
+        listed = (datastore for datastore, _ in (*stats.in_progress, *queues.stale))
+        for datastore in sorted({default_datastore, *listed, *queues.oldest_queued_seconds}):
             for status in STATUSES:
                 if status not in FINAL_STATUSES:
                     in_progress.add_metric([datastore, status], stats.in_progress.get((datastore, status), 0))
+                    stale.add_metric([datastore, status], queues.stale[datastore, status])
+            oldest_queued.add_metric([datastore], queues.oldest_queued_seconds.get(datastore, 0.0))
         yield in_progress
+        yield stale
+        yield oldest_queued
         yield GaugeMetricFamily(
             "jobs_completed", "Jobs in the completed set (completed or failed)", value=stats.completed
         )
@@ -2352,6 +2432,43 @@ class TimelineSchema(Schema):
 
 
 TIMELINE_SCHEMA = TimelineSchema()
+
+
+def is_stale(job: Job, now: datetime, stale_after: Mapping[str, float]) -> bool:
+    """Whether a job in progress has not changed for longer than its status allows
+    (`[jobs.stale_after]`); a final job never is."""
+    threshold = stale_after.get(job["status"])
+    return threshold is not None and (now - last_change(job, now)).total_seconds() > threshold
+
+
+def stale_jobs(jobs: Iterable[Job], now: datetime, stale_after: Mapping[str, float]) -> list[Job]:
+    return [job for job in jobs if is_stale(job, now, stale_after)]
+
+
+@dataclass(frozen=True)
+class QueueReading:
+    """What one scrape of /metrics read of the jobs in progress."""
+
+    #: Stale jobs by (datastore rdn, status).
+    stale: collections.Counter[tuple[str, str]]
+    #: Per datastore with a queued job, how long the job queued longest has been waiting.
+    oldest_queued_seconds: dict[str, float]
+
+
+async def read_queues(store: Store, stale_after: Mapping[str, float]) -> QueueReading:
+    """The jobs in progress, read as the executor's polls read them: few, by the rule of
+    one in progress per target."""
+    now = datetime.now(UTC)
+    stale: collections.Counter[tuple[str, str]] = collections.Counter()
+    oldest: dict[str, float] = {}
+    async for page in store.find_jobs(JobQuery(ignore_completed=True)):
+        for job in page:
+            if is_stale(job, now, stale_after):
+                stale[job["datastoreRdn"], job["status"]] += 1
+            if job["status"] == "queued":
+                waited = max(0.0, (now - phases_of(job, now)[-1][1]).total_seconds())
+                oldest[job["datastoreRdn"]] = max(waited, oldest.get(job["datastoreRdn"], 0.0))
+    return QueueReading(stale, oldest)
 
 
 # --- routes: each declared once, resolved in one place ------------------------------
@@ -3208,14 +3325,17 @@ async def get_metrics(request: web.Request, scope: Scope) -> web.Response:
     """Always answered: the process's own series whatever the store does, the store's
     counts only when it answers (a store's failure is counted, and logged where it happens)."""
     metrics = request.app[METRICS]
+    config = request.app[CONFIG]
     stats: StoreStats | None = None
+    queues: QueueReading | None = None
     try:
         stats = await store_of(request).stats()
+        queues = await read_queues(request.app[UNTIMED_STORE], config.jobs.stale_after)
     except StoreError:
         pass
     except Exception:
         log.exception("Reading the store's counts for /metrics failed")
-    metrics.record_store(stats, request.app[CONFIG].datastores.default)
+    metrics.record_store(stats, queues, config.datastores.default)
     body = prometheus_client.generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
@@ -3455,6 +3575,7 @@ async def storage_context(app: web.Application) -> Any:
     store = await app[STORE_OPENER](config, metrics.count_malformed)
     await warn_of_unparsable_keys_jobs(store, config.datastores.keys_operation)
     app[STORE] = InstrumentedStore(store, metrics)
+    app[UNTIMED_STORE] = store
     app[DATASTORES] = Datastores(config, app[STORE])
     # Documents are kept encoded under the store's revisions only where every change
     # goes through this store: in a database others write to, restore or edit by hand,

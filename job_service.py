@@ -1927,6 +1927,14 @@ class Metrics:
         )
         self.store_gauges = StoreGauges()
         registry.register(self.store_gauges)
+        # Observed once per status change, so prometheus_client's own histogram costs nothing that matters.
+        self.status_seconds = prometheus_client.Histogram(
+            "job_status_seconds",
+            "Time a job spent in a status, observed as it leaves it",
+            ["operation", "status"],
+            buckets=STATUS_SECONDS_BUCKETS,
+            registry=registry,
+        )
 
     def count_request(self, route: str, method: str, outcome: str, seconds: float) -> None:
         self.requests.count(route, method, outcome)
@@ -1948,6 +1956,17 @@ class Metrics:
         reading = None if stats is None or queues is None else (stats, queues, default_datastore)
         self.store_up.set(int(reading is not None))
         self.store_gauges.reading = reading
+
+    def observe_status_change(self, job: Job, change: JobChange) -> None:
+        """The time `job` spent in the status `change` moved it out of, if it did."""
+        left = phase_left(job, change)
+        if left is not None:
+            status, seconds = left
+            self.status_seconds.labels(job["parameters"]["operation"], status).observe(seconds)
+
+
+#: From the executor's few seconds between polls to the hours of a large import, and days stuck.
+STATUS_SECONDS_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600, 72 * 3600)
 
 
 class StoreGauges(prometheus_client.registry.Collector):
@@ -2432,6 +2451,18 @@ class TimelineSchema(Schema):
 
 
 TIMELINE_SCHEMA = TimelineSchema()
+
+
+def phase_left(job: Job, change: JobChange) -> tuple[str, float] | None:
+    """The status `change` moved `job` out of, and the seconds it spent in it, from the
+    job as the store returned it after the change; None when the change set no new
+    status. (Of a job adopted without its status lines, the status its log last names.)"""
+    at = None if change.status is None or change.at is None else instant(change.at)
+    earlier = status_changes(job["createdAt"], job["log"][: len(job["log"]) - len(change.log)])
+    if at is None or not earlier or earlier[-1][0] == change.status:
+        return None
+    status, entered = earlier[-1]
+    return status, max(0.0, (at - entered).total_seconds())
 
 
 def is_stale(job: Job, now: datetime, stale_after: Mapping[str, float]) -> bool:
@@ -3060,7 +3091,8 @@ async def update_job(request: web.Request, scope: Scope) -> web.Response:
     change = JobChange(status=update.get("status"), description=update.get("description"), log=log_entries, at=at)
     # The change, the job's move when it is final, its target and every target a
     # completed BUMP releases or removes: one change of the store.
-    await store_of(request).update_job(job_id, change)
+    job = await store_of(request).update_job(job_id, change)
+    request.app[METRICS].observe_status_change(job, change)
     return respond_message(f"Updated job with jobId {job_id}")
 
 

@@ -143,6 +143,28 @@ async def test_a_threshold_of_a_fraction_of_a_second_makes_a_posted_job_stale_un
     assert metrics[oldest_queued(DEFAULT_DATASTORE)] == 0
 
 
+async def test_each_status_change_observes_the_time_spent_in_the_status_it_leaves(client):
+    await client.app[STORE].load_collection("inprogress", [logged(stored_job("1"), 120)])
+    await put_job(client, "1", status="validating", log="started")
+    await put_job(client, "1", status="validating")  # the status it is in: nothing is left
+    await put_job(client, "1", description="A better description")  # no status at all
+    metrics = await scrape(client)
+    queued = (("operation", "ADD"), ("status", "queued"))
+    assert metrics["job_status_seconds_count", queued] == 1
+    assert metrics["job_status_seconds_sum", queued] == pytest.approx(120 * 60, abs=60)
+    assert metrics["job_status_seconds_bucket", (("le", "3600.0"), *queued)] == 0
+    assert metrics["job_status_seconds_bucket", (("le", "10800.0"), *queued)] == 1
+    assert not [
+        key for key in metrics if key[0] == "job_status_seconds_count" and key != ("job_status_seconds_count", queued)
+    ]
+
+    await put_job(client, "1", status="completed")
+    validating = (("operation", "ADD"), ("status", "validating"))
+    metrics = await scrape(client)
+    assert metrics["job_status_seconds_count", validating] == 1
+    assert metrics["job_status_seconds_sum", validating] < 60
+
+
 def failing_listing(store):
     async def find_jobs(query):
         raise StoreUnavailable("The database cannot be reached")

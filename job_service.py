@@ -20,6 +20,7 @@ The sections of this file, in order (each starts with a `# --- name` line):
 - logs and metrics: request-scoped log fields, Prometheus, the timed store;
 - authentication: the JWKS, administrators' tokens, the executor's key;
 - datastores: the registry as the routes see it, the default datastore's special cases;
+- the pipeline: a job's timeline and which jobs are stale, derived from their logs;
 - routes: `@route` declares each route once (path, twin, `Access`, body, errors), and
   the one resolver (`endpoint`, `authorize`) enforces it before any body is read;
 - the API's own documentation: OpenAPI from the route declarations and schemas, Swagger UI;
@@ -87,6 +88,7 @@ from marshmallow import (
     ValidationError,
     fields,
     post_load,
+    pre_load,
     validate,
     validates_schema,
 )
@@ -146,6 +148,9 @@ log = logging.getLogger("job_service")
 # Typed by annotation: the classes they hold are defined further down.
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 STORE: web.AppKey[Store] = web.AppKey("store")
+#: The same store, its operations not timed: for /metrics' own reads of the jobs, which
+#: must not move the series of the executors' polls (find_jobs) it reports.
+UNTIMED_STORE: web.AppKey[Store] = web.AppKey("untimed_store")
 SIGNING_KEYS: web.AppKey[SigningKeys] = web.AppKey("signing_keys")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")
@@ -228,6 +233,16 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class ConfigSection(Schema):
+    """A TOML table loaded into its dataclass; unknown keys are errors (marshmallow's default)."""
+
+    model: ClassVar[type]
+
+    @post_load
+    def make_model(self, data: dict[str, Any], **kwargs: Any) -> Any:
+        return self.model(**data)
+
+
 def validate_rdn(rdn: str) -> None:
     if not is_datastore_rdn(rdn):
         raise ValidationError(invalid_rdn_message(rdn))
@@ -287,9 +302,70 @@ class InputConfig:
     dir: Path = setting(Path("input"), a_path(), "where the default datastore's archives wait (env INPUT_DIR)")
 
 
+class Seconds(fields.Float):
+    """A TOML number of seconds, more than 0: marshmallow's Float also takes "900" and true."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(validate=validate.Range(min=0, min_inclusive=False), **options)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        seconds: float = super()._deserialize(value, attr, data, **kwargs)
+        return seconds
+
+
+MINUTE, HOUR = 60.0, 3600.0
+
+
+class StaleAfterSection(ConfigSection):
+    """`[jobs.stale_after]`: per in-progress status, the seconds a job may stay in it
+    without a change before it is stale. The defaults follow how the executor works
+    (microdata-job-executor d447dd8): it polls every 5 seconds and starts a queued
+    job as soon as a worker is free, so a job queued for a quarter of an hour waits
+    for something (a pause, busy workers, a silent executor); a built job is imported
+    at its next poll, paused or not; a worker's steps and an import run for hours on
+    the largest datasets."""
+
+    model = dict
+    queued = Seconds(load_default=15 * MINUTE)
+    initiated = Seconds(load_default=6 * HOUR)
+    validating = Seconds(load_default=6 * HOUR)
+    decrypting = Seconds(load_default=6 * HOUR)
+    transforming = Seconds(load_default=6 * HOUR)
+    pseudonymizing = Seconds(load_default=6 * HOUR)
+    enriching = Seconds(load_default=6 * HOUR)
+    converting = Seconds(load_default=6 * HOUR)
+    partitioning = Seconds(load_default=6 * HOUR)
+    built = Seconds(load_default=1 * HOUR)
+    importing = Seconds(load_default=6 * HOUR)
+
+    @pre_load
+    def name_the_statuses(self, data: Any, **kwargs: Any) -> Any:
+        """A key that is no in-progress status is refused saying which ones there are."""
+        if not isinstance(data, dict):
+            return data
+        in_progress = ", ".join(self.fields)
+        problems = {
+            key: "A final status has no threshold: a finished job is never stale."
+            if key in FINAL_STATUSES
+            else f"Not a status; the thresholds are of the in-progress statuses: {in_progress}."
+            for key in data
+            if key not in self.fields
+        }
+        if problems:
+            raise ValidationError(problems)
+        return data
+
+
 @dataclass(frozen=True)
 class JobsConfig:
     bump_enabled: bool = setting(False, StrictBoolean(), "whether the default datastore takes BUMP jobs")
+    stale_after: dict[str, float] = setting(
+        StaleAfterSection().load({}),
+        fields.Nested(StaleAfterSection),
+        "`[jobs.stale_after]`: per in-progress status, the seconds a job may stay in it unchanged before it is stale",
+    )
 
 
 @dataclass(frozen=True)
@@ -371,16 +447,6 @@ class Config:
     auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     datastores: DatastoresConfig = dataclasses.field(default_factory=DatastoresConfig)
-
-
-class ConfigSection(Schema):
-    """A TOML table loaded into its dataclass; unknown keys are errors (marshmallow's default)."""
-
-    model: ClassVar[type]
-
-    @post_load
-    def make_model(self, data: dict[str, Any], **kwargs: Any) -> Any:
-        return self.model(**data)
 
 
 def schema_of(model: type, base: type[ConfigSection] = ConfigSection) -> type[ConfigSection]:
@@ -2007,6 +2073,14 @@ class Metrics:
         )
         self.store_gauges = StoreGauges()
         registry.register(self.store_gauges)
+        # Observed once per status change, so prometheus_client's own histogram costs nothing that matters.
+        self.status_seconds = prometheus_client.Histogram(
+            "job_status_seconds",
+            "Time a job spent in a status, observed as it leaves it",
+            ["operation", "status"],
+            buckets=STATUS_SECONDS_BUCKETS,
+            registry=registry,
+        )
 
     def count_request(self, route: str, method: str, outcome: str, seconds: float) -> None:
         self.requests.count(route, method, outcome)
@@ -2023,10 +2097,22 @@ class Metrics:
     def count_malformed(self, collection: str) -> None:
         self.malformed_documents.labels(collection).inc()
 
-    def record_store(self, stats: StoreStats | None, default_datastore: str) -> None:
+    def record_store(self, stats: StoreStats | None, queues: QueueReading | None, default_datastore: str) -> None:
         """What this scrape read of the store; None when it could not be read."""
-        self.store_up.set(int(stats is not None))
-        self.store_gauges.reading = None if stats is None else (stats, default_datastore)
+        reading = None if stats is None or queues is None else (stats, queues, default_datastore)
+        self.store_up.set(int(reading is not None))
+        self.store_gauges.reading = reading
+
+    def observe_status_change(self, job: Job, change: JobChange) -> None:
+        """The time `job` spent in the status `change` moved it out of, if it did."""
+        left = phase_left(job, change)
+        if left is not None:
+            status, seconds = left
+            self.status_seconds.labels(job["parameters"]["operation"], status).observe(seconds)
+
+
+#: From the executor's few seconds between polls to the hours of a large import, and days stuck.
+STATUS_SECONDS_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600, 72 * 3600)
 
 
 class StoreGauges(prometheus_client.registry.Collector):
@@ -2035,23 +2121,38 @@ class StoreGauges(prometheus_client.registry.Collector):
     left out, so a dashboard shows a gap, never stale or zero counts."""
 
     def __init__(self) -> None:
-        #: The last scrape's statistics and default datastore; None when it could not read them.
-        self.reading: tuple[StoreStats, str] | None = None
+        #: The last scrape's statistics, jobs in progress and default datastore; None when it could not read them.
+        self.reading: tuple[StoreStats, QueueReading, str] | None = None
 
     def collect(self) -> Iterator[prometheus_client.Metric]:
         if self.reading is None:
             return
-        stats, default_datastore = self.reading
+        stats, queues, default_datastore = self.reading
         in_progress = GaugeMetricFamily(
             "jobs_in_progress", "Jobs in progress, by datastore and status", labels=["datastore", "status"]
         )
+        stale = GaugeMetricFamily(
+            "jobs_stale",
+            "Jobs in progress unchanged for longer than [jobs.stale_after] allows their status",
+            labels=["datastore", "status"],
+        )
+        oldest_queued = GaugeMetricFamily(
+            "jobs_oldest_queued_age_seconds",
+            "How long the job queued longest has been waiting (0 with none queued)",
+            labels=["datastore"],
+        )
         # A datastore's series go when its last job does, so the labels stay as few as
         # the datastores with work (and the default).
-        for datastore in sorted({default_datastore, *(datastore for datastore, _ in stats.in_progress)}):
+        listed = (datastore for datastore, _ in (*stats.in_progress, *queues.stale))
+        for datastore in sorted({default_datastore, *listed, *queues.oldest_queued_seconds}):
             for status in STATUSES:
                 if status not in FINAL_STATUSES:
                     in_progress.add_metric([datastore, status], stats.in_progress.get((datastore, status), 0))
+                    stale.add_metric([datastore, status], queues.stale[datastore, status])
+            oldest_queued.add_metric([datastore], queues.oldest_queued_seconds.get(datastore, 0.0))
         yield in_progress
+        yield stale
+        yield oldest_queued
         yield GaugeMetricFamily(
             "jobs_completed", "Jobs in the completed set (completed or failed)", value=stats.completed
         )
@@ -2363,6 +2464,188 @@ class Datastores:
         if self.is_default(rdn):
             raise ApiError(409, f"{rdn} is the default datastore, which cannot be deleted")
         await self._store.delete_datastore(rdn)
+
+
+# --- the pipeline: timelines and stale jobs ------------------------------------------
+# What the jobs tell of the pipeline, derived from their logs at each request: the
+# phases a job went through, and which jobs in progress have not moved for too long.
+# Nothing of it is stored or added to a job: what the executor reads stays as it was.
+
+#: The log line `PUT /jobs/{jobId}` writes for a new status (see `update_job`).
+STATUS_LINE = re.compile(r"Set status: ([a-z]+)")
+
+
+def instant(text: str) -> datetime | None:
+    """A stored time; a time without an offset is UTC's; None for one that cannot be
+    read (the service never writes one, an imported document may hold one)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def status_changes(created_at: str, log: list[LogEntry]) -> list[tuple[str, datetime]]:
+    """The statuses a job entered and when, in log order (the order things happened,
+    whatever the times say): `queued` at its creation, then each `Set status: <status>`
+    line. A line that repeats the status the job is in changes nothing; a line whose
+    time cannot be read, or that names no status, is left out."""
+    created = instant(created_at)
+    changes = [] if created is None else [("queued", created)]
+    for entry in log:
+        line = STATUS_LINE.fullmatch(entry["message"])
+        moment = instant(entry["at"])
+        if line is None or line[1] not in STATUSES or moment is None:
+            continue
+        if not changes or changes[-1][0] != line[1]:
+            changes.append((line[1], moment))
+    return changes
+
+
+def last_change(job: Job, now: datetime) -> datetime:
+    """When a job last changed: its last log entry's time, else its creation (else now,
+    for times that cannot be read)."""
+    for entry in reversed(job["log"]):
+        moment = instant(entry["at"])
+        if moment is not None:
+            return moment
+    return instant(job["createdAt"]) or now
+
+
+def phases_of(job: Job, now: datetime) -> list[tuple[str, datetime]]:
+    """`status_changes`, ending in the status the job is in. History from before this
+    service (adopted) may lack the line of that status: the job is taken to have
+    entered it at its last change, the latest time its log knows of."""
+    changes = status_changes(job["createdAt"], job["log"])
+    if not changes or changes[-1][0] != job["status"]:
+        changes.append((job["status"], last_change(job, now)))
+    return changes
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def timeline(job: Job, now: datetime) -> dict[str, Any]:
+    """A job's phases, as `TimelineSchema` shows them. Each phase lasts until the next
+    one begins; a final one ends as it begins; the last phase of a job in progress is
+    open, its seconds counted up to `now`. A phase that a line with an earlier time
+    ends (clocks put back, history from elsewhere) lasts 0 seconds, never less."""
+    changes = phases_of(job, now)
+    phases: list[dict[str, Any]] = []
+    reentries: list[dict[str, str]] = []
+    entered: set[str] = set()
+    seconds_in = {"queued": 0.0, "working": 0.0}
+    for index, (status, moment) in enumerate(changes):
+        if index + 1 < len(changes):
+            left: datetime | None = changes[index + 1][1]
+        else:
+            left = moment if status in FINAL_STATUSES else None
+        seconds = max(0.0, ((now if left is None else left) - moment).total_seconds())
+        seconds_in["queued" if status == "queued" else "working"] += seconds
+        phases.append(
+            {
+                "status": status,
+                "enteredAt": iso(moment),
+                "leftAt": None if left is None else iso(left),
+                "seconds": seconds,
+            }
+        )
+        if status in entered:  # the executor's rollback sends a job back to queued or built
+            reentries.append({"status": status, "enteredAt": iso(moment), "fromStatus": changes[index - 1][0]})
+        entered.add(status)
+    return {
+        "jobId": job["jobId"],
+        "datastoreRdn": job["datastoreRdn"],
+        "status": job["status"],
+        "phases": phases,
+        "queuedSeconds": seconds_in["queued"],
+        "workingSeconds": seconds_in["working"],
+        "totalSeconds": seconds_in["queued"] + seconds_in["working"],
+        "reentries": reentries,
+    }
+
+
+class PhaseSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    enteredAt = fields.String(required=True)
+    #: None while the job is in this status (the last phase of a job in progress).
+    leftAt = fields.String(required=True, allow_none=True)
+    seconds = fields.Float(required=True)
+
+
+class ReentrySchema(Schema):
+    """A phase of a status the job had been in before: the executor's rollback."""
+
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    enteredAt = fields.String(required=True)
+    #: The status the job left for it.
+    fromStatus = fields.String(required=True, validate=validate.OneOf(STATUSES))
+
+
+class TimelineSchema(Schema):
+    jobId = fields.String(required=True)
+    datastoreRdn = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    phases = fields.List(fields.Nested(PhaseSchema), required=True)
+    #: Seconds in `queued`, the executor's queue; working is every other phase.
+    queuedSeconds = fields.Float(required=True)
+    workingSeconds = fields.Float(required=True)
+    #: From its creation to its final status, or to now: queuedSeconds + workingSeconds.
+    totalSeconds = fields.Float(required=True)
+    reentries = fields.List(fields.Nested(ReentrySchema), required=True)
+
+
+TIMELINE_SCHEMA = TimelineSchema()
+
+
+def phase_left(job: Job, change: JobChange) -> tuple[str, float] | None:
+    """The status `change` moved `job` out of, and the seconds it spent in it, from the
+    job as the store returned it after the change; None when the change set no new
+    status. (Of a job adopted without its status lines, the status its log last names.)"""
+    at = None if change.status is None or change.at is None else instant(change.at)
+    earlier = status_changes(job["createdAt"], job["log"][: len(job["log"]) - len(change.log)])
+    if at is None or not earlier or earlier[-1][0] == change.status:
+        return None
+    status, entered = earlier[-1]
+    return status, max(0.0, (at - entered).total_seconds())
+
+
+def is_stale(job: Job, now: datetime, stale_after: Mapping[str, float]) -> bool:
+    """Whether a job in progress has not changed for longer than its status allows
+    (`[jobs.stale_after]`); a final job never is."""
+    threshold = stale_after.get(job["status"])
+    return threshold is not None and (now - last_change(job, now)).total_seconds() > threshold
+
+
+def stale_jobs(jobs: Iterable[Job], now: datetime, stale_after: Mapping[str, float]) -> list[Job]:
+    return [job for job in jobs if is_stale(job, now, stale_after)]
+
+
+@dataclass(frozen=True)
+class QueueReading:
+    """What one scrape of /metrics read of the jobs in progress."""
+
+    #: Stale jobs by (datastore rdn, status).
+    stale: collections.Counter[tuple[str, str]]
+    #: Per datastore with a queued job, how long the job queued longest has been waiting.
+    oldest_queued_seconds: dict[str, float]
+
+
+async def read_queues(store: Store, stale_after: Mapping[str, float]) -> QueueReading:
+    """The jobs in progress, read as the executor's polls read them: few, by the rule of
+    one in progress per target."""
+    now = datetime.now(UTC)
+    stale: collections.Counter[tuple[str, str]] = collections.Counter()
+    oldest: dict[str, float] = {}
+    async for page in store.find_jobs(JobQuery(ignore_completed=True)):
+        for job in page:
+            if is_stale(job, now, stale_after):
+                stale[job["datastoreRdn"], job["status"]] += 1
+            if job["status"] == "queued":
+                waited = max(0.0, (now - phases_of(job, now)[-1][1]).total_seconds())
+                oldest[job["datastoreRdn"]] = max(waited, oldest.get(job["datastoreRdn"], 0.0))
+    return QueueReading(stale, oldest)
 
 
 # --- routes: each declared once, resolved in one place ------------------------------
@@ -2830,6 +3113,27 @@ async def get_job(request: web.Request, scope: Scope) -> web.Response:
     return respond_encoded(request.app[ENCODED_JOBS].encode(job))
 
 
+@route(
+    "GET",
+    "/jobs/{jobId}/timeline",
+    Access.READ_JOBS,
+    "A job's phases, from its status changes: time queued, working, in all, and its re-entries",
+    TimelineSchema,
+    "jobs",
+    twin=True,
+    spans_datastores=True,
+    errors=(404, 503),
+)
+async def get_job_timeline(request: web.Request, scope: Scope) -> web.Response:
+    job_id = request.match_info["jobId"]
+    job = await store_of(request).get_job(job_id)
+    # Found as `get_job` finds it: on a datastore's own route, a job of another datastore is not there.
+    elsewhere = scope.datastore is not None and job is not None and job["datastoreRdn"] != scope.rdn
+    if job is None or elsewhere or not scope.sees(job["datastoreRdn"]):
+        raise JobNotFound(job_id)
+    return respond(TIMELINE_SCHEMA, timeline(job, datetime.now(UTC)))
+
+
 def new_job(datastore: Datastore, parameters: dict[str, Any], user: User) -> Job:
     """A job as it starts: queued, with an empty log, created now by `user`."""
     return Job(
@@ -2933,7 +3237,8 @@ async def update_job(request: web.Request, scope: Scope) -> web.Response:
     change = JobChange(status=update.get("status"), description=update.get("description"), log=log_entries, at=at)
     # The change, the job's move when it is final, its target and every target a
     # completed BUMP releases or removes: one change of the store.
-    await store_of(request).update_job(job_id, change)
+    job = await store_of(request).update_job(job_id, change)
+    request.app[METRICS].observe_status_change(job, change)
     return respond_message(f"Updated job with jobId {job_id}")
 
 
@@ -3198,14 +3503,17 @@ async def get_metrics(request: web.Request, scope: Scope) -> web.Response:
     """Always answered: the process's own series whatever the store does, the store's
     counts only when it answers (a store's failure is counted, and logged where it happens)."""
     metrics = request.app[METRICS]
+    config = request.app[CONFIG]
     stats: StoreStats | None = None
+    queues: QueueReading | None = None
     try:
         stats = await store_of(request).stats()
+        queues = await read_queues(request.app[UNTIMED_STORE], config.jobs.stale_after)
     except StoreError:
         pass
     except Exception:
         log.exception("Reading the store's counts for /metrics failed")
-    metrics.record_store(stats, request.app[CONFIG].datastores.default)
+    metrics.record_store(stats, queues, config.datastores.default)
     body = prometheus_client.generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
@@ -3434,6 +3742,7 @@ async def storage_context(app: web.Application) -> Any:
     store = await app[STORE_OPENER](config, metrics.count_malformed)
     await warn_of_unparsable_keys_jobs(store, config.datastores.keys_operation)
     app[STORE] = InstrumentedStore(store, metrics)
+    app[UNTIMED_STORE] = store
     app[DATASTORES] = Datastores(config, app[STORE])
     # Documents are kept encoded under the store's revisions only where every change
     # goes through this store: in a database others write to, restore or edit by hand,

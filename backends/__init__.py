@@ -98,8 +98,8 @@ def setting(default: Any, reader: Any, meaning: str) -> Any:
     the marshmallow field that reads and checks it (the service derives its schema from
     these), and what it means."""
     metadata = {"field": reader, "meaning": meaning}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: default.copy(), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 

@@ -1222,7 +1222,8 @@ class ArchiveInspections:
         self._scanning: dict[tuple[Path, tuple[int, ...]], asyncio.Future[tuple[dict[str, Any], ...]]] = {}
         self._pool = ThreadPoolExecutor(INSPECTION_THREADS, thread_name_prefix="archives")
         self._stopping = threading.Event()
-        self._versions = VersionFiles()
+        #: The version files of each datastore, which the checks of posted jobs read too.
+        self.versions = VersionFiles()
         self._with_operations: dict[
             Path, tuple[tuple[dict[str, Any], ...], Mapping[str, str], tuple[dict[str, Any], ...]]
         ] = {}
@@ -1233,7 +1234,7 @@ class ArchiveInspections:
         at `datastore_dir`; the same tuple again while neither the folders nor the
         datastore's version files have changed."""
         archives = await self._archives(input_dir)
-        statuses = await self._versions.release_statuses(datastore_dir)
+        statuses = await self.versions.release_statuses(datastore_dir)
         kept = self._with_operations.get(input_dir)
         if kept is not None and kept[0] is archives and kept[1] is statuses:
             return kept[2]
@@ -1544,9 +1545,21 @@ def updates_of(version: Any, path: Path) -> list[tuple[str, str]]:
     return [(update["name"], update["releaseStatus"]) for update in updates]
 
 
-def read_release_statuses(directory: Path) -> dict[str, str]:
-    """Each dataset's latest release status: where the draft names it, else the newest
-    version that does (blocking: run it in a thread)."""
+@dataclass(frozen=True)
+class VersionHistory:
+    """A datastore's version files as read: the draft, the versions (newest first) and
+    each dataset's latest release status. When they cannot be read, all is empty and
+    `problem` says why."""
+
+    draft: Mapping[str, Any]
+    versions: tuple[Any, ...]
+    statuses: Mapping[str, str]
+    problem: str | None = None
+
+
+def read_version_history(directory: Path) -> VersionHistory:
+    """The version files, with each dataset's latest release status: where the draft
+    names it, else the newest version that does (blocking: run it in a thread)."""
     draft_path, versions_path = (directory / "datastore" / name for name in VERSION_FILES)
     draft, released = read_version_file(draft_path), read_version_file(versions_path)
     versions = released.get("versions") if isinstance(released, dict) else None
@@ -1556,28 +1569,31 @@ def read_release_statuses(directory: Path) -> dict[str, str]:
     for path, version in [(draft_path, draft), *((versions_path, version) for version in versions)]:
         for name, status in updates_of(version, path):
             statuses.setdefault(name, status)
-    return statuses
+    return VersionHistory(draft, tuple(versions), statuses)
 
 
-def release_statuses_or_empty(directory: Path) -> dict[str, str]:
+def version_history_or_problem(directory: Path) -> VersionHistory:
     try:
-        return read_release_statuses(directory)
+        return read_version_history(directory)
     except UnreadableVersions as exc:
         log.warning("%s; the datastore counts as having no versions until its version files change", exc)
-        return {}
+        return VersionHistory({}, (), {}, str(exc))
 
 
 class VersionFiles:
-    """Each datastore's release statuses, read from its version files once per change
-    of them: a listing stats them (on the loop: cheaper than any hop to a thread) and,
-    while they are unchanged, gets the very same mapping back, so that the listing's
-    kept answer stays valid. Concurrent listings after a change share one read."""
+    """Each datastore's version files, read once per change of them: a reader stats them
+    (on the loop: cheaper than any hop to a thread) and, while they are unchanged, gets
+    the very same history back, so that a listing's kept answer stays valid. Concurrent
+    readers after a change share one read."""
 
     def __init__(self) -> None:
-        self._known: dict[Path, tuple[tuple[tuple[int, int, int], ...], Mapping[str, str]]] = {}
-        self._reading: dict[tuple[Path, tuple[tuple[int, int, int], ...]], asyncio.Future[Mapping[str, str]]] = {}
+        self._known: dict[Path, tuple[tuple[tuple[int, int, int], ...], VersionHistory]] = {}
+        self._reading: dict[tuple[Path, tuple[tuple[int, int, int], ...]], asyncio.Future[VersionHistory]] = {}
 
     async def release_statuses(self, directory: Path) -> Mapping[str, str]:
+        return (await self.history(directory)).statuses
+
+    async def history(self, directory: Path) -> VersionHistory:
         stamp = versions_stamp(directory)
         known = self._known.get(directory)
         if known is not None and known[0] == stamp:
@@ -1587,13 +1603,13 @@ class VersionFiles:
         if reading is None:
             reading = self._reading[key] = asyncio.ensure_future(self._read(directory, stamp))
             reading.add_done_callback(lambda _: self._reading.pop(key, None))
-        # Shielded: a listing whose client goes away must not cancel what others wait for too.
+        # Shielded: a reader whose client goes away must not cancel what others wait for too.
         return await asyncio.shield(reading)
 
-    async def _read(self, directory: Path, stamp: tuple[tuple[int, int, int], ...]) -> Mapping[str, str]:
-        statuses = await asyncio.to_thread(release_statuses_or_empty, directory)
-        self._known[directory] = (stamp, statuses)
-        return statuses
+    async def _read(self, directory: Path, stamp: tuple[tuple[int, int, int], ...]) -> VersionHistory:
+        history = await asyncio.to_thread(version_history_or_problem, directory)
+        self._known[directory] = (stamp, history)
+        return history
 
 
 #: A PEM block as RFC 7468 lays it out: a label, base64 (which has no "-") and

@@ -753,6 +753,26 @@ class PostJobsQuerySchema(Schema):
     dryRun = QueryFlag(metadata={"pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"})
 
 
+class BumpPreviewSchema(Schema):
+    """What a BUMP of the datastore would do now, as the executor would do it."""
+
+    datastoreRdn = fields.String(required=True)
+    #: The newest version ("0.0.0" before the first) and the one a BUMP makes, as a BUMP
+    #: names them; null when the version files cannot be read (or nothing is pending).
+    fromVersion = fields.String(required=True, allow_none=True)
+    toVersion = fields.String(required=True, allow_none=True)
+    updateType = fields.String(required=True, allow_none=True, metadata={"enum": ["MAJOR", "MINOR", "PATCH", None]})
+    #: The draft's updates: released and removed (pending: a REMOVE is removed, any other
+    #: released), and those that stay in the draft (DRAFT).
+    released = fields.List(fields.Nested(DataStructureUpdateSchema), required=True)
+    removed = fields.List(fields.Nested(DataStructureUpdateSchema), required=True)
+    staysDraft = fields.List(fields.Nested(DataStructureUpdateSchema), required=True)
+    #: What makes a BUMP posted now fail, each an error check; empty when nothing does.
+    blockers = fields.List(fields.Nested(CheckSchema), required=True)
+    #: The BUMP to post (`POST /datastores/{rdn}/jobs`), null when there is nothing to release.
+    job = fields.Nested(JobParametersSchema, required=True, allow_none=True)
+
+
 class TargetSchema(Schema):
     datastoreRdn = fields.String(required=True)
     name = fields.String(required=True)
@@ -847,6 +867,7 @@ JOB_PARAMETERS_SCHEMA = JobParametersSchema()
 NEW_JOBS_SCHEMA = NewJobsSchema()
 JOB_UPDATE_SCHEMA = JobUpdateSchema()
 POST_JOBS_QUERY_SCHEMA = PostJobsQuerySchema()
+BUMP_PREVIEW_SCHEMA = BumpPreviewSchema()
 MAINTENANCE_REQUEST_SCHEMA = MaintenanceRequestSchema()
 JOB_SCHEMA = JobSchema()
 POST_JOB_RESULT_SCHEMA = PostJobResultSchema()
@@ -2352,6 +2373,38 @@ def release_of(history: VersionHistory, directory: Path) -> Release:
     return Release(draft, latest, history.statuses)
 
 
+def update_type_of(pending: list[dict[str, str]], first: bool) -> str | None:
+    """What a BUMP of `pending` makes, by the executor's rules (DatastoreVersion._calculate_update_type):
+    None when nothing is pending, and a first version is MAJOR whatever it holds."""
+    operations = {update["operation"] for update in pending}
+    if operations & {"CHANGE", "REMOVE"}:
+        update_type = "MAJOR"
+    elif "ADD" in operations:
+        update_type = "MINOR"
+    elif "PATCH_METADATA" in operations:
+        update_type = "PATCH"
+    else:
+        return None
+    return "MAJOR" if first else update_type
+
+
+def next_version(latest: tuple[int, ...] | None, update_type: str) -> tuple[int, ...]:
+    """The version a BUMP makes (DatastoreVersions.add_new_release_version, bump_dotted_version_number)."""
+    if latest is None:
+        return (1, 0, 0, 0)
+    major, minor, patch, _ = latest
+    if update_type == "MAJOR":
+        return (major + 1, 0, 0, 0)
+    if update_type == "MINOR":
+        return (major, minor + 1, 0, 0)
+    return (major, minor, patch + 1, 0)
+
+
+def shown_version(parts: tuple[int, ...] | None) -> str:
+    """A version as a BUMP names it (`bumpFromVersion`): three numbers, 0.0.0 before the first."""
+    return ".".join(str(part) for part in (parts or (0, 0, 0, 0))[:3])
+
+
 def names_listed(names: Iterable[str]) -> str:
     names = sorted(set(names))
     more = f" and {len(names) - NAMES_LISTED:,} more" if len(names) > NAMES_LISTED else ""
@@ -2586,6 +2639,57 @@ def note_checks(metrics: Metrics, job: Job, checks: list[Check]) -> None:
         parameters["target"],
         "; ".join(f"{found['level']} {found['code']}: {found['message']}" for found in checks),
     )
+
+
+async def preview_bump(app: web.Application, datastore: Datastore) -> dict[str, Any]:
+    """What a BUMP of the datastore would do now, what would make it fail, and the BUMP to post."""
+    blockers = []
+    if not datastore["bumpEnabled"]:
+        blockers.append(check("error", "BUMP_DISABLED", "Bumping the datastore is disabled: its bumpEnabled is false"))
+    if await app[STORE].target_in_progress(datastore["rdn"], DATASTORE):
+        message = f"A job on {DATASTORE} is in progress (a BUMP, or the keys job): a BUMP posted now is refused"
+        blockers.append(check("error", "TARGET_BUSY", message))
+    preview: dict[str, Any] = {
+        "datastoreRdn": datastore["rdn"],
+        "fromVersion": None,
+        "toVersion": None,
+        "updateType": None,
+        "released": [],
+        "removed": [],
+        "staysDraft": [],
+        "blockers": blockers,
+        "job": None,
+    }
+    directory = Path(datastore["directory"])
+    try:
+        release = release_of(await app[ARCHIVES].versions.history(directory), directory)
+    except UnreadableVersions as exc:
+        message = f"{exc}: what a BUMP would do is not known"
+        blockers.append(check("error", "DATASTORE_FILES_UNREADABLE", message))
+        return preview
+    pending = release.pending
+    # A released version shows each pending update DELETED when it is a REMOVE, else RELEASED.
+    preview["released"] = [update for update in pending if update["operation"] != "REMOVE"]
+    preview["removed"] = [update for update in pending if update["operation"] == "REMOVE"]
+    preview["staysDraft"] = [u for u in release.draft["dataStructureUpdates"] if u["releaseStatus"] == "DRAFT"]
+    preview["fromVersion"] = shown_version(release.latest)
+    update_type = update_type_of(pending, first=release.latest is None)
+    if update_type is None:
+        message = "The draft has nothing pending (PENDING_RELEASE or PENDING_DELETE): there is nothing to release"
+        blockers.append(check("error", "NOTHING_PENDING", message))
+        return preview
+    to_version = shown_version(next_version(release.latest, update_type))
+    preview["toVersion"], preview["updateType"] = to_version, update_type
+    preview["job"] = {
+        "operation": "BUMP",
+        "target": DATASTORE,
+        "description": f"Version {to_version}",
+        "bumpFromVersion": preview["fromVersion"],
+        "bumpToVersion": to_version,
+        # The draft as it is, as the admin UI posts it: the executor compares its pending updates with the draft's.
+        "bumpManifesto": release.draft,
+    }
+    return preview
 
 
 # --- routes: each declared once, resolved in one place ------------------------------
@@ -3148,6 +3252,19 @@ async def post_jobs(request: web.Request, scope: Scope) -> web.Response:
     entries = NEW_JOBS_SCHEMA.load(await read_json_object(request))["jobs"]
     results = await create_jobs(request, entries, scope.user, scope.datastore, dry_run=dry_run)
     return respond(POST_JOB_RESULT_SCHEMA, results, many=True)
+
+
+@route(
+    "GET",
+    "/datastores/{rdn}/bump-preview",
+    Access.ADMINISTER,
+    "What a BUMP would release, remove and keep as draft, what blocks one now, and the BUMP to post",
+    BumpPreviewSchema,
+    "jobs",
+)
+async def get_bump_preview(request: web.Request, scope: Scope) -> web.Response:
+    assert scope.datastore is not None
+    return respond(BUMP_PREVIEW_SCHEMA, await preview_bump(request.app, scope.datastore))
 
 
 @route(

@@ -1599,11 +1599,12 @@ def updates_of(version: Any, path: Path) -> list[tuple[str, str]]:
     return [(update["name"], update["releaseStatus"]) for update in updates]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class VersionHistory:
     """A datastore's version files as read: the draft, the versions (newest first) and
     each dataset's latest release status. When they cannot be read, all is empty and
-    `problem` says why."""
+    `problem` says why. One read is one object (compared and hashed as itself), handed
+    out again while the files are unchanged: what is derived from it may be kept with it."""
 
     draft: Mapping[str, Any]
     versions: tuple[Any, ...]
@@ -2319,6 +2320,8 @@ ALLOWED_RELEASE_STATUSES = {
     "PATCH_METADATA": frozenset({"DRAFT", "PENDING_RELEASE"}),
     "REMOVE": frozenset({"PENDING_DELETE"}),
 }
+#: Why a BUMP of a datastore that may not bump fails (the default datastore's flag is [jobs] bump_enabled).
+BUMP_DISABLED_MESSAGE = "Bumping the datastore is disabled: its bumpEnabled is false"
 #: The keys of the draft that a BUMP's manifesto carries.
 MANIFESTO_KEYS = ("version", "description", "releaseTime", "languageCode", "updateType", "dataStructureUpdates")
 #: The names a message lists at most: a draft may hold thousands.
@@ -2342,9 +2345,8 @@ class Release:
     latest: tuple[int, ...] | None
     #: Each dataset's latest release status: the draft's, else the newest version's.
     statuses: Mapping[str, str]
-
-    def drafted(self, name: str) -> dict[str, str] | None:
-        return next((update for update in self.draft["dataStructureUpdates"] if update["name"] == name), None)
+    #: The draft's update of each dataset (the first, as the executor looks it up).
+    drafts: Mapping[str, dict[str, str]]
 
     @property
     def pending(self) -> list[dict[str, str]]:
@@ -2352,25 +2354,29 @@ class Release:
         return [update for update in self.draft["dataStructureUpdates"] if update["releaseStatus"] != "DRAFT"]
 
 
-def release_of(history: VersionHistory, directory: Path) -> Release:
-    """The version files as the executor reads them; UnreadableVersions when they are not what it reads."""
+@functools.lru_cache(maxsize=64)
+def release_of(history: VersionHistory, directory: Path) -> Release | str:
+    """The version files as the executor reads them, or why they are not what it reads.
+    Kept with each read of them (a draft may hold thousands of updates): every POST and
+    preview while the files are unchanged has the same history, and parses nothing."""
     if history.problem is not None:
-        raise UnreadableVersions(history.problem)
+        return history.problem
     draft_path, versions_path = (directory / "datastore" / name for name in VERSION_FILES)
     try:
         draft = BUMP_MANIFESTO_SCHEMA.load({key: history.draft[key] for key in MANIFESTO_KEYS if key in history.draft})
     except ValidationError as exc:
-        raise UnreadableVersions(
-            f"{draft_path} is not a version the executor reads: {describe(exc.messages)}"
-        ) from None
+        return f"{draft_path} is not a version the executor reads: {describe(exc.messages)}"
     latest = None
     if history.versions:
         number = history.versions[0].get("version")
         parts = number.split(".") if isinstance(number, str) else []
         if len(parts) != 4 or not all(part.isascii() and part.isdigit() for part in parts):
-            raise UnreadableVersions(f"{versions_path}: the newest version is {number!r}, not four numbers")
+            return f"{versions_path}: the newest version is {number!r}, not four numbers"
         latest = tuple(int(part) for part in parts)
-    return Release(draft, latest, history.statuses)
+    drafts: dict[str, dict[str, str]] = {}
+    for update in draft["dataStructureUpdates"]:
+        drafts.setdefault(update["name"], update)
+    return Release(draft, latest, history.statuses, drafts)
 
 
 def update_type_of(pending: list[dict[str, str]], first: bool) -> str | None:
@@ -2458,7 +2464,7 @@ def change_checks(parameters: Mapping[str, Any], release: Release) -> list[Check
 
 def set_status_checks(parameters: Mapping[str, Any], release: Release) -> list[Check]:
     target, wanted = parameters["target"], parameters["releaseStatus"]
-    drafted = release.drafted(target)
+    drafted = release.drafts.get(target)
     if drafted is None:
         message = f"{target} is not in the draft: only a dataset in the draft has a release status to set"
         return [check("error", "RELEASE_STATUS_NOT_ALLOWED", message)]
@@ -2477,7 +2483,7 @@ def set_status_checks(parameters: Mapping[str, Any], release: Release) -> list[C
 
 def remove_checks(parameters: Mapping[str, Any], release: Release) -> list[Check]:
     target = parameters["target"]
-    drafted = release.drafted(target)
+    drafted = release.drafts.get(target)
     status = release.statuses.get(target)
     # A removal already in the draft: the executor completes the job again.
     if (drafted is not None and drafted["operation"] == "REMOVE") or status == "RELEASED":
@@ -2555,10 +2561,8 @@ async def check_context(app: web.Application, datastore: Datastore, operations: 
                 archives[dataset["datasetName"]] = dataset
     release, problem = None, None
     if operations & VERSIONED_OPERATIONS:
-        try:
-            release = release_of(await app[ARCHIVES].versions.history(directory), directory)
-        except UnreadableVersions as exc:
-            problem = str(exc)
+        found = release_of(await app[ARCHIVES].versions.history(directory), directory)
+        release, problem = (found, None) if isinstance(found, Release) else (None, found)
     return CheckContext(datastore["bumpEnabled"], archives, release, problem)
 
 
@@ -2567,7 +2571,7 @@ def entry_checks(parameters: Mapping[str, Any], context: CheckContext) -> list[C
     operation, target = parameters["operation"], parameters["target"]
     checks = []
     if operation == "BUMP" and not context.bump_enabled:
-        checks.append(check("error", "BUMP_DISABLED", "Bumping the datastore is disabled: its bumpEnabled is false"))
+        checks.append(check("error", "BUMP_DISABLED", BUMP_DISABLED_MESSAGE))
     if operation in IMPORT_OPERATIONS:
         checks.extend(archive_checks(operation, target, context.archives.get(target)))
     if operation in VERSIONED_OPERATIONS:
@@ -2645,7 +2649,7 @@ async def preview_bump(app: web.Application, datastore: Datastore) -> dict[str, 
     """What a BUMP of the datastore would do now, what would make it fail, and the BUMP to post."""
     blockers = []
     if not datastore["bumpEnabled"]:
-        blockers.append(check("error", "BUMP_DISABLED", "Bumping the datastore is disabled: its bumpEnabled is false"))
+        blockers.append(check("error", "BUMP_DISABLED", BUMP_DISABLED_MESSAGE))
     if await app[STORE].target_in_progress(datastore["rdn"], DATASTORE):
         message = f"A job on {DATASTORE} is in progress (a BUMP, or the keys job): a BUMP posted now is refused"
         blockers.append(check("error", "TARGET_BUSY", message))
@@ -2661,11 +2665,9 @@ async def preview_bump(app: web.Application, datastore: Datastore) -> dict[str, 
         "job": None,
     }
     directory = Path(datastore["directory"])
-    try:
-        release = release_of(await app[ARCHIVES].versions.history(directory), directory)
-    except UnreadableVersions as exc:
-        message = f"{exc}: what a BUMP would do is not known"
-        blockers.append(check("error", "DATASTORE_FILES_UNREADABLE", message))
+    release = release_of(await app[ARCHIVES].versions.history(directory), directory)
+    if isinstance(release, str):
+        blockers.append(check("error", "DATASTORE_FILES_UNREADABLE", f"{release}: what a BUMP would do is not known"))
         return preview
     pending = release.pending
     # A released version shows each pending update DELETED when it is a REMOVE, else RELEASED.

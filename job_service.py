@@ -192,6 +192,19 @@ DATASTORE_RDN_PATTERN = r"^[a-z]+(\.[a-z]+)*$"
 MAX_RDN_LENGTH = 128
 #: Path segments under /datastores that are routes of their own, not rdns.
 RESERVED_RDNS = frozenset({"rdns"})
+#: What the checks of a posted job may find (see "checks: what the executor would say").
+CHECK_CODES = (
+    "ARCHIVE_MISSING",
+    "NO_DATA",
+    "ALREADY_RELEASED_USE_CHANGE",
+    "NOT_RELEASED_USE_ADD",
+    "RELEASE_STATUS_NOT_ALLOWED",
+    "BUMP_MANIFESTO_STALE",
+    "NOTHING_PENDING",
+    "BUMP_DISABLED",
+    "TARGET_BUSY",
+    "DATASTORE_FILES_UNREADABLE",
+)
 
 
 def is_datastore_rdn(rdn: object) -> bool:
@@ -674,10 +687,21 @@ class JobSchema(Schema):
     createdBy = fields.Nested(UserSchema, required=True)
 
 
+class CheckSchema(Schema):
+    """What the executor would say of a job (see "checks"): `error`, it will fail it or
+    the service refuses it; `warning`, it may."""
+
+    level = fields.String(required=True, metadata={"enum": ["error", "warning"]})
+    code = fields.String(required=True, metadata={"enum": list(CHECK_CODES)})
+    message = fields.String(required=True)
+
+
 class PostJobResultSchema(Schema):
     status = fields.String(required=True)
     msg = fields.String(required=True)
     job_id = fields.String()
+    #: A dry run's alone (`?dryRun=true`): what the executor would say of the entry.
+    checks = fields.List(fields.Nested(CheckSchema))
 
 
 class JobUpdateSchema(Schema):
@@ -740,6 +764,34 @@ class JobsQuerySchema(Schema):
             operations=data.get("operation") or None,
             ignore_completed=data.get("ignoreCompleted", False),
         )
+
+
+class PostJobsQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    #: Judge every entry and store nothing; each result says what the executor would say.
+    dryRun = QueryFlag(metadata={"pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"})
+
+
+class BumpPreviewSchema(Schema):
+    """What a BUMP of the datastore would do now, as the executor would do it."""
+
+    datastoreRdn = fields.String(required=True)
+    #: The newest version ("0.0.0" before the first) and the one a BUMP makes, as a BUMP
+    #: names them; null when the version files cannot be read (or nothing is pending).
+    fromVersion = fields.String(required=True, allow_none=True)
+    toVersion = fields.String(required=True, allow_none=True)
+    updateType = fields.String(required=True, allow_none=True, metadata={"enum": ["MAJOR", "MINOR", "PATCH", None]})
+    #: The draft's updates: released and removed (pending: a REMOVE is removed, any other
+    #: released), and those that stay in the draft (DRAFT).
+    released = fields.List(fields.Nested(DataStructureUpdateSchema), required=True)
+    removed = fields.List(fields.Nested(DataStructureUpdateSchema), required=True)
+    staysDraft = fields.List(fields.Nested(DataStructureUpdateSchema), required=True)
+    #: What makes a BUMP posted now fail, each an error check; empty when nothing does.
+    blockers = fields.List(fields.Nested(CheckSchema), required=True)
+    #: The BUMP to post (`POST /datastores/{rdn}/jobs`), null when there is nothing to release.
+    job = fields.Nested(JobParametersSchema, required=True, allow_none=True)
 
 
 class TargetSchema(Schema):
@@ -845,6 +897,8 @@ NEW_DATASTORE_SCHEMA = NewDatastoreSchema()
 JOB_PARAMETERS_SCHEMA = JobParametersSchema()
 NEW_JOBS_SCHEMA = NewJobsSchema()
 JOB_UPDATE_SCHEMA = JobUpdateSchema()
+POST_JOBS_QUERY_SCHEMA = PostJobsQuerySchema()
+BUMP_PREVIEW_SCHEMA = BumpPreviewSchema()
 MAINTENANCE_REQUEST_SCHEMA = MaintenanceRequestSchema()
 JOB_SCHEMA = JobSchema()
 POST_JOB_RESULT_SCHEMA = PostJobResultSchema()
@@ -1251,7 +1305,8 @@ class ArchiveInspections:
         self._scanning: dict[tuple[Path, tuple[int, ...]], asyncio.Future[tuple[dict[str, Any], ...]]] = {}
         self._pool = ThreadPoolExecutor(INSPECTION_THREADS, thread_name_prefix="archives")
         self._stopping = threading.Event()
-        self._versions = VersionFiles()
+        #: The version files of each datastore, which the checks of posted jobs read too.
+        self.versions = VersionFiles()
         self._with_operations: dict[
             Path, tuple[tuple[dict[str, Any], ...], Mapping[str, str], tuple[dict[str, Any], ...]]
         ] = {}
@@ -1262,7 +1317,7 @@ class ArchiveInspections:
         at `datastore_dir`; the same tuple again while neither the folders nor the
         datastore's version files have changed."""
         archives = await self._archives(input_dir)
-        statuses = await self._versions.release_statuses(datastore_dir)
+        statuses = await self.versions.release_statuses(datastore_dir)
         kept = self._with_operations.get(input_dir)
         if kept is not None and kept[0] is archives and kept[1] is statuses:
             return kept[2]
@@ -1755,9 +1810,22 @@ def updates_of(version: Any, path: Path) -> list[tuple[str, str]]:
     return [(update["name"], update["releaseStatus"]) for update in updates]
 
 
-def read_release_statuses(directory: Path) -> dict[str, str]:
-    """Each dataset's latest release status: where the draft names it, else the newest
-    version that does (blocking: run it in a thread)."""
+@dataclass(frozen=True, eq=False)
+class VersionHistory:
+    """A datastore's version files as read: the draft, the versions (newest first) and
+    each dataset's latest release status. When they cannot be read, all is empty and
+    `problem` says why. One read is one object (compared and hashed as itself), handed
+    out again while the files are unchanged: what is derived from it may be kept with it."""
+
+    draft: Mapping[str, Any]
+    versions: tuple[Any, ...]
+    statuses: Mapping[str, str]
+    problem: str | None = None
+
+
+def read_version_history(directory: Path) -> VersionHistory:
+    """The version files, with each dataset's latest release status: where the draft
+    names it, else the newest version that does (blocking: run it in a thread)."""
     draft_path, versions_path = (directory / "datastore" / name for name in VERSION_FILES)
     draft, released = read_version_file(draft_path), read_version_file(versions_path)
     versions = released.get("versions") if isinstance(released, dict) else None
@@ -1767,28 +1835,31 @@ def read_release_statuses(directory: Path) -> dict[str, str]:
     for path, version in [(draft_path, draft), *((versions_path, version) for version in versions)]:
         for name, status in updates_of(version, path):
             statuses.setdefault(name, status)
-    return statuses
+    return VersionHistory(draft, tuple(versions), statuses)
 
 
-def release_statuses_or_empty(directory: Path) -> dict[str, str]:
+def version_history_or_problem(directory: Path) -> VersionHistory:
     try:
-        return read_release_statuses(directory)
+        return read_version_history(directory)
     except UnreadableVersions as exc:
         log.warning("%s; the datastore counts as having no versions until its version files change", exc)
-        return {}
+        return VersionHistory({}, (), {}, str(exc))
 
 
 class VersionFiles:
-    """Each datastore's release statuses, read from its version files once per change
-    of them: a listing stats them (on the loop: cheaper than any hop to a thread) and,
-    while they are unchanged, gets the very same mapping back, so that the listing's
-    kept answer stays valid. Concurrent listings after a change share one read."""
+    """Each datastore's version files, read once per change of them: a reader stats them
+    (on the loop: cheaper than any hop to a thread) and, while they are unchanged, gets
+    the very same history back, so that a listing's kept answer stays valid. Concurrent
+    readers after a change share one read."""
 
     def __init__(self) -> None:
-        self._known: dict[Path, tuple[tuple[tuple[int, int, int], ...], Mapping[str, str]]] = {}
-        self._reading: dict[tuple[Path, tuple[tuple[int, int, int], ...]], asyncio.Future[Mapping[str, str]]] = {}
+        self._known: dict[Path, tuple[tuple[tuple[int, int, int], ...], VersionHistory]] = {}
+        self._reading: dict[tuple[Path, tuple[tuple[int, int, int], ...]], asyncio.Future[VersionHistory]] = {}
 
     async def release_statuses(self, directory: Path) -> Mapping[str, str]:
+        return (await self.history(directory)).statuses
+
+    async def history(self, directory: Path) -> VersionHistory:
         stamp = versions_stamp(directory)
         known = self._known.get(directory)
         if known is not None and known[0] == stamp:
@@ -1798,13 +1869,13 @@ class VersionFiles:
         if reading is None:
             reading = self._reading[key] = asyncio.ensure_future(self._read(directory, stamp))
             reading.add_done_callback(lambda _: self._reading.pop(key, None))
-        # Shielded: a listing whose client goes away must not cancel what others wait for too.
+        # Shielded: a reader whose client goes away must not cancel what others wait for too.
         return await asyncio.shield(reading)
 
-    async def _read(self, directory: Path, stamp: tuple[tuple[int, int, int], ...]) -> Mapping[str, str]:
-        statuses = await asyncio.to_thread(release_statuses_or_empty, directory)
-        self._known[directory] = (stamp, statuses)
-        return statuses
+    async def _read(self, directory: Path, stamp: tuple[tuple[int, int, int], ...]) -> VersionHistory:
+        history = await asyncio.to_thread(version_history_or_problem, directory)
+        self._known[directory] = (stamp, history)
+        return history
 
 
 #: A PEM block as RFC 7468 lays it out: a label, base64 (which has no "-") and
@@ -2068,6 +2139,12 @@ class Metrics:
             ["collection"],
             registry=registry,
         )
+        self.job_checks = prometheus_client.Counter(
+            "job_checks",
+            "What the checks found of jobs that a POST stored (what the executor would say), by code and level",
+            ["code", "level"],
+            registry=registry,
+        )
         self.store_up = prometheus_client.Gauge(
             "store_up", "1 when this scrape read the store's counts, else 0 (and they are left out)", registry=registry
         )
@@ -2093,6 +2170,9 @@ class Metrics:
         """A failure of the backend; a store's answer (busy, not found) is none."""
         if not isinstance(exc, StoreAnswer):
             self.store_errors.labels(operation).inc()
+
+    def count_check(self, code: str, level: str) -> None:
+        self.job_checks.labels(code, level).inc()
 
     def count_malformed(self, collection: str) -> None:
         self.malformed_documents.labels(collection).inc()
@@ -2648,6 +2728,400 @@ async def read_queues(store: Store, stale_after: Mapping[str, float]) -> QueueRe
     return QueueReading(stale, oldest)
 
 
+# --- checks: what the executor would say ---------------------------------------------
+# The executor judges a job when it comes to it, maybe hours after it was posted, against
+# the datastore's version files and its input directory (microdata-job-executor:
+# domain/datastores.py, adapter/fs/models/datastore_versions.py, its workers). The same
+# rules over the same files say, when a job is posted, what it will say then. They advise
+# and never refuse: a dry run answers them, a real POST stores what it stored without
+# them and logs and counts what they find of the jobs it stored.
+
+#: What the executor imports from an archive of the input directory.
+IMPORT_OPERATIONS = frozenset({"ADD", "CHANGE", "PATCH_METADATA"})
+#: What it judges against the version files.
+VERSIONED_OPERATIONS = IMPORT_OPERATIONS | {"SET_STATUS", "REMOVE", "BUMP"}
+#: The release statuses a SET_STATUS may give a dataset in the draft, by the operation
+#: that put it there; any other operation's, DRAFT alone (DataStructureUpdate.set_release_status).
+ALLOWED_RELEASE_STATUSES = {
+    "ADD": frozenset({"DRAFT", "PENDING_RELEASE"}),
+    "CHANGE": frozenset({"DRAFT", "PENDING_RELEASE"}),
+    "PATCH_METADATA": frozenset({"DRAFT", "PENDING_RELEASE"}),
+    "REMOVE": frozenset({"PENDING_DELETE"}),
+}
+#: Why a BUMP of a datastore that may not bump fails (the default datastore's flag is [jobs] bump_enabled).
+BUMP_DISABLED_MESSAGE = "Bumping the datastore is disabled: its bumpEnabled is false"
+#: The keys of the draft that a BUMP's manifesto carries.
+MANIFESTO_KEYS = ("version", "description", "releaseTime", "languageCode", "updateType", "dataStructureUpdates")
+#: The names a message lists at most: a draft may hold thousands.
+NAMES_LISTED = 10
+BUMP_MANIFESTO_SCHEMA = BumpManifestoSchema()
+
+Check = dict[str, str]
+
+
+def check(level: str, code: str, message: str) -> Check:
+    return {"level": level, "code": code, "message": message}
+
+
+@dataclass(frozen=True)
+class Release:
+    """A datastore's version files as the executor reads them."""
+
+    #: The draft, as a BUMP's manifesto carries it.
+    draft: dict[str, Any]
+    #: The newest version's number, four integers; None before the first version.
+    latest: tuple[int, ...] | None
+    #: Each dataset's latest release status: the draft's, else the newest version's.
+    statuses: Mapping[str, str]
+    #: The draft's update of each dataset (the first, as the executor looks it up).
+    drafts: Mapping[str, dict[str, str]]
+
+    @property
+    def pending(self) -> list[dict[str, str]]:
+        """The draft's updates that a BUMP releases or removes."""
+        return [update for update in self.draft["dataStructureUpdates"] if update["releaseStatus"] != "DRAFT"]
+
+
+@functools.lru_cache(maxsize=64)
+def release_of(history: VersionHistory, directory: Path) -> Release | str:
+    """The version files as the executor reads them, or why they are not what it reads.
+    Kept with each read of them (a draft may hold thousands of updates): every POST and
+    preview while the files are unchanged has the same history, and parses nothing."""
+    if history.problem is not None:
+        return history.problem
+    draft_path, versions_path = (directory / "datastore" / name for name in VERSION_FILES)
+    try:
+        draft = BUMP_MANIFESTO_SCHEMA.load({key: history.draft[key] for key in MANIFESTO_KEYS if key in history.draft})
+    except ValidationError as exc:
+        return f"{draft_path} is not a version the executor reads: {describe(exc.messages)}"
+    latest = None
+    if history.versions:
+        number = history.versions[0].get("version")
+        parts = number.split(".") if isinstance(number, str) else []
+        if len(parts) != 4 or not all(part.isascii() and part.isdigit() for part in parts):
+            return f"{versions_path}: the newest version is {number!r}, not four numbers"
+        latest = tuple(int(part) for part in parts)
+    drafts: dict[str, dict[str, str]] = {}
+    for update in draft["dataStructureUpdates"]:
+        drafts.setdefault(update["name"], update)
+    return Release(draft, latest, history.statuses, drafts)
+
+
+def update_type_of(pending: list[dict[str, str]], first: bool) -> str | None:
+    """What a BUMP of `pending` makes, by the executor's rules (DatastoreVersion._calculate_update_type):
+    None when nothing is pending, and a first version is MAJOR whatever it holds."""
+    operations = {update["operation"] for update in pending}
+    if operations & {"CHANGE", "REMOVE"}:
+        update_type = "MAJOR"
+    elif "ADD" in operations:
+        update_type = "MINOR"
+    elif "PATCH_METADATA" in operations:
+        update_type = "PATCH"
+    else:
+        return None
+    return "MAJOR" if first else update_type
+
+
+def next_version(latest: tuple[int, ...] | None, update_type: str) -> tuple[int, ...]:
+    """The version a BUMP makes (DatastoreVersions.add_new_release_version, bump_dotted_version_number)."""
+    if latest is None:
+        return (1, 0, 0, 0)
+    major, minor, patch, _ = latest
+    if update_type == "MAJOR":
+        return (major + 1, 0, 0, 0)
+    if update_type == "MINOR":
+        return (major, minor + 1, 0, 0)
+    return (major, minor, patch + 1, 0)
+
+
+def shown_version(parts: tuple[int, ...] | None) -> str:
+    """A version as a BUMP names it (`bumpFromVersion`): three numbers, 0.0.0 before the first."""
+    return ".".join(str(part) for part in (parts or (0, 0, 0, 0))[:3])
+
+
+def names_listed(names: Iterable[str]) -> str:
+    names = sorted(set(names))
+    more = f" and {len(names) - NAMES_LISTED:,} more" if len(names) > NAMES_LISTED else ""
+    return ", ".join(names[:NAMES_LISTED]) + more
+
+
+def stale_manifesto(manifesto: Mapping[str, Any], release: Release) -> str | None:
+    """How a BUMP's manifesto differs from the draft where the executor compares them, or
+    None: their pending updates, whole, in any order (DraftVersion.validate_bump_manifesto)."""
+
+    def whole(update: Mapping[str, str]) -> tuple[str, ...]:
+        return (update["name"], update["description"], update["operation"], update["releaseStatus"])
+
+    drafted = [whole(update) for update in release.pending]
+    posted = [whole(update) for update in manifesto["dataStructureUpdates"] if update["releaseStatus"] != "DRAFT"]
+    if len(drafted) == len(posted) and set(posted) <= set(drafted):
+        return None
+    differences = []
+    if only_posted := {update[0] for update in set(posted) - set(drafted)}:
+        differences.append(f"pending in the manifesto but not so in the draft: {names_listed(only_posted)}")
+    if only_drafted := {update[0] for update in set(drafted) - set(posted)}:
+        differences.append(f"pending in the draft but not in the manifesto: {names_listed(only_drafted)}")
+    return "; ".join(differences) or "the manifesto repeats a pending update"
+
+
+def add_checks(parameters: Mapping[str, Any], release: Release) -> list[Check]:
+    target = parameters["target"]
+    status = release.statuses.get(target)
+    if status in (None, "DELETED"):
+        return []
+    if status == "RELEASED":
+        message = f"{target} is released: post CHANGE for new data and metadata, PATCH_METADATA for metadata alone"
+        return [check("error", "ALREADY_RELEASED_USE_CHANGE", message)]
+    message = f"{target}'s release status is {status}: the executor adds only a dataset in no version, or DELETED"
+    return [check("error", "RELEASE_STATUS_NOT_ALLOWED", message)]
+
+
+def change_checks(parameters: Mapping[str, Any], release: Release) -> list[Check]:
+    """CHANGE and PATCH_METADATA: of a RELEASED dataset alone."""
+    operation, target = parameters["operation"], parameters["target"]
+    status = release.statuses.get(target)
+    if status == "RELEASED":
+        return []
+    if status in (None, "DELETED"):
+        where = "in no version" if status is None else "DELETED"
+        message = f"{target} is {where}: post ADD; the executor does a {operation} of a RELEASED dataset alone"
+        return [check("error", "NOT_RELEASED_USE_ADD", message)]
+    message = f"{target}'s release status is {status}: the executor does a {operation} of a RELEASED dataset alone"
+    return [check("error", "RELEASE_STATUS_NOT_ALLOWED", message)]
+
+
+def set_status_checks(parameters: Mapping[str, Any], release: Release) -> list[Check]:
+    target, wanted = parameters["target"], parameters["releaseStatus"]
+    drafted = release.drafts.get(target)
+    if drafted is None:
+        message = f"{target} is not in the draft: only a dataset in the draft has a release status to set"
+        return [check("error", "RELEASE_STATUS_NOT_ALLOWED", message)]
+    if drafted["releaseStatus"] == wanted:
+        message = f"{target} is {wanted} already: the executor completes the job and changes nothing"
+        return [check("warning", "RELEASE_STATUS_NOT_ALLOWED", message)]
+    allowed = ALLOWED_RELEASE_STATUSES.get(drafted["operation"], frozenset({"DRAFT"}))
+    if wanted in allowed:
+        return []
+    message = (
+        f"{target} is in the draft by operation {drafted['operation']}:"
+        f" a SET_STATUS may make it {' or '.join(sorted(allowed))}, not {wanted}"
+    )
+    return [check("error", "RELEASE_STATUS_NOT_ALLOWED", message)]
+
+
+def remove_checks(parameters: Mapping[str, Any], release: Release) -> list[Check]:
+    target = parameters["target"]
+    drafted = release.drafts.get(target)
+    status = release.statuses.get(target)
+    # A removal already in the draft: the executor completes the job again.
+    if (drafted is not None and drafted["operation"] == "REMOVE") or status == "RELEASED":
+        return []
+    where = "in no version" if status is None else f"of release status {status}"
+    message = f"{target} is {where}: the executor removes a RELEASED dataset alone"
+    return [check("error", "RELEASE_STATUS_NOT_ALLOWED", message)]
+
+
+def bump_checks(parameters: Mapping[str, Any], release: Release) -> list[Check]:
+    checks = []
+    if not release.pending:
+        message = "The draft has nothing pending (PENDING_RELEASE or PENDING_DELETE): the executor fails a BUMP of it"
+        checks.append(check("error", "NOTHING_PENDING", message))
+    stale = stale_manifesto(parameters["bumpManifesto"], release)
+    if stale is not None:
+        message = (
+            f'The executor will fail it, saying "Changes were made to the datastore after bump was requested":'
+            f" {stale}. The bump preview of the datastore has the BUMP to post now"
+        )
+        checks.append(check("error", "BUMP_MANIFESTO_STALE", message))
+    return checks
+
+
+VERSION_RULES: dict[str, Callable[[Mapping[str, Any], Release], list[Check]]] = {
+    "ADD": add_checks,
+    "CHANGE": change_checks,
+    "PATCH_METADATA": change_checks,
+    "SET_STATUS": set_status_checks,
+    "REMOVE": remove_checks,
+    "BUMP": bump_checks,
+}
+
+
+def archive_checks(operation: str, target: str, dataset: Mapping[str, Any] | None) -> list[Check]:
+    """What the executor finds of an import's archive (what the listing of importable datasets found)."""
+    if dataset is None:
+        message = (
+            f"No {target}.tar that opens as a tar archive in the input directory or its archive/ folder:"
+            f" the executor has nothing to import"
+        )
+        return [check("error", "ARCHIVE_MISSING", message)]
+    name = f"archive/{target}.tar" if dataset["isArchived"] else f"{target}.tar"
+    if not dataset["hasMetadata"]:
+        return [check("error", "NO_DATA", f"{name} holds no {target}.json: every import needs the dataset's metadata")]
+    if operation != "PATCH_METADATA" and not dataset["hasData"]:
+        message = f"{name} holds no data (chunks/): a {operation} imports data; PATCH_METADATA imports metadata alone"
+        return [check("error", "NO_DATA", message)]
+    return []
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What the checks of one POST read, once."""
+
+    bump_enabled: bool
+    #: By dataset: the archive the executor would import (see `check_context`).
+    archives: Mapping[str, Mapping[str, Any]]
+    #: The version files; None when they cannot be read, and `problem` says why.
+    release: Release | None
+    problem: str | None
+
+
+async def check_context(app: web.Application, datastore: Datastore, operations: set[str]) -> CheckContext:
+    """What the checks of jobs of `operations` read: only what they need, each from its
+    cache (the listing of importable datasets', the version files'), on threads."""
+    directory = Path(datastore["directory"])
+    archives: dict[str, Mapping[str, Any]] = {}
+    if operations & IMPORT_OPERATIONS:
+        input_dir = app[DATASTORES].input_directory(datastore)
+        for dataset in await app[ARCHIVES].scan(input_dir, directory):
+            # The executor imports `archive/<NAME>.tar`, moving an upload there only
+            # when none is there yet (InputDirectory.archive_importable).
+            if dataset["isArchived"] or dataset["datasetName"] not in archives:
+                archives[dataset["datasetName"]] = dataset
+    release, problem = None, None
+    if operations & VERSIONED_OPERATIONS:
+        found = release_of(await app[ARCHIVES].versions.history(directory), directory)
+        release, problem = (found, None) if isinstance(found, Release) else (None, found)
+    return CheckContext(datastore["bumpEnabled"], archives, release, problem)
+
+
+def entry_checks(parameters: Mapping[str, Any], context: CheckContext) -> list[Check]:
+    """What the executor would say of a job of these (valid) parameters; a held target is the store's to say."""
+    operation, target = parameters["operation"], parameters["target"]
+    checks = []
+    if operation == "BUMP" and not context.bump_enabled:
+        checks.append(check("error", "BUMP_DISABLED", BUMP_DISABLED_MESSAGE))
+    if operation in IMPORT_OPERATIONS:
+        checks.extend(archive_checks(operation, target, context.archives.get(target)))
+    if operation in VERSIONED_OPERATIONS:
+        if context.release is None:
+            message = f"{context.problem}: what the executor will say of this {operation} is not known"
+            checks.append(check("warning", "DATASTORE_FILES_UNREADABLE", message))
+        else:
+            checks.extend(VERSION_RULES[operation](parameters, context.release))
+    return checks
+
+
+def dry_run_of(query: MultiMapping[str]) -> bool:
+    """`?dryRun=`, strictly: an empty value or a near miss of the name (`dryrun`,
+    `dry_run`), which a lenient reading would take for a real POST, is a 400."""
+    for name in query:
+        if name != "dryRun" and name.lower().replace("_", "").replace("-", "") == "dryrun":
+            raise ApiError(400, f"Query parameter {name} is not known: did you mean dryRun?")
+    values = query.getall("dryRun", [])
+    if len(values) > 1:
+        raise ApiError(400, "Query parameter dryRun is given more than once")
+    dry_run: bool = POST_JOBS_QUERY_SCHEMA.load({"dryRun": values[0]} if values else {}).get("dryRun", False)
+    return dry_run
+
+
+async def dry_run_results(
+    store: Store,
+    datastore: Datastore,
+    parsed: list[dict[str, Any] | str],
+    judged: list[Job | str],
+    context: CheckContext,
+) -> list[dict[str, Any]]:
+    """What a real POST would answer, with each entry's checks, storing nothing: an entry
+    it would create is `WOULD_CREATE` (with no job id), one it would refuse its refusal."""
+    valid = any(not isinstance(parameters, str) for parameters in parsed)
+    busy = await targets_in_progress(store, datastore["rdn"]) if valid else set()
+    claimed: set[str] = set()
+    results: list[dict[str, Any]] = []
+    for parameters, verdict in zip(parsed, judged, strict=True):
+        if isinstance(parameters, str):
+            results.append({"status": "FAILED", "msg": parameters, "checks": []})
+            continue
+        checks = entry_checks(parameters, context)
+        target = parameters["target"]
+        held = target in busy or target in claimed
+        if held:
+            holder = "a job in progress" if target in busy else "an earlier entry of this POST"
+            checks.append(check("error", "TARGET_BUSY", f"{target} is held by {holder}: one job at a time per target"))
+        if isinstance(verdict, str):
+            results.append({"status": "FAILED", "msg": verdict, "checks": checks})
+        elif held:
+            results.append({"status": "FAILED", "msg": f"FAILED: {TargetBusy(target)}", "checks": checks})
+        else:
+            claimed.add(target)
+            results.append({"status": "queued", "msg": "WOULD_CREATE", "checks": checks})
+    return results
+
+
+def note_checks(metrics: Metrics, job: Job, checks: list[Check]) -> None:
+    """What the checks found of a job a real POST stored: one log line, and each counted."""
+    if not checks:
+        return
+    for found in checks:
+        metrics.count_check(found["code"], found["level"])
+    parameters = job["parameters"]
+    log.warning(
+        "Stored job %s (%s of %s), of which the checks say: %s",
+        job["jobId"],
+        parameters["operation"],
+        parameters["target"],
+        "; ".join(f"{found['level']} {found['code']}: {found['message']}" for found in checks),
+    )
+
+
+async def preview_bump(app: web.Application, datastore: Datastore) -> dict[str, Any]:
+    """What a BUMP of the datastore would do now, what would make it fail, and the BUMP to post."""
+    blockers = []
+    if not datastore["bumpEnabled"]:
+        blockers.append(check("error", "BUMP_DISABLED", BUMP_DISABLED_MESSAGE))
+    if await app[STORE].target_in_progress(datastore["rdn"], DATASTORE):
+        message = f"A job on {DATASTORE} is in progress (a BUMP, or the keys job): a BUMP posted now is refused"
+        blockers.append(check("error", "TARGET_BUSY", message))
+    preview: dict[str, Any] = {
+        "datastoreRdn": datastore["rdn"],
+        "fromVersion": None,
+        "toVersion": None,
+        "updateType": None,
+        "released": [],
+        "removed": [],
+        "staysDraft": [],
+        "blockers": blockers,
+        "job": None,
+    }
+    directory = Path(datastore["directory"])
+    release = release_of(await app[ARCHIVES].versions.history(directory), directory)
+    if isinstance(release, str):
+        blockers.append(check("error", "DATASTORE_FILES_UNREADABLE", f"{release}: what a BUMP would do is not known"))
+        return preview
+    pending = release.pending
+    # A released version shows each pending update DELETED when it is a REMOVE, else RELEASED.
+    preview["released"] = [update for update in pending if update["operation"] != "REMOVE"]
+    preview["removed"] = [update for update in pending if update["operation"] == "REMOVE"]
+    preview["staysDraft"] = [u for u in release.draft["dataStructureUpdates"] if u["releaseStatus"] == "DRAFT"]
+    preview["fromVersion"] = shown_version(release.latest)
+    update_type = update_type_of(pending, first=release.latest is None)
+    if update_type is None:
+        message = "The draft has nothing pending (PENDING_RELEASE or PENDING_DELETE): there is nothing to release"
+        blockers.append(check("error", "NOTHING_PENDING", message))
+        return preview
+    to_version = shown_version(next_version(release.latest, update_type))
+    preview["toVersion"], preview["updateType"] = to_version, update_type
+    preview["job"] = {
+        "operation": "BUMP",
+        "target": DATASTORE,
+        "description": f"Version {to_version}",
+        "bumpFromVersion": preview["fromVersion"],
+        "bumpToVersion": to_version,
+        # The draft as it is, as the admin UI posts it: the executor compares its pending updates with the draft's.
+        "bumpManifesto": release.draft,
+    }
+    return preview
+
+
 # --- routes: each declared once, resolved in one place ------------------------------
 
 
@@ -3147,11 +3621,11 @@ def new_job(datastore: Datastore, parameters: dict[str, Any], user: User) -> Job
     )
 
 
-def judge_entry(entry: Any, user: User, datastore: Datastore, keys_operation: str) -> Job | str:
-    """One posted entry judged on its own: the job to store, or why it is refused.
-    A keys job under the name the deployed executor does not parse would stop it."""
+def parse_entry(entry: Any, keys_operation: str) -> dict[str, Any] | str:
+    """One posted entry's parameters, or why they are refused. A keys job under the
+    name the deployed executor does not parse would stop it."""
     try:
-        parameters = JOB_PARAMETERS_SCHEMA.load(entry)
+        parameters: dict[str, Any] = JOB_PARAMETERS_SCHEMA.load(entry)
     except ValidationError as exc:
         return f"FAILED: {describe(exc.messages)}"
     if parameters["operation"] in KEYS_OPERATIONS and parameters["operation"] != keys_operation:
@@ -3159,20 +3633,35 @@ def judge_entry(entry: Any, user: User, datastore: Datastore, keys_operation: st
             f"FAILED: operation: {parameters['operation']} is not the keys job's name in this service;"
             f" post {keys_operation} ([datastores] keys_operation)"
         )
+    return parameters
+
+
+def judge_entry(parameters: dict[str, Any] | str, user: User, datastore: Datastore) -> Job | str:
+    """One posted entry judged on its own (its parameters, or why they are refused):
+    the job to store, or why it is refused."""
+    if isinstance(parameters, str):
+        return parameters
     if parameters["operation"] == "BUMP" and not datastore["bumpEnabled"]:
         return "FAILED: Bumping the datastore is disabled"
     return new_job(datastore, parameters, user)
 
 
 async def create_jobs(
-    request: web.Request, entries: list[Any], user: User, datastore: Datastore
-) -> list[dict[str, str]]:
+    request: web.Request, entries: list[Any], user: User, datastore: Datastore, *, dry_run: bool = False
+) -> list[dict[str, Any]]:
     """Judge each posted entry on its own and store those that pass, each with its
     target; the results, in order, say which. The store takes them in one call, so
     that a backend can write them all at once (TinyDB: one fsync for a POST); one
-    that fails after storing some says which it did not store, each FAILED with why."""
+    that fails after storing some says which it did not store, each FAILED with why.
+    A dry run stores nothing and answers each entry's checks too; a real POST logs
+    and counts what they find of the jobs it stored."""
     keys_operation = request.app[CONFIG].datastores.keys_operation
-    judged = [judge_entry(entry, user, datastore, keys_operation) for entry in entries]
+    parsed = [parse_entry(entry, keys_operation) for entry in entries]
+    operations = {parameters["operation"] for parameters in parsed if not isinstance(parameters, str)}
+    context = await check_context(request.app, datastore, operations)
+    judged = [judge_entry(parameters, user, datastore) for parameters in parsed]
+    if dry_run:
+        return await dry_run_results(store_of(request), datastore, parsed, judged, context)
     jobs = [job for job in judged if not isinstance(job, str)]
     store = store_of(request)
     refusals: list[StoreError | None] = [None] * len(jobs)
@@ -3192,6 +3681,7 @@ async def create_jobs(
             results.append({"status": "FAILED", "msg": f"FAILED: {refusal}"})
         else:
             results.append({"status": "queued", "msg": "CREATED", "job_id": job["jobId"]})
+            note_checks(request.app[METRICS], job, entry_checks(job["parameters"], context))
     return results
 
 
@@ -3199,18 +3689,33 @@ async def create_jobs(
     "POST",
     "/jobs",
     Access.ADMINISTER,
-    "Post new jobs; each entry gets its own result, in order",
+    "Post new jobs; each entry gets its own result, in order (with dryRun=true, and its checks: nothing is stored)",
     many(PostJobResultSchema),
     "jobs",
     twin=True,
     errors=(503, 507),
     body=NEW_JOBS_BODY,
+    query=PostJobsQuerySchema,
 )
 async def post_jobs(request: web.Request, scope: Scope) -> web.Response:
     assert scope.datastore is not None
+    dry_run = dry_run_of(request.query)
     entries = NEW_JOBS_SCHEMA.load(await read_json_object(request))["jobs"]
-    results = await create_jobs(request, entries, scope.user, scope.datastore)
+    results = await create_jobs(request, entries, scope.user, scope.datastore, dry_run=dry_run)
     return respond(POST_JOB_RESULT_SCHEMA, results, many=True)
+
+
+@route(
+    "GET",
+    "/datastores/{rdn}/bump-preview",
+    Access.ADMINISTER,
+    "What a BUMP would release, remove and keep as draft, what blocks one now, and the BUMP to post",
+    BumpPreviewSchema,
+    "jobs",
+)
+async def get_bump_preview(request: web.Request, scope: Scope) -> web.Response:
+    assert scope.datastore is not None
+    return respond(BUMP_PREVIEW_SCHEMA, await preview_bump(request.app, scope.datastore))
 
 
 @route(

@@ -6,10 +6,12 @@ without importing another test module.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -255,3 +257,54 @@ def faulty(**replaced: Any) -> Any:
         return Faulty(store, **{name: make(store) for name, make in replaced.items()})
 
     return open_faulty
+
+
+# --- a datastore's files, as the platform writes them ---------------------------------
+
+
+def make_archive(path: Path, *members: str) -> Path:
+    """A tar at `path` holding small files named `members` (a name ending in / is a folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as archive:
+        for name in members:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            if name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+            else:
+                data = b"{}"
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def dataset_archive(input_dir: Path, name: str, *, data: bool = True, archived: bool = False) -> Path:
+    """`<name>.tar` as an upload of the dataset: its metadata, and data chunks unless `data` is false."""
+    folder = input_dir / "archive" if archived else input_dir
+    return make_archive(folder / f"{name}.tar", f"{name}.json", *(["chunks/1.parquet"] if data else []))
+
+
+def update(name: str, operation: str, release_status: str, description: str = "") -> dict[str, str]:
+    """One of a version's `dataStructureUpdates`."""
+    return {"name": name, "description": description, "operation": operation, "releaseStatus": release_status}
+
+
+def datastore_version(*updates: dict[str, str], number: str = "1.0.0.0", update_type: str | None = "MINOR") -> dict:
+    """A version (or the draft) as the executor writes it."""
+    return {
+        "version": number,
+        "description": "A release",
+        "releaseTime": 1700000000,
+        "languageCode": "no",
+        "dataStructureUpdates": list(updates),
+        "updateType": update_type,
+    }
+
+
+def write_version_files(directory: Path, draft: dict, *versions: dict) -> None:
+    """A datastore's `datastore/draft_version.json` and `datastore_versions.json` (versions newest first)."""
+    folder = directory / "datastore"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "draft_version.json").write_text(json.dumps(draft))
+    released = {"name": directory.name, "label": "A datastore", "description": "", "versions": list(versions)}
+    (folder / "datastore_versions.json").write_text(json.dumps(released))

@@ -3578,13 +3578,18 @@ async def seen_jobs(pages: AsyncIterator[list[Job]], scope: Scope) -> AsyncItera
     errors=(404, 503),
 )
 async def get_job(request: web.Request, scope: Scope) -> web.Response:
+    return respond_encoded(request.app[ENCODED_JOBS].encode(await job_in_scope(request, scope)))
+
+
+async def job_in_scope(request: web.Request, scope: Scope) -> Job:
+    """The job the path names, as the caller may see it: on a datastore's own route a job
+    of another datastore is not there, and an administrator sees their datastores' alone."""
     job_id = request.match_info["jobId"]
     job = await store_of(request).get_job(job_id)
-    # On a datastore's own route, a job of another datastore is not there.
     elsewhere = scope.datastore is not None and job is not None and job["datastoreRdn"] != scope.rdn
     if job is None or elsewhere or not scope.sees(job["datastoreRdn"]):
         raise JobNotFound(job_id)
-    return respond_encoded(request.app[ENCODED_JOBS].encode(job))
+    return job
 
 
 @route(
@@ -3599,13 +3604,7 @@ async def get_job(request: web.Request, scope: Scope) -> web.Response:
     errors=(404, 503),
 )
 async def get_job_timeline(request: web.Request, scope: Scope) -> web.Response:
-    job_id = request.match_info["jobId"]
-    job = await store_of(request).get_job(job_id)
-    # Found as `get_job` finds it: on a datastore's own route, a job of another datastore is not there.
-    elsewhere = scope.datastore is not None and job is not None and job["datastoreRdn"] != scope.rdn
-    if job is None or elsewhere or not scope.sees(job["datastoreRdn"]):
-        raise JobNotFound(job_id)
-    return respond(TIMELINE_SCHEMA, timeline(job, datetime.now(UTC)))
+    return respond(TIMELINE_SCHEMA, timeline(await job_in_scope(request, scope), datetime.now(UTC)))
 
 
 def new_job(datastore: Datastore, parameters: dict[str, Any], user: User) -> Job:

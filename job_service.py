@@ -14,12 +14,15 @@ The sections of this file, in order (each starts with a `# --- name` line):
 - vocabulary: statuses, operations, names, and what each operation needs;
 - configuration: the TOML file as frozen dataclasses, one per section;
 - request and response schemas: marshmallow, for every body in and out;
-- errors and (de)serialisation: `ApiError`, the status of each error, encoded-document caches;
+- errors and (de)serialisation: `ApiError`, the status of each error, encoded-document caches,
+  ETags and 304s;
 - targets: what a job leaves its target(s) showing;
 - the input directory: importable dataset archives;
 - logs and metrics: request-scoped log fields, Prometheus, the timed store;
 - authentication: the JWKS, administrators' tokens, the executor's key;
 - datastores: the registry as the routes see it, the default datastore's special cases;
+- the executor, as the service sees it: `ExecutorWatch`, fed by the middleware, behind
+  `GET /executor` and the executor's metrics;
 - routes: `@route` declares each route once (path, twin, `Access`, body, errors), and
   the one resolver (`endpoint`, `authorize`) enforces it before any body is read;
 - the API's own documentation: OpenAPI from the route declarations and schemas, Swagger UI;

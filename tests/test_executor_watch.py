@@ -202,3 +202,13 @@ def test_a_bad_silent_after_seconds_is_one_line_at_start(tmp_path, value):
         load_config(config, environ={})
     assert str(raised.value).startswith("bad config: executor.silent_after_seconds:")
     assert "\n" not in str(raised.value)
+
+
+async def test_a_store_keeps_each_processes_part_until_it_goes_quiet(store, backend):
+    first = {"process": "first", "sharedAt": 100.0, "lastPollAt": 99.0}
+    assert await store.share_part("first", first, forget_before=0.0) == [first]
+    second = {"process": "second", "sharedAt": 200.0, "lastPollAt": None}
+    # The first, quiet since 100, is forgotten (TinyDB: one process owns the directory, nobody else to tell).
+    assert await store.share_part("second", second, forget_before=150.0) == [second]
+    if backend == "mongodb":
+        assert await store.share_part("first", first, forget_before=0.0) == [second, first]

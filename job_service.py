@@ -14,13 +14,16 @@ The sections of this file, in order (each starts with a `# --- name` line):
 - vocabulary: statuses, operations, names, and what each operation needs;
 - configuration: the TOML file as frozen dataclasses, one per section;
 - request and response schemas: marshmallow, for every body in and out;
-- errors and (de)serialisation: `ApiError`, the status of each error, encoded-document caches;
+- errors and (de)serialisation: `ApiError`, the status of each error, encoded-document caches,
+  ETags and 304s;
 - targets: what a job leaves its target(s) showing;
 - the input directory: importable dataset archives;
 - logs and metrics: request-scoped log fields, Prometheus, the timed store;
 - authentication: the JWKS, administrators' tokens, the executor's key;
 - datastores: the registry as the routes see it, the default datastore's special cases;
 - the pipeline: a job's timeline and which jobs are stale, derived from their logs;
+- the executor, as the service sees it: `ExecutorWatch`, fed by the middleware, behind
+  `GET /executor` and the executor's metrics;
 - routes: `@route` declares each route once (path, twin, `Access`, body, errors), and
   the one resolver (`endpoint`, `authorize`) enforces it before any body is read;
 - the API's own documentation: OpenAPI from the route declarations and schemas, Swagger UI;
@@ -43,6 +46,7 @@ import errno
 import fcntl
 import functools
 import gc
+import hashlib
 import hmac
 import importlib.metadata
 import inspect
@@ -160,7 +164,9 @@ ARCHIVES: web.AppKey[ArchiveInspections] = web.AppKey("archives")
 ENCODED_LISTINGS: web.AppKey[EncodedListings] = web.AppKey("encoded_listings")
 JOB_QUERIES: web.AppKey[JobQueries] = web.AppKey("job_queries")
 REQUEST_IDS: web.AppKey[Iterator[str]] = web.AppKey("request_ids")
-POLL_ANSWERS: web.AppKey[PollAnswers] = web.AppKey("poll_answers")
+POLL_ANSWERS: web.AppKey[KeptAnswers] = web.AppKey("poll_answers")
+TARGET_LISTINGS: web.AppKey[KeptAnswers] = web.AppKey("target_listings")
+EXECUTOR_WATCH: web.AppKey[ExecutorWatch] = web.AppKey("executor_watch")
 DATASTORES: web.AppKey[Datastores] = web.AppKey("datastores")
 STORE_OPENER: web.AppKey[StoreOpener] = web.AppKey("store_opener")
 #: Set by `serve`, which runs the app: not there in tests or under gunicorn.
@@ -451,6 +457,15 @@ class DatastoresConfig:
 
 
 @dataclass(frozen=True)
+class ExecutorConfig:
+    silent_after_seconds: float = setting(
+        60.0,
+        fields.Float(validate=validate.Range(min=0, min_inclusive=False)),
+        "how long without a poll before the executor counts as silent",
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
     storage: StorageConfig = dataclasses.field(default_factory=StorageConfig)
@@ -460,6 +475,7 @@ class Config:
     auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     datastores: DatastoresConfig = dataclasses.field(default_factory=DatastoresConfig)
+    executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
 
 
 def schema_of(model: type, base: type[ConfigSection] = ConfigSection) -> type[ConfigSection]:
@@ -1113,22 +1129,103 @@ def respond_encoded(body: bytes) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": JSON_CONTENT_TYPE})
 
 
+#: Counted anew at every start of a process (and a restore may bring old revisions back):
+#: a tag made of the store's versions carries this, so that no tag of an earlier run matches.
+PROCESS_TAG = os.urandom(6).hex()
+#: Every tagged answer may be kept, and must be asked about again before it is used.
+CONDITIONAL_HEADERS = {"Cache-Control": "no-cache"}
+
+
+def version_tag(version: Hashable) -> str:
+    """A strong ETag from a version of the store (a revision, `in_progress_version`)."""
+    return f'"{PROCESS_TAG}-{version}"'
+
+
+def body_tag(body: bytes) -> str:
+    """A weak ETag from the bytes themselves, where the store has no version to give."""
+    return f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+
+
+def names_tag(if_none_match: str | None, tag: str) -> bool:
+    """Whether an If-None-Match header names `tag` (compared weakly, as RFC 9110 says for it)."""
+    if not if_none_match:
+        return False
+    opaque = tag.removeprefix("W/")
+    return any(given == "*" or given.removeprefix("W/") == opaque for given in map(str.strip, if_none_match.split(",")))
+
+
+def not_modified(request: web.Request, tag: str) -> web.Response | None:
+    """The 304 (no body) when the request's If-None-Match names `tag`, else None."""
+    if not names_tag(request.headers.get("If-None-Match"), tag):
+        return None
+    return web.Response(status=304, headers={"ETag": tag, **CONDITIONAL_HEADERS})
+
+
+def respond_tagged(request: web.Request, body: bytes, tag: str) -> web.Response:
+    """`body` under `tag`, or the 304 when the client has it already."""
+    unchanged = not_modified(request, tag)
+    return unchanged if unchanged is not None else tagged_answer(body, tag)
+
+
+def tagged_answer(body: bytes, tag: str) -> web.Response:
+    return web.Response(body=body, headers={"Content-Type": JSON_CONTENT_TYPE, "ETag": tag, **CONDITIONAL_HEADERS})
+
+
+def tagged_by_body(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """An answer made without a version, tagged by its bytes; a streamed (long) one, or
+    a HEAD's, has no bytes here to tag and goes as it is."""
+    if request.method != "GET" or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return response
+    return respond_tagged(request, response.body, body_tag(response.body))
+
+
+class KeptAnswers:
+    """Whole answers kept with the store's version they were made at (see `in_progress_version`):
+    asked again while that version holds, the same bytes go out again, with no document read,
+    copied or encoded. With each answer, the ids of the jobs in it (for `ExecutorWatch.handed_out`).
+    At most `limit` answers (the oldest dropped first), each of at most `max_bytes`: a longer
+    one is made anew every time."""
+
+    def __init__(self, limit: int, max_bytes: int) -> None:
+        self._answers: dict[Hashable, tuple[Hashable, bytes, tuple[str, ...]]] = {}
+        self._limit = limit
+        self._max_bytes = max_bytes
+
+    def get(self, key: Hashable, version: Hashable) -> tuple[bytes, tuple[str, ...]] | None:
+        kept = self._answers.get(key)
+        return (kept[1], kept[2]) if kept is not None and kept[0] == version else None
+
+    def keep(self, key: Hashable, version: Hashable, answer: bytes, job_ids: tuple[str, ...] = ()) -> None:
+        if len(answer) > self._max_bytes:
+            return
+        self._answers.pop(key, None)
+        if len(self._answers) >= self._limit:
+            del self._answers[next(iter(self._answers))]
+        self._answers[key] = (version, answer, job_ids)
+
+
 async def respond_listing(
-    request: web.Request, pages: AsyncIterator[list[Any]], encode: Callable[[Any], bytes]
+    request: web.Request,
+    pages: AsyncIterator[list[Any]],
+    encode: Callable[[Any], bytes],
+    headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     """A store's listing (jobs, targets, statuses), each document made bytes by
     `encode`: one answer when it is short, else written a page at a time, so that
-    years of history are never in memory whole, as objects or as JSON."""
+    years of history are never in memory whole, as objects or as JSON. `headers`
+    are added to its own (an ETag known before the listing is read)."""
+    headers = {"Content-Type": JSON_CONTENT_TYPE, **(headers or {})}
     documents: list[Any] = []
     async for page in pages:  # before any header: a failure here still gets its status
         documents += page
         if len(documents) >= PAGE_SIZE:
             break
     else:
-        return respond_encoded(b"" if request.method == "HEAD" else b"[" + b",".join(map(encode, documents)) + b"]")
+        body = b"" if request.method == "HEAD" else b"[" + b",".join(map(encode, documents)) + b"]"
+        return web.Response(body=body, headers=headers)
     if request.method == "HEAD":  # the headers alone, framed, never a streamed body after them
-        return respond_encoded(b"")
-    response = web.StreamResponse(headers={"Content-Type": JSON_CONTENT_TYPE})
+        return web.Response(body=b"", headers=headers)
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     try:
         await response.write(b"[" + b",".join(map(encode, documents)))
@@ -2158,6 +2255,14 @@ class Metrics:
             buckets=STATUS_SECONDS_BUCKETS,
             registry=registry,
         )
+        self.executor_refusals = prometheus_client.Counter(
+            "executor_poll_refusals",
+            "The executor's polls (and maintenance reads) this process answered 4xx, by status",
+            ["status"],
+            registry=registry,
+        )
+        self.executor_gauges = ExecutorGauges()
+        registry.register(self.executor_gauges)
 
     def count_request(self, route: str, method: str, outcome: str, seconds: float) -> None:
         self.requests.count(route, method, outcome)
@@ -2238,6 +2343,28 @@ class StoreGauges(prometheus_client.registry.Collector):
         )
         yield GaugeMetricFamily(
             "maintenance_paused", "1 while the maintenance flag pauses the executor", value=int(stats.paused)
+        )
+
+
+class ExecutorGauges(prometheus_client.registry.Collector):
+    """What every process on the store saw of the executor (see ExecutorWatch), at each scrape."""
+
+    def __init__(self) -> None:
+        self.watch: ExecutorWatch | None = None
+
+    def collect(self) -> Iterator[prometheus_client.Metric]:
+        if self.watch is None:
+            return
+        now = time.time()
+        last_poll_at = self.watch.last_poll_at(now)
+        if last_poll_at is not None:  # never polled: absent, as `absent()` in an alert expects
+            yield GaugeMetricFamily(
+                "executor_last_poll_timestamp_seconds", "When the executor last polled for jobs", value=last_poll_at
+            )
+        yield GaugeMetricFamily(
+            "executor_pollers",
+            "Pollers (address and User-Agent) seen within five minutes; more than 1 is two executors",
+            value=self.watch.pollers(now),
         )
 
 
@@ -3122,6 +3249,315 @@ async def preview_bump(app: web.Application, datastore: Datastore) -> dict[str, 
     return preview
 
 
+# --- the executor, as the service sees it -------------------------------------------
+#
+# microdata-job-executor polls every 5 s (`GET /maintenance-statuses/latest`, then its job
+# queries) with python-requests' User-Agent, and swallows every error of a poll as "no
+# work": a wrong key, a refused query or a stopped executor all look alike from its side.
+# The service sees each of its requests, and says what it saw.
+
+#: Two pollers seen within this long: two executors would take the same queued jobs.
+POLLER_WINDOW_SECONDS = 300.0
+#: Pollers (address and User-Agent) remembered, the one seen longest ago forgotten first.
+POLLERS_KEPT = 32
+#: Distinct poll queries whose last answer is remembered, likewise.
+QUERIES_KEPT = 32
+#: Jobs whose last hand-out in a poll is remembered, likewise.
+HANDED_OUT_KEPT = 10_000
+#: How often a process tells the others on its store what it saw, and learns what they saw.
+EXECUTOR_SHARE_SECONDS = 5.0
+#: A process that has told nothing for this long has stopped: its part is forgotten.
+SHARED_PART_SECONDS = 24 * 3600.0
+#: What an error answer is remembered by, at most.
+REFUSAL_MESSAGE_LENGTH = 200
+
+
+class ExecutorRequest(enum.Enum):
+    #: `GET /jobs` with a status: the executor asks for work.
+    POLL = enum.auto()
+    #: `GET /maintenance-status[es/latest]`: the executor reads the flag before it polls.
+    MAINTENANCE = enum.auto()
+    #: `PUT /jobs/{jobId}`: the executor moves a job on.
+    UPDATE = enum.auto()
+
+
+#: The executor's requests, by method and route as aiohttp names it.
+EXECUTOR_REQUESTS = {
+    ("GET", "/jobs"): ExecutorRequest.POLL,
+    ("GET", "/maintenance-status"): ExecutorRequest.MAINTENANCE,
+    ("GET", "/maintenance-statuses/latest"): ExecutorRequest.MAINTENANCE,
+    ("PUT", "/jobs/{jobId}"): ExecutorRequest.UPDATE,
+}
+
+
+def timestamp_iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
+
+
+def polled_query(query: MultiMapping[str]) -> tuple[str | None, tuple[str, ...] | None]:
+    """A poll's status and operations as it named them (None: every operation)."""
+    operations = query.get("operation")
+    return query.get("status") or None, None if not operations else tuple(sorted(operations.split(",")))
+
+
+@dataclass
+class ExecutorView:
+    """What the processes on one store saw of the executor, all parts merged."""
+
+    last_poll_at: float | None = None
+    last_update_at: float | None = None
+    #: Last seen, by (address, User-Agent).
+    pollers: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+    #: By (path, status, operations): when last asked, and the status it was answered.
+    queries: dict[tuple[str, str | None, tuple[str, ...] | None], tuple[float, int]] = dataclasses.field(
+        default_factory=dict
+    )
+    #: When, the status, the message.
+    last_refusal: tuple[float, int, str] | None = None
+
+    def merge(self, part: Mapping[str, Any]) -> None:
+        """Add one process's part (as `ExecutorWatch.part` makes it, read back from the store)."""
+        self.last_poll_at = latest(self.last_poll_at, part["lastPollAt"])
+        self.last_update_at = latest(self.last_update_at, part["lastUpdateAt"])
+        for address, user_agent, seen in part["pollers"]:
+            key = str(address), str(user_agent)
+            self.pollers[key] = max(self.pollers.get(key, 0.0), float(seen))
+        for path, status, operations, at, answered in part["queries"]:
+            query = str(path), status, None if operations is None else tuple(operations)
+            if query not in self.queries or self.queries[query][0] < at:
+                self.queries[query] = float(at), int(answered)
+        refusal = part["lastRefusal"]
+        if refusal is not None and (self.last_refusal is None or self.last_refusal[0] < refusal[0]):
+            self.last_refusal = float(refusal[0]), int(refusal[1]), str(refusal[2])
+
+    def recent_pollers(self, now: float) -> list[tuple[tuple[str, str], float]]:
+        """The pollers seen within POLLER_WINDOW_SECONDS, the latest first."""
+        seen = [(key, at) for key, at in self.pollers.items() if now - at <= POLLER_WINDOW_SECONDS]
+        return sorted(seen, key=lambda poller: -poller[1])
+
+    def state(self, now: float, silent_after: float) -> str:
+        if self.last_poll_at is None:
+            return "never"
+        if now - self.last_poll_at > silent_after:
+            return "silent"
+        if any(now - at <= silent_after and 400 <= answered < 500 for at, answered in self.queries.values()):
+            return "refused"
+        return "polling"
+
+    def operations_polled(self, now: float) -> dict[str, list[str]]:
+        """By status, the operations the polls answered 200 within POLLER_WINDOW_SECONDS asked for."""
+        polled: dict[str, set[str]] = {}
+        for (path, status, operations), (at, answered) in self.queries.items():
+            if path == "/jobs" and status is not None and answered == 200 and now - at <= POLLER_WINDOW_SECONDS:
+                polled.setdefault(status, set()).update(QUERIED_OPERATIONS if operations is None else operations)
+        return {status: sorted(operations) for status, operations in sorted(polled.items())}
+
+
+def latest(at: float | None, other: Any) -> float | None:
+    return at if other is None else float(other) if at is None else max(at, float(other))
+
+
+class ExecutorWatch:
+    """Every request of the executor, noted as the middleware answers it (see
+    EXECUTOR_REQUESTS): when, from where, what it asked and what it was answered; and
+    which queued jobs each poll handed out. `report` is what `GET /executor` answers,
+    `state` its one word. Processes sharing a store (MongoDB) merge what each saw
+    (`share`, every EXECUTOR_SHARE_SECONDS); hand-outs stay each process's own.
+
+    Noting is a few dictionary steps, for it happens on every poll; all of it is bounded
+    (POLLERS_KEPT, QUERIES_KEPT, HANDED_OUT_KEPT), the least recent forgotten first.
+    A maintenance read is noted, and its refusals counted, but it keeps nobody
+    "polling": the admin UI reads the flag too, and an executor whose read fails asks
+    for no work."""
+
+    def __init__(self, silent_after: float, refusals: prometheus_client.Counter) -> None:
+        self._silent_after = silent_after
+        self._refusals = refusals
+        #: This process's name among those that share a store.
+        self._process = uuid.uuid4().hex
+        self._last_poll_at: float | None = None
+        self._last_update_at: float | None = None
+        self._pollers: dict[tuple[str, str], float] = {}
+        self._queries: dict[str, tuple[str, str | None, tuple[str, ...] | None, float, int]] = {}
+        self._last_refusal: tuple[float, int, str] | None = None
+        self._handed_out: dict[str, float] = {}
+        #: The other processes' parts, as the last share read them.
+        self._others: list[dict[str, Any]] = []
+
+    def note(
+        self, request: web.Request, kind: ExecutorRequest, response: web.StreamResponse | None, now: float
+    ) -> None:
+        """One request of the executor, answered `response` (None: it failed to stream)."""
+        status = 500 if response is None else response.status
+        if kind is ExecutorRequest.UPDATE:
+            self._last_update_at = now
+            return
+        if kind is ExecutorRequest.POLL:
+            if not request.query.get("status"):
+                return  # a listing, not a poll
+            self._last_poll_at = now
+            self._note_poller((request.remote or "", request.headers.get("User-Agent", "")), now)
+        self._note_query(request, status, now)
+        if 400 <= status < 500:
+            self._refusals.labels(str(status)).inc()
+            self._last_refusal = now, status, refusal_message(response)
+
+    def _note_poller(self, poller: tuple[str, str], now: float) -> None:
+        seen = self._pollers.pop(poller, None)
+        if seen is None or now - seen > POLLER_WINDOW_SECONDS:
+            others = [key for key, at in self._pollers.items() if now - at <= POLLER_WINDOW_SECONDS]
+            if others:
+                log.warning(
+                    "A second executor polls for jobs: %s (User-Agent %r) besides %s within five minutes;"
+                    " two executors take the same queued jobs",
+                    poller[0],
+                    poller[1],
+                    ", ".join(f"{address} ({agent!r})" for address, agent in others),
+                )
+        if seen is None and len(self._pollers) >= POLLERS_KEPT:
+            del self._pollers[next(iter(self._pollers))]
+        self._pollers[poller] = now
+
+    def _note_query(self, request: web.Request, status: int, now: float) -> None:
+        key = request.path_qs
+        noted = self._queries.pop(key, None)
+        if noted is None:
+            if len(self._queries) >= QUERIES_KEPT:
+                del self._queries[next(iter(self._queries))]
+            self._queries[key] = (request.path, *polled_query(request.query), now, status)
+        else:
+            self._queries[key] = (*noted[:3], now, status)
+
+    def handed_out(self, job_ids: Iterable[str], now: float) -> None:
+        """A poll's answer handed these queued jobs out."""
+        handed = self._handed_out
+        for job_id in job_ids:
+            if handed.pop(job_id, None) is None and len(handed) >= HANDED_OUT_KEPT:
+                del handed[next(iter(handed))]
+            handed[job_id] = now
+
+    def handed_out_at(self, job_id: str) -> float | None:
+        """When a poll of this process last handed the job out, while it is remembered."""
+        return self._handed_out.get(job_id)
+
+    def part(self, now: float) -> dict[str, Any]:
+        """What this process saw, as the others on its store read it (JSON-like)."""
+        return {
+            "process": self._process,
+            "sharedAt": now,
+            "lastPollAt": self._last_poll_at,
+            "lastUpdateAt": self._last_update_at,
+            "pollers": [[address, agent, at] for (address, agent), at in self._pollers.items()],
+            "queries": [
+                [path, status, None if ops is None else list(ops), at, answered]
+                for path, status, ops, at, answered in self._queries.values()
+            ],
+            "lastRefusal": None if self._last_refusal is None else list(self._last_refusal),
+        }
+
+    async def share(self, store: Store, now: float) -> None:
+        """Tell the other processes on `store` what this one saw, and learn what they saw."""
+        parts = await store.share_part(self._process, self.part(now), now - SHARED_PART_SECONDS)
+        self._others = [part for part in parts if isinstance(part, dict) and part.get("process") != self._process]
+
+    def view(self, now: float) -> ExecutorView:
+        view = ExecutorView()
+        view.merge(self.part(now))
+        for part in self._others:
+            try:
+                view.merge(part)
+            except (KeyError, TypeError, ValueError):  # a part that no release of this service wrote
+                log.debug("Ignored a shared part of another process: %r", part)
+        return view
+
+    def state(self, now: float) -> str:
+        """`never`, `polling`, `silent` (no poll for `[executor] silent_after_seconds`) or
+        `refused` (a query it polls was last answered 4xx)."""
+        return self.view(now).state(now, self._silent_after)
+
+    def report(self, now: float) -> dict[str, Any]:
+        """The answer of `GET /executor` (see ExecutorSchema)."""
+        view = self.view(now)
+        pollers = view.recent_pollers(now)
+        warning = None
+        if len(pollers) > 1:
+            warning = f"{len(pollers)} pollers within five minutes: more than one executor takes the same queued jobs"
+        refusal = view.last_refusal
+        return {
+            "state": view.state(now, self._silent_after),
+            "lastPollAt": timestamp_iso(view.last_poll_at),
+            "silentForSeconds": None if view.last_poll_at is None else round(now - view.last_poll_at, 3),
+            "lastUpdateAt": timestamp_iso(view.last_update_at),
+            "pollers": [
+                {"address": address, "userAgent": agent, "lastSeenAt": timestamp_iso(at)}
+                for (address, agent), at in pollers
+            ],
+            "lastRefusal": None
+            if refusal is None
+            else {"at": timestamp_iso(refusal[0]), "status": refusal[1], "message": refusal[2]},
+            "operationsPolled": view.operations_polled(now),
+            "warning": warning,
+        }
+
+    def last_poll_at(self, now: float) -> float | None:
+        return self.view(now).last_poll_at
+
+    def pollers(self, now: float) -> int:
+        return len(self.view(now).recent_pollers(now))
+
+
+def refusal_message(response: web.StreamResponse | None) -> str:
+    """The `message` of an error answer, as the executor was told it."""
+    body = getattr(response, "body", None)
+    try:
+        message = orjson.loads(body)["message"] if isinstance(body, bytes) else ""
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        message = ""
+    return str(message)[:REFUSAL_MESSAGE_LENGTH]
+
+
+async def share_forever(watch: ExecutorWatch, store: Store) -> None:
+    """`watch.share` every EXECUTOR_SHARE_SECONDS; while the store cannot be reached
+    (which it logs), what the others saw is what they saw last."""
+    while True:
+        await asyncio.sleep(EXECUTOR_SHARE_SECONDS)
+        try:
+            await watch.share(store, time.time())
+        except StoreError:
+            pass
+        except Exception:
+            log.exception("Sharing what this process saw of the executor failed")
+
+
+class PollerSchema(Schema):
+    address = fields.String(required=True)
+    userAgent = fields.String(required=True)
+    lastSeenAt = fields.String(required=True)
+
+
+class RefusalSchema(Schema):
+    at = fields.String(required=True)
+    status = fields.Integer(required=True)
+    message = fields.String(required=True)
+
+
+class ExecutorSchema(Schema):
+    state = fields.String(required=True, validate=validate.OneOf(["never", "polling", "silent", "refused"]))
+    lastPollAt = fields.String(required=True, allow_none=True)
+    silentForSeconds = fields.Float(required=True, allow_none=True)
+    lastUpdateAt = fields.String(required=True, allow_none=True)
+    #: Those seen within five minutes, the latest first.
+    pollers = fields.List(fields.Nested(PollerSchema), required=True)
+    lastRefusal = fields.Nested(RefusalSchema, required=True, allow_none=True)
+    #: By status polled, the operations the polls of the last five minutes asked for.
+    operationsPolled = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), required=True)
+    #: Two pollers or more within five minutes.
+    warning = fields.String(required=True, allow_none=True)
+
+
+EXECUTOR_SCHEMA = ExecutorSchema()
+
+
 # --- routes: each declared once, resolved in one place ------------------------------
 
 
@@ -3203,6 +3639,8 @@ class Route:
     body_media_type: str = "application/json"
     query: type[Schema] | None = None
     media_type: str = "application/json"
+    #: Its answers carry an ETag, and an If-None-Match naming it gets a 304.
+    conditional: bool = False
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -3396,7 +3834,22 @@ def openapi_operation(operation: Route, path: str) -> dict[str, Any]:
     if operation.query is not None:
         parameters.append({"in": "query", "schema": operation.query})
     answer = {"schema": operation.response} if operation.response is not None else {}
-    responses = {"200": {"description": "OK", "content": {operation.media_type: answer}}}
+    responses: dict[str, Any] = {"200": {"description": "OK", "content": {operation.media_type: answer}}}
+    if operation.conditional:
+        parameters.append(
+            {
+                "in": "header",
+                "name": "If-None-Match",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "The ETag of an answer the client has: 304 while it is current",
+            }
+        )
+        responses["200"]["headers"] = {
+            "ETag": {"schema": {"type": "string"}, "description": "The answer's version"},
+            "Cache-Control": {"schema": {"type": "string", "enum": ["no-cache"]}},
+        }
+        responses["304"] = {"description": "Not Modified: the If-None-Match names the current ETag; no body"}
     for status in sorted({*operation.errors_on(path), 500}):
         responses[str(status)] = {
             "description": ERROR_MEANINGS[status],
@@ -3476,31 +3929,6 @@ class JobQueries:
         return query
 
 
-class PollAnswers:
-    """The last answer to each query of in-progress jobs alone (the executors' polls),
-    kept with the store's `in_progress_version` it was made at: a poll repeated while
-    no job has changed gets those bytes again, with no job read, copied or encoded.
-    At most `limit` queries (the oldest dropped first), answers of at most
-    `max_bytes` each: a longer one is made anew every time."""
-
-    def __init__(self, limit: int = 256, max_bytes: int = 64 << 10) -> None:
-        self._answers: dict[JobQuery, tuple[Hashable, bytes]] = {}
-        self._limit = limit
-        self._max_bytes = max_bytes
-
-    def get(self, query: JobQuery, version: Hashable) -> bytes | None:
-        kept = self._answers.get(query)
-        return kept[1] if kept is not None and kept[0] == version else None
-
-    def keep(self, query: JobQuery, version: Hashable, answer: bytes) -> None:
-        if len(answer) > self._max_bytes:
-            return
-        self._answers.pop(query, None)
-        if len(self._answers) >= self._limit:
-            del self._answers[next(iter(self._answers))]
-        self._answers[query] = (version, answer)
-
-
 def query_arguments(query: MultiMapping[str]) -> dict[str, str]:
     """The query string as one value per name: empty values count as absent, and
     repeated operations add up, while any other repeated name is ambiguous."""
@@ -3539,26 +3967,56 @@ async def expect_within_limit(request: web.Request) -> web.StreamResponse | None
     spans_datastores=True,
     errors=(503,),
     query=JobsQuerySchema,
+    conditional=True,
 )
 async def list_jobs(request: web.Request, scope: Scope) -> web.StreamResponse:
     rdn = scope.datastore["rdn"] if scope.datastore is not None else None
     query = request.app[JOB_QUERIES].of(request, rdn)
     store = store_of(request)
+    encode: Callable[[Mapping[str, Any]], bytes] = request.app[ENCODED_JOBS].encode
     if scope.reach is not None:  # an administrator, who sees the datastores they reach
         seen = seen_jobs(store.find_jobs(query), scope)
-        return await respond_listing(request, seen, request.app[ENCODED_JOBS].encode)
+        return tagged_by_body(request, await respond_listing(request, seen, encode))
+    # The executor's own poll for queued jobs hands them out (see ExecutorWatch.handed_out).
+    handing_out: list[str] | None = [] if query.status == "queued" and rdn is None else None
+    if handing_out is not None:
+        encode = noting_ids(encode, handing_out)
     # Read before the jobs: an answer is never kept under a version newer than its jobs.
     version = store.in_progress_version if query.in_progress_only else None
-    answers = request.app[POLL_ANSWERS]
-    if version is not None and request.method == "GET":
-        kept = answers.get(query, version)
+    if version is None:
+        response = tagged_by_body(request, await respond_listing(request, store.find_jobs(query), encode))
+    else:
+        tag = version_tag(version)
+        unchanged = not_modified(request, tag)
+        if unchanged is not None:
+            return unchanged
+        answers = request.app[POLL_ANSWERS]
+        kept = answers.get(query, version) if request.method == "GET" else None
         if kept is not None:
-            return respond_encoded(kept)
-    response = await respond_listing(request, store.find_jobs(query), request.app[ENCODED_JOBS].encode)
-    body = response.body if isinstance(response, web.Response) else None  # a streamed answer is long
-    if version is not None and request.method == "GET" and isinstance(body, bytes):
-        answers.keep(query, version, body)
+            response = tagged_answer(kept[0], tag)
+            handing_out = None if handing_out is None else list(kept[1])
+        else:
+            response = await respond_listing(
+                request, store.find_jobs(query), encode, {"ETag": tag, **CONDITIONAL_HEADERS}
+            )
+            body = response.body if isinstance(response, web.Response) else None  # a streamed answer is long
+            if request.method == "GET" and isinstance(body, bytes):
+                answers.keep(query, version, body, tuple(handing_out or ()))
+    if handing_out and response.status == 200:
+        request.app[EXECUTOR_WATCH].handed_out(handing_out, time.time())
     return response
+
+
+def noting_ids(
+    encode: Callable[[Mapping[str, Any]], bytes], job_ids: list[str]
+) -> Callable[[Mapping[str, Any]], bytes]:
+    """`encode`, noting in `job_ids` the id of each job it encodes."""
+
+    def encode_noted(job: Mapping[str, Any]) -> bytes:
+        job_ids.append(job["jobId"])
+        return encode(job)
+
+    return encode_noted
 
 
 async def seen_jobs(pages: AsyncIterator[list[Job]], scope: Scope) -> AsyncIterator[list[Job]]:
@@ -3576,9 +4034,18 @@ async def seen_jobs(pages: AsyncIterator[list[Job]], scope: Scope) -> AsyncItera
     twin=True,
     spans_datastores=True,
     errors=(404, 503),
+    conditional=True,
 )
 async def get_job(request: web.Request, scope: Scope) -> web.Response:
-    return respond_encoded(request.app[ENCODED_JOBS].encode(await job_in_scope(request, scope)))
+    job = await job_in_scope(request, scope)
+    body = request.app[ENCODED_JOBS].encode(job)
+    return respond_tagged(request, body, document_tag(store_of(request), job, body))
+
+
+def document_tag(store: Store, document: Job | Target, body: bytes) -> str:
+    """A job's or a target's ETag: its revision where every change goes through the store
+    (which counts them), else its bytes (MongoDB: a hand edit changes no revision)."""
+    return version_tag(revision_of(document)) if store.sole_writer else body_tag(body)
 
 
 async def job_in_scope(request: web.Request, scope: Scope) -> Job:
@@ -3746,10 +4213,37 @@ async def update_job(request: web.Request, scope: Scope) -> web.Response:
     return respond_message(f"Updated job with jobId {job_id}")
 
 
-@route("GET", "/targets", Access.READ, "Every target, by name", many(TargetSchema), "targets", twin=True, errors=(503,))
+@route(
+    "GET",
+    "/targets",
+    Access.READ,
+    "Every target, by name",
+    many(TargetSchema),
+    "targets",
+    twin=True,
+    errors=(503,),
+    conditional=True,
+)
 async def list_targets(request: web.Request, scope: Scope) -> web.StreamResponse:
-    targets = store_of(request).list_targets(scope.rdn)
-    return await respond_listing(request, targets, request.app[ENCODED_TARGETS].encode)
+    """Kept whole per datastore while no target changes (the admin UI reads thousands
+    of them); a store without a targets version (MongoDB) reads them every time."""
+    store = store_of(request)
+    encoded = request.app[ENCODED_TARGETS]
+    version = store.targets_version  # read before the targets, as the polls' version
+    if version is None:
+        return tagged_by_body(request, await respond_listing(request, store.list_targets(scope.rdn), encoded.encode))
+    tag = version_tag(version)
+    unchanged = not_modified(request, tag)
+    if unchanged is not None:
+        return unchanged
+    listings = request.app[TARGET_LISTINGS]
+    kept = listings.get(scope.rdn, version)
+    if kept is not None:
+        return respond_tagged(request, kept[0], tag)
+    # The store holds them all in memory already (TinyDB), and the answer is kept whole.
+    body = encoded.encode_list([target async for page in store.list_targets(scope.rdn) for target in page])
+    listings.keep(scope.rdn, version, body)
+    return respond_tagged(request, body, tag)
 
 
 @route(
@@ -3761,13 +4255,33 @@ async def list_targets(request: web.Request, scope: Scope) -> web.StreamResponse
     "targets",
     twin=True,
     errors=(404, 503),
+    conditional=True,
 )
 async def get_target(request: web.Request, scope: Scope) -> web.Response:
     name = request.match_info["name"]
-    target = await store_of(request).get_target(scope.rdn, name)
+    store = store_of(request)
+    target = await store.get_target(scope.rdn, name)
     if target is None:
         raise ApiError(404, f"No target named {name}")
-    return respond(TARGET_SCHEMA, target)
+    body = request.app[ENCODED_TARGETS].encode(target)
+    return respond_tagged(request, body, document_tag(store, target, body))
+
+
+@route(
+    "GET",
+    "/executor",
+    Access.EXECUTOR_OR_ADMINISTRATOR,
+    "What the service sees of the job executor: polling, silent, refused, or never seen",
+    ExecutorSchema,
+    "operations",
+    conditional=True,
+)
+async def get_executor(request: web.Request, scope: Scope) -> web.Response:
+    report = request.app[EXECUTOR_WATCH].report(time.time())
+    body = orjson.dumps(EXECUTOR_SCHEMA.dump(report))
+    # Tagged by what it says but the clock: while nothing else changes, the answer a client has is current.
+    tag = body_tag(orjson.dumps({**report, "silentForSeconds": None}))
+    return respond_tagged(request, body, tag)
 
 
 @route(
@@ -4112,6 +4626,7 @@ async def service_middleware(request: web.Request, handler: Handler) -> web.Stre
     context = current_request.set(request)
     start = time.perf_counter()
     status = 500
+    response: web.StreamResponse | None = None
     try:
         try:
             response = await handler(request)
@@ -4139,6 +4654,9 @@ async def service_middleware(request: web.Request, handler: Handler) -> web.Stre
         route = resource.canonical if resource is not None else "unmatched"
         method = request.method if request.method in KNOWN_METHODS else "OTHER"
         aborted = request[ABORTED_MID_STREAM]
+        executor_request = EXECUTOR_REQUESTS.get((request.method, route))
+        if executor_request is not None and status != CLIENT_CLOSED_REQUEST:
+            request.app[EXECUTOR_WATCH].note(request, executor_request, None if aborted else response, time.time())
         # Only a 200 streams, so "aborted" says the status too, and is no success on a dashboard.
         request.app[METRICS].count_request(route, method, "aborted" if aborted else str(status), elapsed)
         level = logging.INFO if aborted else access_level(request, status)
@@ -4259,7 +4777,11 @@ async def storage_context(app: web.Application) -> Any:
     app[PROVISIONER] = Provisioner(config.datastores.root)
     await end_unfinished_provisionings(app)
     retrying = asyncio.create_task(retry_provisionings(app))
+    sharing = asyncio.create_task(share_forever(app[EXECUTOR_WATCH], app[STORE]))
     yield
+    sharing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sharing
     retrying.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await retrying
@@ -4298,7 +4820,11 @@ def create_app(config: Config, open_store: StoreOpener = open_configured_store) 
     app[ENCODED_LISTINGS] = EncodedListings(max_bytes=8 << 20)
     app[PROVISIONING] = asyncio.Lock()
     app[JOB_QUERIES] = JobQueries()
-    app[POLL_ANSWERS] = PollAnswers()
+    app[POLL_ANSWERS] = KeptAnswers(limit=256, max_bytes=64 << 10)
+    # One listing per datastore: with 10,000 targets an answer is 2.4 MB.
+    app[TARGET_LISTINGS] = KeptAnswers(limit=8, max_bytes=ENCODED_TARGETS_MAX_BYTES)
+    app[EXECUTOR_WATCH] = ExecutorWatch(config.executor.silent_after_seconds, app[METRICS].executor_refusals)
+    app[METRICS].executor_gauges.watch = app[EXECUTOR_WATCH]
     app[REQUEST_IDS] = request_ids()
     app.cleanup_ctx.append(storage_context)
     app.cleanup_ctx.append(signing_keys_context)

@@ -749,3 +749,14 @@ class Store(Protocol):
 
     async def clear(self) -> None:
         """Remove every document of every collection."""
+
+    @property
+    def targets_version(self) -> Hashable | None:
+        """As `in_progress_version`, for the targets: the same exactly as long as no target
+        of any datastore changes; None from a store that cannot tell."""
+
+    async def share_part(self, process: str, part: dict[str, Any], forget_before: float) -> list[dict[str, Any]]:
+        """What several service processes on one store tell each other (what each saw of
+        the executor): store `process`'s `part` (JSON-like, with a float `sharedAt`), forget
+        the parts of processes whose last `sharedAt` is older than `forget_before`, and answer
+        every part kept, this one's included. A store only one process opens answers `[part]`."""

@@ -121,6 +121,8 @@ MANIFESTO_NAME = "parameters.bumpManifesto.dataStructureUpdates.name"
 #: Newest first; `_id` breaks ties in insertion order within one process.
 HISTORY_SORT = [("timestamp", DESCENDING), ("_id", DESCENDING)]
 INITIAL_MAINTENANCE_ID = "initial-status"
+#: In `meta`: what the service processes tell each other (see `share_part`).
+SHARED_ID = "shared"
 #: In `meta`: the default datastore the database was first opened with.
 DEFAULT_ID = "defaultDatastore"
 #: The offending documents a StoreCorrupt names; its count says how many there are.
@@ -1082,6 +1084,32 @@ class MongoStore:
     async def clear(self) -> None:
         for collection in self._collections.values():
             await collection.delete_many({})
+
+    @property
+    def targets_version(self) -> None:
+        """Others may write to the database: no answer is kept."""
+        return None
+
+    @store_operation
+    async def share_part(self, process: str, part: dict[str, Any], forget_before: float) -> list[dict[str, Any]]:
+        """One document in `meta`, each process's part under its own key: one write of this
+        process's part, then one read of them all; parts gone quiet are removed by the next
+        process to share."""
+        document = await self._meta.find_one_and_update(
+            {"_id": SHARED_ID},
+            {"$set": {f"parts.{process}": part}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        parts: dict[str, Any] = (document or {}).get("parts", {})
+        quiet = [
+            name
+            for name, kept in parts.items()
+            if not isinstance(kept, dict) or kept.get("sharedAt", 0) < forget_before
+        ]
+        if quiet:
+            await self._meta.update_one({"_id": SHARED_ID}, {"$unset": {f"parts.{name}": "" for name in quiet}})
+        return [kept for name, kept in parts.items() if name not in quiet]
 
 
 async def empty_database(

@@ -722,7 +722,11 @@ class Targets:
     datastore's ordered by name, as of the last rebuild of the bulk and the few written
     since (see Layered)."""
 
+    #: Each one's own number, as PublishedJobs'.
+    _versions = itertools.count()
+
     def __init__(self, by_key: Layered[tuple[str, str], Target], by_datastore: Mapping[str, list[Target]]) -> None:
+        self.version = next(self._versions)
         self._by_key = by_key
         #: As of the bulk of `by_key`.
         self._by_datastore = by_datastore
@@ -1587,6 +1591,14 @@ class TinyDBStore:
             self._fold()
 
         await self._run(truncate_all)
+
+    @property
+    def targets_version(self) -> Hashable:
+        return self._snapshot.targets.version
+
+    async def share_part(self, process: str, part: dict[str, Any], forget_before: float) -> list[dict[str, Any]]:
+        """The directory lock keeps every other process out: there is nobody to tell."""
+        return [part]
 
 
 def entry_order(entry: JobFacts | Job) -> tuple[str, str]:

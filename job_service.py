@@ -11,22 +11,24 @@ built from the schemas below) and the README; storage lives behind
 
 The sections of this file, in order (each starts with a `# --- name` line):
 - application state and type aliases: the typed keys of app and request state;
-- vocabulary: statuses, operations, names, and what each operation needs;
-- configuration: the TOML file as frozen dataclasses, one per section;
+- vocabulary: names and limits (statuses and operations are `backends.base`'s);
+- configuration: each key declared once on its section's dataclass, the schema derived;
 - request and response schemas: marshmallow, for every body in and out;
-- errors and (de)serialisation: `ApiError`, the status of each error, encoded-document caches,
-  ETags and 304s;
-- targets: what a job leaves its target(s) showing;
-- the input directory: importable dataset archives;
+- errors and (de)serialisation: `ApiError`, the status of each store error, encoded-document
+  caches, ETags and 304s;
+- the input directory: importable dataset archives, and what each says to post;
+- datastores' files: provisioning (crash-safe), the version files, public keys;
 - logs and metrics: request-scoped log fields, Prometheus, the timed store;
-- authentication: the JWKS, administrators' tokens, the executor's key;
+- authentication: the JWKS, administrators' tokens and reach, the executor's key;
 - datastores: the registry as the routes see it, the default datastore's special cases;
 - the pipeline: a job's timeline and which jobs are stale, derived from their logs;
+- the overview: why things wait (`GET /overview`, behind the status page `/status`);
+- checks: what the executor would say of a job (dry runs, the BUMP preview);
 - the executor, as the service sees it: `ExecutorWatch`, fed by the middleware, behind
   `GET /executor` and the executor's metrics;
 - routes: `@route` declares each route once (path, twin, `Access`, body, errors), and
   the one resolver (`endpoint`, `authorize`) enforces it before any body is read;
-- the API's own documentation: OpenAPI from the route declarations and schemas, Swagger UI;
+- the API's own documentation: OpenAPI from the route declarations, Swagger UI, the status page;
 - handlers: one function per route, each taking the request and its `Scope`;
 - the application: its middleware, `create_app`, and the `job-service` command.
 """
@@ -2855,6 +2857,154 @@ async def read_queues(store: Store, stale_after: Mapping[str, float]) -> QueueRe
     return QueueReading(stale, oldest)
 
 
+# --- the overview: why things wait ----------------------------------------------------
+# What an operator or an administrator asks first: does the pipeline move, and if not,
+# why not. Derived at each request from the in-progress jobs, the recent failures, the
+# maintenance flag and what the service saw of the executor; nothing of it is stored.
+
+#: Why a job in progress waits, as the overview says it (see `waiting_because`).
+WAITING_REASONS = ("EXECUTOR_SILENT", "EXECUTOR_REFUSED", "MAINTENANCE_PAUSED", "DATASTORE_TARGET_HELD", "STALE")
+#: How far back the overview's failures go.
+RECENT_FAILURES_SECONDS = 7 * 24 * 3600.0
+#: Failed jobs one overview reads at most, newest first: the failures of a week are few,
+#: and a history of years must not make the page slow.
+RECENT_FAILURES_READ = 2000
+#: Jobs a group of failures names.
+FAILURE_EXAMPLES = 5
+#: What a failure's reason keeps of its log line.
+REASON_CHARACTERS = 300
+#: The operations that wait while a job on a datastore as a whole (a BUMP, a keys job) runs:
+#: the executor starts none of them in that datastore meanwhile.
+DATASET_OPERATIONS = frozenset(OPERATIONS) - {"BUMP"}
+
+
+def failure_reason(job: Job) -> str:
+    """Why a job failed, as its log says: the last line that is not a status change."""
+    for entry in reversed(job["log"]):
+        if not STATUS_LINE.fullmatch(entry["message"]):
+            return entry["message"][:REASON_CHARACTERS]
+    return "(no reason in the log)"
+
+
+def waiting_because(job: Job, executor_state: str, paused: bool, datastore_held: bool, stale: bool) -> str | None:
+    """Why a job in progress does not move on, the first reason that holds: nothing moves
+    without a polling executor; a paused executor starts no queued job (built ones still
+    import); a BUMP or keys job holding the datastore keeps its datasets' jobs queued."""
+    if executor_state in ("never", "silent"):
+        return "EXECUTOR_SILENT"
+    if executor_state == "refused":
+        return "EXECUTOR_REFUSED"
+    if job["status"] == "queued" and paused:
+        return "MAINTENANCE_PAUSED"
+    if job["status"] == "queued" and datastore_held and job["parameters"]["operation"] in DATASET_OPERATIONS:
+        return "DATASTORE_TARGET_HELD"
+    return "STALE" if stale else None
+
+
+def busy_target(job: Job, now: datetime, why: str | None, stale: bool) -> dict[str, Any]:
+    parameters = job["parameters"]
+    return {
+        "target": parameters["target"],
+        "jobId": job["jobId"],
+        "operation": parameters["operation"],
+        "status": job["status"],
+        "since": iso(last_change(job, now)),
+        "createdBy": job["createdBy"],
+        "stale": stale,
+        "waitingBecause": why,
+    }
+
+
+async def recent_failures(store: Store, rdn: str, now: datetime) -> list[dict[str, Any]]:
+    """The datastore's jobs failed in the last week, grouped by reason, the most frequent first."""
+    since = now.timestamp() - RECENT_FAILURES_SECONDS
+    groups: dict[str, dict[str, Any]] = {}
+    read = 0
+    async for page in store.find_jobs(JobQuery(rdn, status="failed")):
+        for job in page:
+            read += 1
+            failed_at = last_change(job, now)
+            if failed_at.timestamp() < since:
+                continue
+            group = groups.setdefault(failure_reason(job), {"count": 0, "lastAt": "", "jobIds": []})
+            group["count"] += 1
+            group["lastAt"] = max(group["lastAt"], iso(failed_at))
+            if len(group["jobIds"]) < FAILURE_EXAMPLES:
+                group["jobIds"].append(job["jobId"])
+        if read >= RECENT_FAILURES_READ:
+            break
+    failures = [{"reason": reason, **group} for reason, group in groups.items()]
+    return sorted(failures, key=lambda failure: (-failure["count"], failure["reason"]))
+
+
+async def datastore_overview(
+    request: web.Request, datastore: Datastore, executor_state: str, paused: bool, now: datetime
+) -> dict[str, Any]:
+    store = store_of(request)
+    stale_after = request.app[CONFIG].jobs.stale_after
+    in_progress = [
+        job async for page in store.find_jobs(JobQuery(datastore["rdn"], ignore_completed=True)) for job in page
+    ]
+    held = any(job["parameters"]["target"] == DATASTORE for job in in_progress)
+    busy = []
+    for job in in_progress:
+        stale = is_stale(job, now, stale_after)
+        why = waiting_because(job, executor_state, paused, held, stale)
+        busy.append(busy_target(job, now, why, stale))
+    counts = collections.Counter(job["status"] for job in in_progress)
+    return {
+        "rdn": datastore["rdn"],
+        "name": datastore["name"],
+        "counts": {status: counts[status] for status in STATUSES if status not in FINAL_STATUSES},
+        "busyTargets": sorted(busy, key=lambda entry: (entry["since"], entry["target"])),
+        "recentFailures": await recent_failures(store, datastore["rdn"], now),
+    }
+
+
+class BusyTargetSchema(Schema):
+    target = fields.String(required=True)
+    jobId = fields.String(required=True)
+    operation = fields.String(required=True)
+    status = fields.String(required=True)
+    since = fields.String(required=True)
+    createdBy = fields.Nested(UserSchema, required=True)
+    stale = fields.Boolean(required=True)
+    waitingBecause = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"enum": [*WAITING_REASONS, None]},
+    )
+
+
+class FailureGroupSchema(Schema):
+    reason = fields.String(required=True)
+    count = fields.Integer(required=True)
+    lastAt = fields.String(required=True)
+    jobIds = fields.List(fields.String(), required=True)
+
+
+class DatastoreOverviewSchema(Schema):
+    rdn = fields.String(required=True)
+    name = fields.String(required=True)
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    busyTargets = fields.List(fields.Nested(BusyTargetSchema), required=True)
+    recentFailures = fields.List(fields.Nested(FailureGroupSchema), required=True)
+
+
+class OverviewExecutorSchema(Schema):
+    state = fields.String(required=True)
+    lastPollAt = fields.String(required=True, allow_none=True)
+
+
+class OverviewSchema(Schema):
+    maintenance = fields.Nested(MaintenanceStatusSchema, required=True)
+    executor = fields.Nested(OverviewExecutorSchema, required=True)
+    datastores = fields.List(fields.Nested(DatastoreOverviewSchema), required=True)
+
+
+OVERVIEW_SCHEMA = OverviewSchema()
+
+
 # --- checks: what the executor would say ---------------------------------------------
 # The executor judges a job when it comes to it, maybe hours after it was posted, against
 # the datastore's version files and its input directory (microdata-job-executor:
@@ -3897,6 +4047,146 @@ DOCS_PAGE = """<!doctype html>
 """
 
 
+#: The status page: one card per datastore from `GET /overview`, refreshed by itself.
+#: Everything it needs is in it: no CDN, it works offline, like /docs.
+STATUS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>job-service status</title>
+  <style>
+    body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d2330; background: #f5f6f8; }
+    h1 { font-size: 1.3rem; margin: 0 0 .5rem; }
+    .bar { display: flex; gap: 1rem; flex-wrap: wrap; margin-bottom: 1rem; }
+    .pill { display: inline-block; white-space: nowrap; padding: .2rem .6rem; border-radius: 1rem; background: #e3e7ee }
+    .bad { background: #f8d7da; color: #721c24; }
+    .warn { background: #fff3cd; color: #664d03; }
+    .good { background: #d1e7dd; color: #0f5132; }
+    .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(26rem, 1fr)); gap: 1rem; }
+    .card { background: #fff; border-radius: .5rem; padding: 1rem; box-shadow: 0 1px 3px #0002; }
+    .card h2 { font-size: 1.05rem; margin: 0 0 .5rem; }
+    table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
+    th, td { text-align: left; padding: .2rem .4rem; border-bottom: 1px solid #eceef2; vertical-align: top; }
+    tr.job { cursor: pointer; }
+    tr.job:hover { background: #f0f4ff; }
+    .muted { color: #6b7280; }
+    #timeline { white-space: pre-wrap; }
+    #error { color: #721c24; }
+  </style>
+</head>
+<body>
+  <h1>job-service: is the pipeline moving?</h1>
+  <div class="bar" id="summary"></div>
+  <div id="error"></div>
+  <div class="cards" id="cards"></div>
+  <div class="card" id="detail" hidden><h2 id="detail-title"></h2><table id="timeline"></table></div>
+  <script>
+    "use strict";
+    // Refreshes itself: the service answers 304 while nothing changed (ETag), and the
+    // browser's cache hands the last answer back, so an idle page costs almost nothing.
+    const REFRESH_MS = 5000;
+    const WAITING = {
+      MAINTENANCE_PAUSED: "paused for maintenance",
+      EXECUTOR_SILENT: "the executor is silent",
+      EXECUTOR_REFUSED: "the executor is refused",
+      DATASTORE_TARGET_HELD: "a BUMP or keys job holds the datastore",
+      STALE: "no change for too long",
+    };
+    function element(tag, attributes, ...children) {
+      const node = document.createElement(tag);
+      Object.entries(attributes || {}).forEach(([name, value]) => node.setAttribute(name, value));
+      for (const child of children) {
+        node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+      }
+      return node;
+    }
+    function since(iso) {
+      if (!iso) return "";
+      const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+      if (seconds < 90) return `${Math.round(seconds)} s ago`;
+      if (seconds < 5400) return `${Math.round(seconds / 60)} min ago`;
+      return `${(seconds / 3600).toFixed(1)} h ago`;
+    }
+    function pill(text, kind) { return element("span", {class: `pill ${kind || ""}`}, text); }
+    async function getJson(url) {
+      const response = await fetch(url, {cache: "no-cache", credentials: "same-origin"});
+      if (!response.ok) throw new Error(`${url}: ${response.status} ${(await response.json()).message || ""}`);
+      return response.json();
+    }
+    function renderSummary(overview) {
+      const summary = document.getElementById("summary");
+      const executor = overview.executor;
+      const executorKind = {polling: "good", never: "warn", silent: "bad", refused: "bad"}[executor.state] || "";
+      const maintenance = overview.maintenance;
+      summary.replaceChildren(
+        pill(`executor: ${executor.state}` + (executor.lastPollAt ? `, last poll ${since(executor.lastPollAt)}` : ""),
+             executorKind),
+        pill(maintenance.paused ? `paused: ${maintenance.msg}` : "not paused", maintenance.paused ? "warn" : "good"),
+        pill(`updated ${new Date().toLocaleTimeString()}`, "muted"),
+      );
+    }
+    function renderDatastore(datastore) {
+      const counts = Object.entries(datastore.counts).filter(([, count]) => count > 0)
+        .map(([status, count]) => `${status} ${count}`).join(", ") || "nothing in progress";
+      const rows = datastore.busyTargets.map(busy => {
+        const row = element("tr", {class: "job", "data-job": busy.jobId},
+          element("td", {}, busy.target),
+          element("td", {}, busy.operation),
+          element("td", {}, busy.status),
+          element("td", {title: busy.since}, since(busy.since)),
+          element("td", {}, `${busy.createdBy.firstName} ${busy.createdBy.lastName}`),
+          element("td", {},
+            busy.stale ? pill("stale", "bad") : "", " ",
+            busy.waitingBecause ? pill(WAITING[busy.waitingBecause] || busy.waitingBecause, "warn") : ""),
+        );
+        row.addEventListener("click", () => showTimeline(datastore.rdn, busy.jobId, busy.target));
+        return row;
+      });
+      const failures = datastore.recentFailures.map(failure => element("tr", {},
+        element("td", {}, failure.count),
+        element("td", {}, failure.reason),
+        element("td", {title: failure.lastAt}, since(failure.lastAt))));
+      const heading = ["target", "operation", "status", "since", "by", ""].map(h => element("th", {}, h));
+      return element("div", {class: "card", "data-rdn": datastore.rdn},
+        element("h2", {}, `${datastore.name} `, element("span", {class: "muted"}, datastore.rdn)),
+        element("div", {}, counts),
+        rows.length ? element("table", {}, element("tr", {}, ...heading), ...rows)
+                    : element("p", {class: "muted"}, "No target is busy."),
+        failures.length
+          ? element("div", {}, element("strong", {}, "Failed in the last 7 days"), element("table", {}, ...failures))
+          : "",
+      );
+    }
+    async function showTimeline(rdn, jobId, target) {
+      const timeline = await getJson(`/datastores/${rdn}/jobs/${jobId}/timeline`);
+      document.getElementById("detail").hidden = false;
+      document.getElementById("detail-title").textContent = `${target}: job ${jobId}`;
+      document.getElementById("timeline").replaceChildren(
+        element("tr", {}, ...["status", "entered", "seconds"].map(h => element("th", {}, h))),
+        ...timeline.phases.map(phase => element("tr", {},
+          element("td", {}, phase.status),
+          element("td", {}, phase.enteredAt),
+          element("td", {}, Math.round(phase.seconds)))),
+      );
+    }
+    async function refresh() {
+      try {
+        const overview = await getJson("/overview");
+        renderSummary(overview);
+        document.getElementById("cards").replaceChildren(...overview.datastores.map(renderDatastore));
+        document.getElementById("error").textContent = "";
+      } catch (error) {
+        document.getElementById("error").textContent = String(error.message || error);
+      }
+      setTimeout(refresh, REFRESH_MS);
+    }
+    refresh();
+  </script>
+</body>
+</html>
+"""
+
+
 # --- handlers -----------------------------------------------------------------
 
 
@@ -4072,6 +4362,43 @@ async def job_in_scope(request: web.Request, scope: Scope) -> Job:
 )
 async def get_job_timeline(request: web.Request, scope: Scope) -> web.Response:
     return respond(TIMELINE_SCHEMA, timeline(await job_in_scope(request, scope), datetime.now(UTC)))
+
+
+@route(
+    "GET",
+    "/overview",
+    Access.READ_JOBS,
+    "Why the pipeline waits: the flag, the executor, every busy target and why, the week's failures",
+    OverviewSchema,
+    "jobs",
+    twin=True,
+    spans_datastores=True,
+    errors=(503,),
+    conditional=True,
+)
+async def get_overview(request: web.Request, scope: Scope) -> web.Response:
+    """Of one datastore on its own route; on `/overview`, of every datastore the caller sees."""
+    now = datetime.now(UTC)
+    maintenance = await store_of(request).latest_maintenance()
+    if maintenance is None:
+        raise ApiError(503, "No maintenance status is stored; restart the service to store the initial one")
+    report = request.app[EXECUTOR_WATCH].report(now.timestamp())
+    # What stays the same while nothing changes, so that an unchanged overview is a 304:
+    # the page counts the seconds itself.
+    executor = {name: report[name] for name in ("state", "lastPollAt")}
+    if scope.datastore is not None:
+        datastores = [scope.datastore]
+    else:
+        datastores = [
+            datastore for datastore in await request.app[DATASTORES].every_live() if scope.sees(datastore["rdn"])
+        ]
+    overviews = [
+        await datastore_overview(request, datastore, executor["state"], maintenance["paused"], now)
+        for datastore in datastores
+    ]
+    overview = {"maintenance": maintenance, "executor": executor, "datastores": overviews}
+    body = orjson.dumps(OVERVIEW_SCHEMA.dump(overview))
+    return respond_tagged(request, body, body_tag(body))
 
 
 def new_job(datastore: Datastore, parameters: dict[str, Any], user: User) -> Job:
@@ -4572,6 +4899,20 @@ async def get_openapi(request: web.Request, scope: Scope) -> web.Response:
 )
 async def get_docs(request: web.Request, scope: Scope) -> web.Response:
     return web.Response(text=DOCS_PAGE, content_type="text/html")
+
+
+@route(
+    "GET",
+    "/status",
+    Access.OPEN,
+    "The pipeline at a glance, for a person: whether it moves, and why not",
+    {"type": "string"},
+    "operations",
+    media_type="text/html",
+)
+async def get_status_page(request: web.Request, scope: Scope) -> web.Response:
+    # The page itself holds nothing: what it shows comes from GET /overview, with the caller's credentials.
+    return web.Response(text=STATUS_PAGE, content_type="text/html")
 
 
 @route(

@@ -58,6 +58,7 @@ import tarfile
 import threading
 import time
 import tomllib
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -358,6 +359,90 @@ class DatastoresConfig:
     )
 
 
+#: The events a webhook may ask for.
+NOTIFY_EVENTS = (
+    "job.failed",
+    "job.stale",
+    "executor.silent",
+    "executor.refused",
+    "maintenance.changed",
+    "datastore.created",
+)
+
+
+def validate_webhook_url(url: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValidationError(f"{url!r} is not an http:// or https:// URL with a host.")
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """One `[[notify]]` table: a webhook and what it is told."""
+
+    url: str = setting(
+        dataclasses.MISSING, fields.String(validate=validate_webhook_url), "where events are posted (http or https)"
+    )
+    events: list[str] = setting(
+        dataclasses.MISSING,
+        fields.List(fields.String(validate=validate.OneOf(NOTIFY_EVENTS)), validate=validate.Length(min=1)),
+        "the events it is sent",
+    )
+    datastores: list[str] = setting(
+        [],
+        fields.List(fields.String(validate=validate_rdn)),
+        "only these datastores' events (and the service's own); empty: every datastore's",
+    )
+    secret_env: str | None = setting(
+        None,
+        fields.String(allow_none=True, validate=validate.Length(min=1)),
+        "the environment variable (or SECRETS_FILE key) holding the secret that signs each body",
+    )
+    format: str = setting(
+        "json",
+        fields.String(validate=validate.OneOf(["json", "slack"])),
+        'json: the event itself; slack: {"text": ...}, as Slack and Teams incoming webhooks take',
+    )
+    #: The signing secret itself, read from `secret_env` (never from the file).
+    secret: str | None = dataclasses.field(default=None, repr=False)
+
+    def wants(self, event: str, datastore: str | None) -> bool:
+        """An event of the whole service (datastore None) goes to every webhook that asks for it."""
+        return event in self.events and (datastore is None or not self.datastores or datastore in self.datastores)
+
+
+def distinct_urls(hooks: list[NotifyConfig]) -> None:
+    urls = [hook.url for hook in hooks]
+    if len(set(urls)) != len(urls):
+        raise ValidationError("Each webhook url may be given once.")
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    """`[notifications]`: how deliveries to the `[[notify]]` webhooks are tried."""
+
+    timeout_seconds: float = setting(
+        10.0,
+        fields.Float(validate=validate.Range(min=0, min_inclusive=False)),
+        "how long one delivery may take before it counts as failed",
+    )
+    attempts: int = setting(
+        10,
+        fields.Integer(strict=True, validate=validate.Range(min=1)),
+        "deliveries tried per event and webhook before it is given up",
+    )
+    retry_seconds: float = setting(
+        10.0,
+        fields.Float(validate=validate.Range(min=0, min_inclusive=False)),
+        "the wait before the first retry; it doubles with each one, up to an hour",
+    )
+    outbox_limit: int = setting(
+        10_000,
+        fields.Integer(strict=True, validate=validate.Range(min=1)),
+        "deliveries waiting at most; beyond it new ones are dropped, counted and logged",
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = dataclasses.field(default_factory=ServerConfig)
@@ -368,6 +453,11 @@ class Config:
     auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     datastores: DatastoresConfig = dataclasses.field(default_factory=DatastoresConfig)
+    notifications: NotificationsConfig = dataclasses.field(default_factory=NotificationsConfig)
+    #: `[[notify]]`: an array of tables, each a webhook.
+    notify: list[NotifyConfig] = setting(
+        [], fields.List(fields.Nested(lambda: NotifySection), validate=distinct_urls), "the webhooks told of events"
+    )
 
 
 class ConfigSection(Schema):
@@ -393,7 +483,10 @@ def schema_of(model: type, base: type[ConfigSection] = ConfigSection) -> type[Co
             )
         elif "field" in field.metadata:
             key = copy.deepcopy(field.metadata["field"])
-            key.load_default = field.default if field.default is not dataclasses.MISSING else field.default_factory
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                key.required = True
+            else:
+                key.load_default = field.default if field.default is not dataclasses.MISSING else field.default_factory
             declared[field.name] = key
     return type(f"{model.__name__}Schema", (base,), declared)
 
@@ -418,6 +511,8 @@ class AuthSection(schema_of(AuthConfig)):  # type: ignore[misc]
 
 #: The sections whose schema adds to what their dataclass declares.
 SECTION_SCHEMAS: dict[type, type[ConfigSection]] = {AuthConfig: AuthSection}
+#: A table of the `[[notify]]` array.
+NotifySection: type[ConfigSection] = schema_of(NotifyConfig)
 ConfigSchema = schema_of(Config)
 
 
@@ -458,6 +553,23 @@ def with_api_key(config: Config, environ: Mapping[str, str], secrets: Mapping[st
     return check_executor_routes(dataclasses.replace(config, auth=dataclasses.replace(config.auth, api_key=key)))
 
 
+def with_webhook_secrets(config: Config, environ: Mapping[str, str], secrets: Mapping[str, Any]) -> Config:
+    """Each webhook's signing secret from the variable its `secret_env` names: the
+    environment's, else the secrets file's. One that is not there stops the start."""
+    hooks = []
+    for index, hook in enumerate(config.notify):
+        if hook.secret_env is not None:
+            secret = environ.get(hook.secret_env) or secrets.get(hook.secret_env)
+            if not isinstance(secret, str) or not secret:
+                raise ConfigError(
+                    f"bad config: notify.{index}.secret_env: {hook.secret_env} is not set in the environment"
+                    " or SECRETS_FILE"
+                )
+            hook = dataclasses.replace(hook, secret=secret)
+        hooks.append(hook)
+    return dataclasses.replace(config, notify=hooks)
+
+
 def check_executor_routes(config: Config) -> Config:
     """With auth on, the executor's routes (finishing jobs, planting public keys) need
     its key: without one configured, anyone could use them, so the service does not
@@ -494,6 +606,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     secrets = read_secrets(environ)
     if config.storage.backend == "mongodb":
         config = with_mongodb_credentials(config, secrets)
+    config = with_webhook_secrets(config, environ, secrets)
     return with_api_key(config, environ, secrets)
 
 

@@ -40,6 +40,7 @@ import dataclasses
 import enum
 import functools
 import gc
+import hashlib
 import hmac
 import importlib.metadata
 import inspect
@@ -98,6 +99,7 @@ from backends import (
     DATASTORE_OPERATIONS,
     FINAL_STATUSES,
     KEYS_OPERATIONS,
+    NOTIFICATION_STATES,
     OPERATIONS,
     RELEASE_STATUSES,
     REQUIRED_BY_OPERATION,
@@ -116,6 +118,7 @@ from backends import (
     MaintenanceStatus,
     MalformedDocument,
     MongoDBOptions,
+    Notification,
     Store,
     StoreAnswer,
     StoreCorrupt,
@@ -159,6 +162,7 @@ DATASTORES: web.AppKey[Datastores] = web.AppKey("datastores")
 STORE_OPENER: web.AppKey[StoreOpener] = web.AppKey("store_opener")
 #: Set by `serve`, which runs the app: not there in tests or under gunicorn.
 RUNNER: web.AppKey[web.AppRunner] = web.AppKey("runner")
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 #: Held while a datastore is provisioned: one at a time in a process.
 PROVISIONING: web.AppKey[asyncio.Lock] = web.AppKey("provisioning")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
@@ -1899,6 +1903,15 @@ class Metrics:
         )
         self.store_gauges = StoreGauges()
         registry.register(self.store_gauges)
+        self.notifications_sent = prometheus_client.Counter(
+            "notifications_sent", "Events delivered to a webhook", ["event"], registry=registry
+        )
+        self.notifications_failed = prometheus_client.Counter(
+            "notifications_failed", "Deliveries to a webhook that failed (each attempt)", ["event"], registry=registry
+        )
+        self.notifications_dropped = prometheus_client.Counter(
+            "notifications_dropped", "Deliveries left out of a full (or unwritable) outbox", registry=registry
+        )
 
     def count_request(self, route: str, method: str, outcome: str, seconds: float) -> None:
         self.requests.count(route, method, outcome)
@@ -2468,6 +2481,7 @@ TAGS = {
     "importable datasets": "Dataset archives waiting in a datastore's input directory",
     "maintenance": "The maintenance flag the executor reads before it starts new work",
     "datastores": "The registry of datastores: provisioning, directories, public keys",
+    "notifications": "Webhooks told of events: what was sent, what waits, what was given up",
     "operations": "Health, metrics and this documentation",
 }
 
@@ -2825,8 +2839,19 @@ async def update_job(request: web.Request, scope: Scope) -> web.Response:
     change = JobChange(status=update.get("status"), description=update.get("description"), log=log_entries, at=at)
     # The change, the job's move when it is final, its target and every target a
     # completed BUMP releases or removes: one change of the store.
-    await store_of(request).update_job(job_id, change)
+    job = await store_of(request).update_job(job_id, change)
+    if change.status == "failed":
+        await notify_job_failed(request.app, job, update.get("log"))
     return respond_message(f"Updated job with jobId {job_id}")
+
+
+async def notify_job_failed(app: web.Application, job: Job, reason: str | None) -> None:
+    parameters = job["parameters"]
+    text = f"Job {job['jobId']} ({parameters['operation']} of {parameters['target']}) failed in {job['datastoreRdn']}"
+    payload = {"jobId": job["jobId"], "operation": parameters["operation"], "target": parameters["target"]}
+    await notify(
+        app, "job.failed", job["datastoreRdn"], f"{text}: {reason}" if reason else text, {**payload, "reason": reason}
+    )
 
 
 @route("GET", "/targets", Access.READ, "Every target, by name", many(TargetSchema), "targets", twin=True, errors=(503,))
@@ -2927,6 +2952,10 @@ async def set_maintenance_status(request: web.Request, scope: Scope) -> web.Resp
     status = MAINTENANCE_REQUEST_SCHEMA.load(await read_json_object(request))
     status["timestamp"] = now_iso()
     await store_of(request).add_maintenance(status)
+    user = scope.user
+    change = "paused" if status["paused"] else "resumed"
+    text = f"Maintenance {change} by {user['firstName']} {user['lastName']}: {status['msg']}"
+    await notify(request.app, "maintenance.changed", None, text, {**status, "setBy": user})
     return respond(MAINTENANCE_STATUS_SCHEMA, status)
 
 
@@ -3013,6 +3042,9 @@ async def post_datastore(request: web.Request, scope: Scope) -> web.Response:
     keys_job = new_job(datastore, {"operation": config.datastores.keys_operation, "target": DATASTORE}, user)
     async with request.app[PROVISIONING]:
         await provision(request.app, datastore, keys_job)
+    text = f"Datastore {datastore['rdn']} ({datastore['name']}) provisioned by {user['firstName']} {user['lastName']}"
+    payload = {"rdn": datastore["rdn"], "name": datastore["name"], "keysJobId": keys_job["jobId"], "createdBy": user}
+    await notify(request.app, "datastore.created", datastore["rdn"], text, payload)
     return respond(POST_JOB_RESULT_SCHEMA, {"status": "queued", "msg": "CREATED", "job_id": keys_job["jobId"]})
 
 
@@ -3155,6 +3187,275 @@ async def get_docs_asset(request: web.Request, scope: Scope) -> web.FileResponse
     if filename not in SWAGGER_UI_FILES:
         raise ApiError(404, f"No documentation asset named {filename}")
     return web.FileResponse(Path(swagger_ui_bundle.swagger_ui_path) / filename)
+
+
+# --- notifications: webhooks told of events, from the store's outbox --------------------
+# `notify` puts an event's deliveries (one per webhook that asks for it) in the store's
+# outbox, one write; the Notifier of each process claims them there, with a lease, and
+# posts them in the background: a request never waits for a receiver. A delivery stays
+# in the outbox until sent or given up, so a restart (or a kill -9) sends what was
+# pending, and a receiver may get an event twice: it drops repeats by the event id header.
+
+#: Deliveries a process sends at once: a slow receiver holds one of them, not the others.
+DELIVERIES_AT_ONCE = 4
+#: How often a process looks in the outbox for what others added or a lease let go.
+OUTBOX_POLL_SECONDS = 1.0
+#: How long a lease outlasts a delivery's timeout, for the write of its outcome; a process
+#: killed meanwhile leaves its lease to run out, and another process sends the delivery again.
+LEASE_MARGIN_SECONDS = 5.0
+#: The longest wait between two attempts.
+MAX_RETRY_SECONDS = 3600.0
+#: The sent and given-up deliveries the outbox keeps for `GET /notifications`, and how many it shows.
+NOTIFICATIONS_KEPT = 1000
+NOTIFICATIONS_SHOWN = 200
+EVENT_ID_HEADER = "X-Job-Service-Event-Id"
+EVENT_HEADER = "X-Job-Service-Event"
+SIGNATURE_HEADER = "X-Job-Service-Signature"
+
+
+def at_time(seconds: float) -> str:
+    """An instant as the store's times are written (see `now_iso`)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
+
+
+def receiver(url: str) -> str:
+    """A webhook as it is shown and logged: its scheme and host. The rest of a Slack or
+    Teams webhook's URL is its credential."""
+    parsed = urllib.parse.urlsplit(url)
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.hostname}{port}"
+
+
+def notification_body(notification: Notification) -> bytes:
+    document = notification["document"]
+    return orjson.dumps(document if notification["format"] == "json" else {"text": document["text"]})
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Notifier:
+    """A process's end of the outbox: what `notify` adds, and the background task that sends."""
+
+    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+        self._hooks = {hook.url: hook for hook in config.notify}
+        self._settings = config.notifications
+        self._store = store
+        self._metrics = metrics
+        #: Whose lease a claim takes: this process, among those sharing a database.
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()
+
+    @property
+    def has_webhooks(self) -> bool:
+        return bool(self._hooks)
+
+    async def enqueue(self, event: str, datastore: str | None, text: str, payload: Mapping[str, Any]) -> None:
+        hooks = [hook for hook in self._hooks.values() if hook.wants(event, datastore)]
+        if not hooks:
+            return
+        at = now_iso()
+        event_id = str(uuid.uuid4())
+        document = {"id": event_id, "event": event, "datastoreRdn": datastore, "at": at, "text": text, "data": payload}
+        deliveries = [
+            Notification(
+                id=str(uuid.uuid4()),
+                eventId=event_id,
+                event=event,
+                datastoreRdn=datastore,
+                url=hook.url,
+                format=hook.format,
+                document=document,
+                createdAt=at,
+                state="pending",
+                attempts=0,
+                nextAttemptAt=at,
+                lastError=None,
+                finishedAt=None,
+            )
+            for hook in hooks
+        ]
+        try:
+            dropped = await self._store.add_notifications(deliveries, self._settings.outbox_limit)
+        except StoreError as exc:
+            dropped = len(deliveries)
+            log.error(
+                "Event %s %s cannot be put in the outbox (%s): %d delivery(ies) dropped", event, event_id, exc, dropped
+            )
+        else:
+            if dropped:
+                log.warning(
+                    "The outbox is full ([notifications] outbox_limit = %d): %d delivery(ies) of event %s %s dropped",
+                    self._settings.outbox_limit,
+                    dropped,
+                    event,
+                    event_id,
+                )
+        if dropped:
+            self._metrics.notifications_dropped.inc(dropped)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send what is due, as it is added and every OUTBOX_POLL_SECONDS, until cancelled."""
+        timeout = aiohttp.ClientTimeout(total=self._settings.timeout_seconds)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            try:
+                while True:
+                    self._wake.clear()
+                    await self._claim_due(session)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), OUTBOX_POLL_SECONDS)
+            finally:
+                for task in self._sending:
+                    task.cancel()
+                await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _claim_due(self, session: aiohttp.ClientSession) -> None:
+        lease = self._settings.timeout_seconds + LEASE_MARGIN_SECONDS
+        while len(self._sending) < DELIVERIES_AT_ONCE:
+            now = time.time()
+            try:
+                claimed = await self._store.claim_notification(self._owner, at_time(now), at_time(now + lease))
+            except StoreError as exc:
+                log.warning("Cannot read the outbox of notifications now: %s", exc)
+                return
+            if claimed is None:
+                return
+            task = asyncio.create_task(self._deliver(session, claimed))
+            self._sending.add(task)
+            task.add_done_callback(self._delivered)
+
+    def _delivered(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("A notification's delivery failed unexpectedly", exc_info=task.exception())
+
+    async def _deliver(self, session: aiohttp.ClientSession, notification: Notification) -> None:
+        hook = self._hooks.get(notification["url"])
+        try:
+            error = (
+                "the webhook is no longer configured" if hook is None else await self._post(session, hook, notification)
+            )
+        except asyncio.CancelledError:  # the app stops: the lease given back, for whichever process runs next
+            with contextlib.suppress(StoreError):
+                await self._store.settle_notification(self._owner, notification, NOTIFICATIONS_KEPT)
+            raise
+        notification["attempts"] += 1
+        now = time.time()
+        event, shown = notification["event"], receiver(notification["url"])
+        if error is None:
+            notification.update({"state": "sent", "lastError": None, "finishedAt": at_time(now)})
+            self._metrics.notifications_sent.labels(event).inc()
+        else:
+            self._metrics.notifications_failed.labels(event).inc()
+            notification["lastError"] = error
+            if hook is None or notification["attempts"] >= self._settings.attempts:
+                notification.update({"state": "failed", "finishedAt": at_time(now)})
+                log.warning(
+                    "Gave up event %s %s to %s after %d attempt(s): %s",
+                    event,
+                    notification["eventId"],
+                    shown,
+                    notification["attempts"],
+                    error,
+                )
+            else:
+                delay = min(self._settings.retry_seconds * 2 ** (notification["attempts"] - 1), MAX_RETRY_SECONDS)
+                notification["nextAttemptAt"] = at_time(now + delay)
+                asyncio.get_running_loop().call_later(delay, self._wake.set)
+                log.info(
+                    "Event %s %s to %s failed (%s): next attempt in %.1f s",
+                    event,
+                    notification["eventId"],
+                    shown,
+                    error,
+                    delay,
+                )
+        try:
+            await self._store.settle_notification(self._owner, notification, NOTIFICATIONS_KEPT)
+        except StoreError as exc:
+            log.warning("The outcome of a delivery to %s cannot be stored (%s): it is sent again later", shown, exc)
+
+    async def _post(self, session: aiohttp.ClientSession, hook: NotifyConfig, notification: Notification) -> str | None:
+        """Post one delivery; what went wrong, or None once the receiver took it (any 2xx)."""
+        body = notification_body(notification)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"{SERVICE_NAME}/{service_version()}",
+            EVENT_ID_HEADER: notification["eventId"],
+            EVENT_HEADER: notification["event"],
+        }
+        if hook.secret is not None:
+            headers[SIGNATURE_HEADER] = signature(hook.secret, body)
+        try:
+            async with session.post(hook.url, data=body, headers=headers, allow_redirects=False) as response:
+                return None if 200 <= response.status < 300 else f"answered HTTP {response.status}"
+        except TimeoutError:
+            return f"no answer within {self._settings.timeout_seconds:g} s"
+        except aiohttp.ClientError as exc:
+            return f"{type(exc).__name__}: {str(exc).replace(hook.url, receiver(hook.url))}"
+
+
+async def notify(
+    app: web.Application, event: str, datastore: str | None, text: str, payload: Mapping[str, Any]
+) -> None:
+    """Tell every webhook that asks for `event` (one of NOTIFY_EVENTS) of `datastore` (None:
+    an event of the whole service): `text` a sentence for a person (what the slack format
+    sends), `payload` the event's details (JSON-shaped). One write of the store; it never
+    raises, and never waits for a receiver: what cannot be stored is counted and logged."""
+    await app[NOTIFIER].enqueue(event, datastore, text, payload)
+
+
+async def notifications_context(app: web.Application) -> Any:
+    """The app's Notifier, and while webhooks are configured the task that sends."""
+    notifier = app[NOTIFIER] = Notifier(app[CONFIG], app[STORE], app[METRICS])
+    sending = asyncio.create_task(notifier.run()) if notifier.has_webhooks else None
+    yield
+    if sending is not None:
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+
+
+class NotificationSchema(Schema):
+    id = fields.String(required=True)
+    eventId = fields.String(required=True)
+    event = fields.String(required=True, validate=validate.OneOf(NOTIFY_EVENTS))
+    datastoreRdn = fields.String(required=True, allow_none=True)
+    receiver = fields.Function(lambda notification: receiver(notification["url"]), required=True)
+    format = fields.String(required=True)
+    text = fields.Function(lambda notification: notification["document"]["text"], required=True)
+    state = fields.String(required=True, validate=validate.OneOf(NOTIFICATION_STATES))
+    attempts = fields.Integer(required=True)
+    createdAt = fields.String(required=True)
+    nextAttemptAt = fields.String(required=True)
+    finishedAt = fields.String(required=True, allow_none=True)
+    lastError = fields.String(required=True, allow_none=True)
+
+
+NOTIFICATION_SCHEMA = NotificationSchema()
+
+
+@route(
+    "GET",
+    "/notifications",
+    Access.EXECUTOR_OR_ADMINISTRATOR,
+    f"The newest {NOTIFICATIONS_SHOWN} deliveries to webhooks: pending, sent, given up (an administrator's: theirs)",
+    many(NotificationSchema),
+    "notifications",
+    errors=(503,),
+)
+async def list_notifications(request: web.Request, scope: Scope) -> web.Response:
+    # The whole outbox is bounded (its limit and what it keeps), so an administrator's
+    # newest are found among all of it; the service's own events (maintenance) are everyone's.
+    everything = await store_of(request).recent_notifications(
+        request.app[CONFIG].notifications.outbox_limit + NOTIFICATIONS_KEPT
+    )
+    shown = [entry for entry in everything if entry["datastoreRdn"] is None or scope.sees(entry["datastoreRdn"])]
+    return respond(NOTIFICATION_SCHEMA, shown[:NOTIFICATIONS_SHOWN], many=True)
 
 
 # --- the application ------------------------------------------------------------
@@ -3385,6 +3686,7 @@ def create_app(config: Config, open_store: StoreOpener = open_configured_store) 
     app[POLL_ANSWERS] = PollAnswers()
     app[REQUEST_IDS] = request_ids()
     app.cleanup_ctx.append(storage_context)
+    app.cleanup_ctx.append(notifications_context)
     app.cleanup_ctx.append(signing_keys_context)
     for declared in ROUTES:
         for path in declared.paths:

@@ -87,6 +87,7 @@ from marshmallow import (
     ValidationError,
     fields,
     post_load,
+    pre_dump,
     validate,
     validates_schema,
 )
@@ -3425,15 +3426,20 @@ class NotificationSchema(Schema):
     eventId = fields.String(required=True)
     event = fields.String(required=True, validate=validate.OneOf(NOTIFY_EVENTS))
     datastoreRdn = fields.String(required=True, allow_none=True)
-    receiver = fields.Function(lambda notification: receiver(notification["url"]), required=True)
+    #: The webhook's scheme and host: never its URL (see `receiver`).
+    receiver = fields.String(required=True)
     format = fields.String(required=True)
-    text = fields.Function(lambda notification: notification["document"]["text"], required=True)
+    text = fields.String(required=True)
     state = fields.String(required=True, validate=validate.OneOf(NOTIFICATION_STATES))
     attempts = fields.Integer(required=True)
     createdAt = fields.String(required=True)
     nextAttemptAt = fields.String(required=True)
     finishedAt = fields.String(required=True, allow_none=True)
     lastError = fields.String(required=True, allow_none=True)
+
+    @pre_dump
+    def shown(self, notification: Notification, **kwargs: Any) -> dict[str, Any]:
+        return {**notification, "receiver": receiver(notification["url"]), "text": notification["document"]["text"]}
 
 
 NOTIFICATION_SCHEMA = NotificationSchema()

@@ -3248,6 +3248,8 @@ class Notifier:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._sending: set[asyncio.Task[None]] = set()
+        #: Whether the last look in the outbox failed: an outage is logged once, not every second.
+        self._unreadable = False
 
     @property
     def has_webhooks(self) -> bool:
@@ -3320,8 +3322,13 @@ class Notifier:
             try:
                 claimed = await self._store.claim_notification(self._owner, at_time(now), at_time(now + lease))
             except StoreError as exc:
-                log.warning("Cannot read the outbox of notifications now: %s", exc)
+                if not self._unreadable:
+                    log.warning("Cannot read the outbox of notifications now (tried again every second): %s", exc)
+                self._unreadable = True
                 return
+            if self._unreadable:
+                log.info("The outbox of notifications can be read again")
+                self._unreadable = False
             if claimed is None:
                 return
             task = asyncio.create_task(self._deliver(session, claimed))

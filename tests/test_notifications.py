@@ -405,3 +405,27 @@ async def test_a_delivery_in_flight_when_the_process_is_killed_is_sent_by_the_ne
     finally:
         second.stop()
     assert len({headers["X-Job-Service-Event-Id"] for headers, _ in hook.requests}) == 1
+
+
+async def test_an_outbox_that_cannot_be_read_is_logged_once(make_client, receiver, caplog):
+    _, base = receiver
+    claims = []
+
+    def failing_claims(store: Any) -> Any:
+        async def claim(*args: Any) -> None:
+            claims.append(args)
+            raise StoreUnavailable("The database cannot be reached")
+
+        return claim
+
+    client = await make_client(
+        faulty(claim_notification=failing_claims), notify=[{"url": base, "events": ["job.failed"]}]
+    )
+    with caplog.at_level(logging.WARNING, "job_service"):
+        for _ in range(3):
+            before = len(claims)
+            await failed_job(client)
+            async with asyncio.timeout(5):
+                while len(claims) == before:
+                    await asyncio.sleep(0.01)
+    assert sum("Cannot read the outbox" in record.message for record in caplog.records) == 1

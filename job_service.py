@@ -67,6 +67,7 @@ import tarfile
 import threading
 import time
 import tomllib
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,7 @@ from marshmallow import (
     ValidationError,
     fields,
     post_load,
+    pre_dump,
     pre_load,
     validate,
     validates_schema,
@@ -107,6 +109,7 @@ from backends import (
     DATASTORE_OPERATIONS,
     FINAL_STATUSES,
     KEYS_OPERATIONS,
+    NOTIFICATION_STATES,
     OPERATIONS,
     RELEASE_STATUSES,
     REQUIRED_BY_OPERATION,
@@ -125,6 +128,7 @@ from backends import (
     MaintenanceStatus,
     MalformedDocument,
     MongoDBOptions,
+    Notification,
     Store,
     StoreAnswer,
     StoreCorrupt,
@@ -173,6 +177,7 @@ DATASTORES: web.AppKey[Datastores] = web.AppKey("datastores")
 STORE_OPENER: web.AppKey[StoreOpener] = web.AppKey("store_opener")
 #: Set by `serve`, which runs the app: not there in tests or under gunicorn.
 RUNNER: web.AppKey[web.AppRunner] = web.AppKey("runner")
+NOTIFIER: web.AppKey[Notifier] = web.AppKey("notifier")
 #: Held while a datastore is provisioned: one at a time in a process.
 PROVISIONING: web.AppKey[asyncio.Lock] = web.AppKey("provisioning")
 PROVISIONER: web.AppKey[Provisioner] = web.AppKey("provisioner")
@@ -458,6 +463,90 @@ class DatastoresConfig:
     )
 
 
+#: The events a webhook may ask for.
+NOTIFY_EVENTS = (
+    "job.failed",
+    "job.stale",
+    "executor.silent",
+    "executor.refused",
+    "maintenance.changed",
+    "datastore.created",
+)
+
+
+def validate_webhook_url(url: str) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValidationError(f"{url!r} is not an http:// or https:// URL with a host.")
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """One `[[notify]]` table: a webhook and what it is told."""
+
+    url: str = setting(
+        dataclasses.MISSING, fields.String(validate=validate_webhook_url), "where events are posted (http or https)"
+    )
+    events: list[str] = setting(
+        dataclasses.MISSING,
+        fields.List(fields.String(validate=validate.OneOf(NOTIFY_EVENTS)), validate=validate.Length(min=1)),
+        "the events it is sent",
+    )
+    datastores: list[str] = setting(
+        [],
+        fields.List(fields.String(validate=validate_rdn)),
+        "only these datastores' events (and the service's own); empty: every datastore's",
+    )
+    secret_env: str | None = setting(
+        None,
+        fields.String(allow_none=True, validate=validate.Length(min=1)),
+        "the environment variable (or SECRETS_FILE key) holding the secret that signs each body",
+    )
+    format: str = setting(
+        "json",
+        fields.String(validate=validate.OneOf(["json", "slack"])),
+        'json: the event itself; slack: {"text": ...}, as Slack and Teams incoming webhooks take',
+    )
+    #: The signing secret itself, read from `secret_env` (never from the file).
+    secret: str | None = dataclasses.field(default=None, repr=False)
+
+    def wants(self, event: str, datastore: str | None) -> bool:
+        """An event of the whole service (datastore None) goes to every webhook that asks for it."""
+        return event in self.events and (datastore is None or not self.datastores or datastore in self.datastores)
+
+
+def distinct_urls(hooks: list[NotifyConfig]) -> None:
+    urls = [hook.url for hook in hooks]
+    if len(set(urls)) != len(urls):
+        raise ValidationError("Each webhook url may be given once.")
+
+
+@dataclass(frozen=True)
+class NotificationsConfig:
+    """`[notifications]`: how deliveries to the `[[notify]]` webhooks are tried."""
+
+    timeout_seconds: float = setting(
+        10.0,
+        fields.Float(validate=validate.Range(min=0, min_inclusive=False)),
+        "how long one delivery may take before it counts as failed",
+    )
+    attempts: int = setting(
+        10,
+        fields.Integer(strict=True, validate=validate.Range(min=1)),
+        "deliveries tried per event and webhook before it is given up",
+    )
+    retry_seconds: float = setting(
+        10.0,
+        fields.Float(validate=validate.Range(min=0, min_inclusive=False)),
+        "the wait before the first retry; it doubles with each one, up to an hour",
+    )
+    outbox_limit: int = setting(
+        10_000,
+        fields.Integer(strict=True, validate=validate.Range(min=1)),
+        "deliveries waiting at most; beyond it new ones are dropped, counted and logged",
+    )
+
+
 @dataclass(frozen=True)
 class ExecutorConfig:
     silent_after_seconds: float = setting(
@@ -478,6 +567,11 @@ class Config:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     datastores: DatastoresConfig = dataclasses.field(default_factory=DatastoresConfig)
     executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
+    notifications: NotificationsConfig = dataclasses.field(default_factory=NotificationsConfig)
+    #: `[[notify]]`: an array of tables, each a webhook.
+    notify: list[NotifyConfig] = setting(
+        [], fields.List(fields.Nested(lambda: NotifySection), validate=distinct_urls), "the webhooks told of events"
+    )
 
 
 def schema_of(model: type, base: type[ConfigSection] = ConfigSection) -> type[ConfigSection]:
@@ -493,7 +587,10 @@ def schema_of(model: type, base: type[ConfigSection] = ConfigSection) -> type[Co
             )
         elif "field" in field.metadata:
             key = copy.deepcopy(field.metadata["field"])
-            key.load_default = field.default if field.default is not dataclasses.MISSING else field.default_factory
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                key.required = True
+            else:
+                key.load_default = field.default if field.default is not dataclasses.MISSING else field.default_factory
             declared[field.name] = key
     return type(f"{model.__name__}Schema", (base,), declared)
 
@@ -518,6 +615,8 @@ class AuthSection(schema_of(AuthConfig)):  # type: ignore[misc]
 
 #: The sections whose schema adds to what their dataclass declares.
 SECTION_SCHEMAS: dict[type, type[ConfigSection]] = {AuthConfig: AuthSection}
+#: A table of the `[[notify]]` array.
+NotifySection: type[ConfigSection] = schema_of(NotifyConfig)
 ConfigSchema = schema_of(Config)
 
 
@@ -558,6 +657,23 @@ def with_api_key(config: Config, environ: Mapping[str, str], secrets: Mapping[st
     return check_executor_routes(dataclasses.replace(config, auth=dataclasses.replace(config.auth, api_key=key)))
 
 
+def with_webhook_secrets(config: Config, environ: Mapping[str, str], secrets: Mapping[str, Any]) -> Config:
+    """Each webhook's signing secret from the variable its `secret_env` names: the
+    environment's, else the secrets file's. One that is not there stops the start."""
+    hooks = []
+    for index, hook in enumerate(config.notify):
+        if hook.secret_env is not None:
+            secret = environ.get(hook.secret_env) or secrets.get(hook.secret_env)
+            if not isinstance(secret, str) or not secret:
+                raise ConfigError(
+                    f"bad config: notify.{index}.secret_env: {hook.secret_env} is not set in the environment"
+                    " or SECRETS_FILE"
+                )
+            hook = dataclasses.replace(hook, secret=secret)
+        hooks.append(hook)
+    return dataclasses.replace(config, notify=hooks)
+
+
 def check_executor_routes(config: Config) -> Config:
     """With auth on, the executor's routes (finishing jobs, planting public keys) need
     its key: without one configured, anyone could use them, so the service does not
@@ -594,6 +710,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     secrets = read_secrets(environ)
     if config.storage.backend == "mongodb":
         config = with_mongodb_credentials(config, secrets)
+    config = with_webhook_secrets(config, environ, secrets)
     return with_api_key(config, environ, secrets)
 
 
@@ -2265,6 +2382,15 @@ class Metrics:
         )
         self.executor_gauges = ExecutorGauges()
         registry.register(self.executor_gauges)
+        self.notifications_sent = prometheus_client.Counter(
+            "notifications_sent", "Events delivered to a webhook", ["event"], registry=registry
+        )
+        self.notifications_failed = prometheus_client.Counter(
+            "notifications_failed", "Deliveries to a webhook that failed (each attempt)", ["event"], registry=registry
+        )
+        self.notifications_dropped = prometheus_client.Counter(
+            "notifications_dropped", "Deliveries left out of a full (or unwritable) outbox", registry=registry
+        )
 
     def count_request(self, route: str, method: str, outcome: str, seconds: float) -> None:
         self.requests.count(route, method, outcome)
@@ -3921,6 +4047,7 @@ TAGS = {
     "importable datasets": "Dataset archives waiting in a datastore's input directory",
     "maintenance": "The maintenance flag the executor reads before it starts new work",
     "datastores": "The registry of datastores: provisioning, directories, public keys",
+    "notifications": "Webhooks told of events: what was sent, what waits, what was given up",
     "operations": "Health, metrics and this documentation",
 }
 
@@ -4537,7 +4664,18 @@ async def update_job(request: web.Request, scope: Scope) -> web.Response:
     # completed BUMP releases or removes: one change of the store.
     job = await store_of(request).update_job(job_id, change)
     request.app[METRICS].observe_status_change(job, change)
+    if change.status == "failed":
+        await notify_job_failed(request.app, job, update.get("log"))
     return respond_message(f"Updated job with jobId {job_id}")
+
+
+async def notify_job_failed(app: web.Application, job: Job, reason: str | None) -> None:
+    parameters = job["parameters"]
+    text = f"Job {job['jobId']} ({parameters['operation']} of {parameters['target']}) failed in {job['datastoreRdn']}"
+    payload = {"jobId": job["jobId"], "operation": parameters["operation"], "target": parameters["target"]}
+    await notify(
+        app, "job.failed", job["datastoreRdn"], f"{text}: {reason}" if reason else text, {**payload, "reason": reason}
+    )
 
 
 @route(
@@ -4685,6 +4823,10 @@ async def set_maintenance_status(request: web.Request, scope: Scope) -> web.Resp
     status = MAINTENANCE_REQUEST_SCHEMA.load(await read_json_object(request))
     status["timestamp"] = now_iso()
     await store_of(request).add_maintenance(status)
+    user = scope.user
+    change = "paused" if status["paused"] else "resumed"
+    text = f"Maintenance {change} by {user['firstName']} {user['lastName']}: {status['msg']}"
+    await notify(request.app, "maintenance.changed", None, text, {**status, "setBy": user})
     return respond(MAINTENANCE_STATUS_SCHEMA, status)
 
 
@@ -4771,6 +4913,9 @@ async def post_datastore(request: web.Request, scope: Scope) -> web.Response:
     async with request.app[PROVISIONING]:
         keys_job = await keys_job_for(store_of(request), datastore, config.datastores.keys_operation, user)
         await provision(request.app, datastore, keys_job)
+    text = f"Datastore {datastore['rdn']} ({datastore['name']}) provisioned by {user['firstName']} {user['lastName']}"
+    payload = {"rdn": datastore["rdn"], "name": datastore["name"], "keysJobId": keys_job["jobId"], "createdBy": user}
+    await notify(request.app, "datastore.created", datastore["rdn"], text, payload)
     return respond(POST_JOB_RESULT_SCHEMA, {"status": "queued", "msg": "CREATED", "job_id": keys_job["jobId"]})
 
 
@@ -4930,6 +5075,287 @@ async def get_docs_asset(request: web.Request, scope: Scope) -> web.FileResponse
     if filename not in SWAGGER_UI_FILES:
         raise ApiError(404, f"No documentation asset named {filename}")
     return web.FileResponse(Path(swagger_ui_bundle.swagger_ui_path) / filename)
+
+
+# --- notifications: webhooks told of events, from the store's outbox --------------------
+# `notify` puts an event's deliveries (one per webhook that asks for it) in the store's
+# outbox, one write; the Notifier of each process claims them there, with a lease, and
+# posts them in the background: a request never waits for a receiver. A delivery stays
+# in the outbox until sent or given up, so a restart (or a kill -9) sends what was
+# pending, and a receiver may get an event twice: it drops repeats by the event id header.
+
+#: Deliveries a process sends at once: a slow receiver holds one of them, not the others.
+DELIVERIES_AT_ONCE = 4
+#: How often a process looks in the outbox for what others added or a lease let go.
+OUTBOX_POLL_SECONDS = 1.0
+#: How long a lease outlasts a delivery's timeout, for the write of its outcome; a process
+#: killed meanwhile leaves its lease to run out, and another process sends the delivery again.
+LEASE_MARGIN_SECONDS = 5.0
+#: The longest wait between two attempts.
+MAX_RETRY_SECONDS = 3600.0
+#: The sent and given-up deliveries the outbox keeps for `GET /notifications`, and how many it shows.
+NOTIFICATIONS_KEPT = 1000
+NOTIFICATIONS_SHOWN = 200
+EVENT_ID_HEADER = "X-Job-Service-Event-Id"
+EVENT_HEADER = "X-Job-Service-Event"
+SIGNATURE_HEADER = "X-Job-Service-Signature"
+
+
+def at_time(seconds: float) -> str:
+    """An instant as the store's times are written (see `now_iso`)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
+
+
+def receiver(url: str) -> str:
+    """A webhook as it is shown and logged: its scheme and host. The rest of a Slack or
+    Teams webhook's URL is its credential."""
+    parsed = urllib.parse.urlsplit(url)
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.hostname}{port}"
+
+
+def notification_body(notification: Notification) -> bytes:
+    document = notification["document"]
+    return orjson.dumps(document if notification["format"] == "json" else {"text": document["text"]})
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Notifier:
+    """A process's end of the outbox: what `notify` adds, and the background task that sends."""
+
+    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+        self._hooks = {hook.url: hook for hook in config.notify}
+        self._settings = config.notifications
+        self._store = store
+        self._metrics = metrics
+        #: Whose lease a claim takes: this process, among those sharing a database.
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()
+        #: Whether the last look in the outbox failed: an outage is logged once, not every second.
+        self._unreadable = False
+
+    @property
+    def has_webhooks(self) -> bool:
+        return bool(self._hooks)
+
+    async def enqueue(self, event: str, datastore: str | None, text: str, payload: Mapping[str, Any]) -> None:
+        hooks = [hook for hook in self._hooks.values() if hook.wants(event, datastore)]
+        if not hooks:
+            return
+        at = now_iso()
+        event_id = str(uuid.uuid4())
+        document = {"id": event_id, "event": event, "datastoreRdn": datastore, "at": at, "text": text, "data": payload}
+        deliveries = [
+            Notification(
+                id=str(uuid.uuid4()),
+                eventId=event_id,
+                event=event,
+                datastoreRdn=datastore,
+                url=hook.url,
+                format=hook.format,
+                document=document,
+                createdAt=at,
+                state="pending",
+                attempts=0,
+                nextAttemptAt=at,
+                lastError=None,
+                finishedAt=None,
+            )
+            for hook in hooks
+        ]
+        try:
+            dropped = await self._store.add_notifications(deliveries, self._settings.outbox_limit)
+        except StoreError as exc:
+            dropped = len(deliveries)
+            log.error(
+                "Event %s %s cannot be put in the outbox (%s): %d delivery(ies) dropped", event, event_id, exc, dropped
+            )
+        else:
+            if dropped:
+                log.warning(
+                    "The outbox is full ([notifications] outbox_limit = %d): %d delivery(ies) of event %s %s dropped",
+                    self._settings.outbox_limit,
+                    dropped,
+                    event,
+                    event_id,
+                )
+        if dropped:
+            self._metrics.notifications_dropped.inc(dropped)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send what is due, as it is added and every OUTBOX_POLL_SECONDS, until cancelled."""
+        timeout = aiohttp.ClientTimeout(total=self._settings.timeout_seconds)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            try:
+                while True:
+                    self._wake.clear()
+                    await self._claim_due(session)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), OUTBOX_POLL_SECONDS)
+            finally:
+                for task in self._sending:
+                    task.cancel()
+                await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _claim_due(self, session: aiohttp.ClientSession) -> None:
+        lease = self._settings.timeout_seconds + LEASE_MARGIN_SECONDS
+        while len(self._sending) < DELIVERIES_AT_ONCE:
+            now = time.time()
+            try:
+                claimed = await self._store.claim_notification(self._owner, at_time(now), at_time(now + lease))
+            except StoreError as exc:
+                if not self._unreadable:
+                    log.warning("Cannot read the outbox of notifications now (tried again every second): %s", exc)
+                self._unreadable = True
+                return
+            if self._unreadable:
+                log.info("The outbox of notifications can be read again")
+                self._unreadable = False
+            if claimed is None:
+                return
+            task = asyncio.create_task(self._deliver(session, claimed))
+            self._sending.add(task)
+            task.add_done_callback(self._delivered)
+
+    def _delivered(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("A notification's delivery failed unexpectedly", exc_info=task.exception())
+
+    async def _deliver(self, session: aiohttp.ClientSession, notification: Notification) -> None:
+        hook = self._hooks.get(notification["url"])
+        try:
+            error = (
+                "the webhook is no longer configured" if hook is None else await self._post(session, hook, notification)
+            )
+        except asyncio.CancelledError:  # the app stops: the lease given back, for whichever process runs next
+            with contextlib.suppress(StoreError):
+                await self._store.settle_notification(self._owner, notification, NOTIFICATIONS_KEPT)
+            raise
+        notification["attempts"] += 1
+        now = time.time()
+        event, shown = notification["event"], receiver(notification["url"])
+        if error is None:
+            notification.update({"state": "sent", "lastError": None, "finishedAt": at_time(now)})
+            self._metrics.notifications_sent.labels(event).inc()
+        else:
+            self._metrics.notifications_failed.labels(event).inc()
+            notification["lastError"] = error
+            if hook is None or notification["attempts"] >= self._settings.attempts:
+                notification.update({"state": "failed", "finishedAt": at_time(now)})
+                log.warning(
+                    "Gave up event %s %s to %s after %d attempt(s): %s",
+                    event,
+                    notification["eventId"],
+                    shown,
+                    notification["attempts"],
+                    error,
+                )
+            else:
+                delay = min(self._settings.retry_seconds * 2 ** (notification["attempts"] - 1), MAX_RETRY_SECONDS)
+                notification["nextAttemptAt"] = at_time(now + delay)
+                asyncio.get_running_loop().call_later(delay, self._wake.set)
+                log.info(
+                    "Event %s %s to %s failed (%s): next attempt in %.1f s",
+                    event,
+                    notification["eventId"],
+                    shown,
+                    error,
+                    delay,
+                )
+        try:
+            await self._store.settle_notification(self._owner, notification, NOTIFICATIONS_KEPT)
+        except StoreError as exc:
+            log.warning("The outcome of a delivery to %s cannot be stored (%s): it is sent again later", shown, exc)
+
+    async def _post(self, session: aiohttp.ClientSession, hook: NotifyConfig, notification: Notification) -> str | None:
+        """Post one delivery; what went wrong, or None once the receiver took it (any 2xx)."""
+        body = notification_body(notification)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"{SERVICE_NAME}/{service_version()}",
+            EVENT_ID_HEADER: notification["eventId"],
+            EVENT_HEADER: notification["event"],
+        }
+        if hook.secret is not None:
+            headers[SIGNATURE_HEADER] = signature(hook.secret, body)
+        try:
+            async with session.post(hook.url, data=body, headers=headers, allow_redirects=False) as response:
+                return None if 200 <= response.status < 300 else f"answered HTTP {response.status}"
+        except TimeoutError:
+            return f"no answer within {self._settings.timeout_seconds:g} s"
+        except aiohttp.ClientError as exc:
+            return f"{type(exc).__name__}: {str(exc).replace(hook.url, receiver(hook.url))}"
+
+
+async def notify(
+    app: web.Application, event: str, datastore: str | None, text: str, payload: Mapping[str, Any]
+) -> None:
+    """Tell every webhook that asks for `event` (one of NOTIFY_EVENTS) of `datastore` (None:
+    an event of the whole service): `text` a sentence for a person (what the slack format
+    sends), `payload` the event's details (JSON-shaped). One write of the store; it never
+    raises, and never waits for a receiver: what cannot be stored is counted and logged."""
+    await app[NOTIFIER].enqueue(event, datastore, text, payload)
+
+
+async def notifications_context(app: web.Application) -> Any:
+    """The app's Notifier, and while webhooks are configured the task that sends."""
+    notifier = app[NOTIFIER] = Notifier(app[CONFIG], app[STORE], app[METRICS])
+    sending = asyncio.create_task(notifier.run()) if notifier.has_webhooks else None
+    yield
+    if sending is not None:
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+
+
+class NotificationSchema(Schema):
+    id = fields.String(required=True)
+    eventId = fields.String(required=True)
+    event = fields.String(required=True, validate=validate.OneOf(NOTIFY_EVENTS))
+    datastoreRdn = fields.String(required=True, allow_none=True)
+    #: The webhook's scheme and host: never its URL (see `receiver`).
+    receiver = fields.String(required=True)
+    format = fields.String(required=True)
+    text = fields.String(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(NOTIFICATION_STATES))
+    attempts = fields.Integer(required=True)
+    createdAt = fields.String(required=True)
+    nextAttemptAt = fields.String(required=True)
+    finishedAt = fields.String(required=True, allow_none=True)
+    lastError = fields.String(required=True, allow_none=True)
+
+    @pre_dump
+    def shown(self, notification: Notification, **kwargs: Any) -> dict[str, Any]:
+        return {**notification, "receiver": receiver(notification["url"]), "text": notification["document"]["text"]}
+
+
+NOTIFICATION_SCHEMA = NotificationSchema()
+
+
+@route(
+    "GET",
+    "/notifications",
+    Access.EXECUTOR_OR_ADMINISTRATOR,
+    f"The newest {NOTIFICATIONS_SHOWN} deliveries to webhooks: pending, sent, given up (an administrator's: theirs)",
+    many(NotificationSchema),
+    "notifications",
+    errors=(503,),
+)
+async def list_notifications(request: web.Request, scope: Scope) -> web.Response:
+    # The whole outbox is bounded (its limit and what it keeps), so an administrator's
+    # newest are found among all of it; the service's own events (maintenance) are everyone's.
+    everything = await store_of(request).recent_notifications(
+        request.app[CONFIG].notifications.outbox_limit + NOTIFICATIONS_KEPT
+    )
+    shown = [entry for entry in everything if entry["datastoreRdn"] is None or scope.sees(entry["datastoreRdn"])]
+    return respond(NOTIFICATION_SCHEMA, shown[:NOTIFICATIONS_SHOWN], many=True)
 
 
 # --- the application ------------------------------------------------------------
@@ -5168,6 +5594,7 @@ def create_app(config: Config, open_store: StoreOpener = open_configured_store) 
     app[METRICS].executor_gauges.watch = app[EXECUTOR_WATCH]
     app[REQUEST_IDS] = request_ids()
     app.cleanup_ctx.append(storage_context)
+    app.cleanup_ctx.append(notifications_context)
     app.cleanup_ctx.append(signing_keys_context)
     for declared in ROUTES:
         for path in declared.paths:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate
@@ -15,6 +15,7 @@ from .base import (
     FINAL_STATUSES,
     KEYS_OPERATIONS,
     MAX_LOG_CHARACTERS,
+    NOTIFICATION_STATES,
     OPERATIONS,
     RELEASE_STATUSES,
     REQUIRED_BY_OPERATION,
@@ -32,6 +33,7 @@ from .base import (
     LogEntry,
     MaintenanceStatus,
     MalformedDocument,
+    Notification,
     Store,
     StoreAnswer,
     StoreCorrupt,
@@ -55,6 +57,7 @@ __all__ = [
     "FINAL_STATUSES",
     "KEYS_OPERATIONS",
     "MAX_LOG_CHARACTERS",
+    "NOTIFICATION_STATES",
     "OPERATIONS",
     "RELEASE_STATUSES",
     "REQUIRED_BY_OPERATION",
@@ -73,6 +76,7 @@ __all__ = [
     "MaintenanceStatus",
     "MalformedDocument",
     "MongoDBOptions",
+    "Notification",
     "Store",
     "StoreAnswer",
     "StoreCorrupt",
@@ -94,10 +98,13 @@ __all__ = [
 
 
 def setting(default: Any, reader: Any, meaning: str) -> Any:
-    """A key of the configuration file, declared once as a dataclass field: its default,
+    """A key of the configuration file, declared once as a dataclass field: its default
+    (`dataclasses.MISSING` for a key that must be given),
     the marshmallow field that reads and checks it (the service derives its schema from
     these), and what it means."""
     metadata = {"field": reader, "meaning": meaning}
+    if default is MISSING:  # a key every table must give: no default
+        return field(metadata=metadata)
     if isinstance(default, list | dict):
         return field(default_factory=lambda: default.copy(), metadata=metadata)
     return field(default=default, metadata=metadata)

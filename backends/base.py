@@ -88,6 +88,34 @@ class MaintenanceStatus(TypedDict):
     timestamp: str
 
 
+class Notification(TypedDict):
+    """One delivery of an event to one webhook, kept in the store's outbox until it is
+    sent or given up, then among the recent ones `GET /notifications` shows."""
+
+    #: The delivery's own id; `eventId` is the event's, the same for every webhook it goes to.
+    id: str
+    eventId: str
+    event: str
+    #: None for an event of the whole service (maintenance).
+    datastoreRdn: str | None
+    url: str
+    #: `json` or `slack`: the body sent, made from `document` when it is sent.
+    format: str
+    #: The event as the `json` format sends it; its `text` is what `slack` sends.
+    document: dict[str, Any]
+    createdAt: str
+    #: `pending` until `sent`, or `failed` once its attempts are spent.
+    state: str
+    attempts: int
+    nextAttemptAt: str
+    lastError: str | None
+    finishedAt: str | None
+
+
+#: A notification's states; the last two are final.
+NOTIFICATION_STATES = ("pending", "sent", "failed")
+
+
 D = TypeVar("D")
 M = TypeVar("M", bound=Mapping[str, Any])
 #: Documents a listing's page holds (and a database cursor brings per round trip), so that a
@@ -760,3 +788,22 @@ class Store(Protocol):
         the executor): store `process`'s `part` (JSON-like, with a float `sharedAt`), forget
         the parts of processes whose last `sharedAt` is older than `forget_before`, and answer
         every part kept, this one's included. A store only one process opens answers `[part]`."""
+
+    # --- the outbox of notifications: deliveries to webhooks, at least once ---------------
+
+    async def add_notifications(self, notifications: list[Notification], limit: int) -> int:
+        """Store new pending deliveries as one write, as many as leave at most `limit`
+        pending; answer how many were left out (the last of the list)."""
+
+    async def claim_notification(self, owner: str, now: str, lease_until: str) -> Notification | None:
+        """The pending delivery due longest (`nextAttemptAt` at or before `now`) that no
+        live lease holds, leased to `owner` until `lease_until`, or None. One step: of
+        processes sharing the store, one alone gets it until its lease runs out."""
+
+    async def settle_notification(self, owner: str, notification: Notification, keep: int) -> None:
+        """Replace the delivery `owner` holds with its outcome (pending with its next attempt,
+        or sent, or failed) and release its lease; nothing if the lease went to another
+        meanwhile. The final deliveries beyond the newest `keep` are forgotten."""
+
+    async def recent_notifications(self, limit: int) -> list[Notification]:
+        """The newest `limit` deliveries, by `createdAt` newest first."""

@@ -78,6 +78,7 @@ from .base import (
     JobQuery,
     MaintenanceStatus,
     MalformedDocument,
+    Notification,
     StoreCorrupt,
     StoreError,
     StoreStats,
@@ -161,6 +162,14 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "datastores": [([("rdn", ASCENDING)], {"unique": True})],
     "maintenance": [(HISTORY_SORT, {})],
 }
+#: The outbox's: the deliveries due, the final ones by age (to forget the oldest), the newest shown.
+OUTBOX_INDEXES = [
+    [("state", ASCENDING), ("nextAttemptAt", ASCENDING)],
+    [("state", ASCENDING), ("finishedAt", ASCENDING)],
+    [("createdAt", DESCENDING)],
+]
+#: A delivery as readers get it: without its lease.
+OUTBOX_FIELDS = {"_id": False, "leasedBy": False, "leaseUntil": False}
 #: The rules from before datastores (one job per target, one target per name, across
 #: all datastores), which the new ones replace.
 OLD_INDEXES = {"inprogress": ["one_job_per_target"], "targets": ["name_1"]}
@@ -353,6 +362,9 @@ class MongoStore:
         self._maintenance = db["maintenance"]
         #: The store's own facts about the database, which no export carries.
         self._meta = db["meta"]
+        #: The outbox of notifications, which no export carries either; its indexes are made at its first use.
+        self._notifications = db["notifications"]
+        self._notifications_indexed = False
 
     @classmethod
     async def open(
@@ -1110,6 +1122,53 @@ class MongoStore:
         if quiet:
             await self._meta.update_one({"_id": SHARED_ID}, {"$unset": {f"parts.{name}": "" for name in quiet}})
         return [kept for name, kept in parts.items() if name not in quiet]
+
+    # --- the outbox: one document per delivery, claimed with a lease across processes -----
+
+    async def _outbox(self) -> AsyncCollection:
+        if not self._notifications_indexed:
+            for keys in OUTBOX_INDEXES:
+                await self._notifications.create_index(keys)
+            self._notifications_indexed = True
+        return self._notifications
+
+    @store_operation
+    async def add_notifications(self, notifications: list[Notification], limit: int) -> int:
+        outbox = await self._outbox()
+        # Counted, then inserted: processes adding at the same instant may pass the bound by
+        # what they add, which keeps it a bound all the same.
+        room = max(0, limit - await outbox.count_documents({"state": "pending"}))
+        if notifications[:room]:
+            await outbox.insert_many([{"_id": entry["id"], **entry} for entry in notifications[:room]])
+        return len(notifications[room:])
+
+    @store_operation
+    async def claim_notification(self, owner: str, now: str, lease_until: str) -> Notification | None:
+        outbox = await self._outbox()
+        claimed = await outbox.find_one_and_update(
+            {"state": "pending", "nextAttemptAt": {"$lte": now}, "leaseUntil": {"$not": {"$gt": now}}},
+            {"$set": {"leasedBy": owner, "leaseUntil": lease_until}},
+            projection=OUTBOX_FIELDS,
+            sort=[("nextAttemptAt", ASCENDING), ("createdAt", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+        return cast(Notification | None, claimed)
+
+    @store_operation
+    async def settle_notification(self, owner: str, notification: Notification, keep: int) -> None:
+        outbox = await self._outbox()
+        replaced = await outbox.replace_one({"_id": notification["id"], "leasedBy": owner}, dict(notification))
+        if replaced.matched_count and notification["state"] != "pending":
+            final = {"state": {"$ne": "pending"}}
+            oldest_kept = await outbox.find_one(final, sort=[("finishedAt", DESCENDING)], skip=keep)
+            if oldest_kept is not None:
+                await outbox.delete_many({**final, "finishedAt": {"$lte": oldest_kept["finishedAt"]}})
+
+    @store_operation
+    async def recent_notifications(self, limit: int) -> list[Notification]:
+        outbox = await self._outbox()
+        cursor = outbox.find({}, OUTBOX_FIELDS).sort("createdAt", DESCENDING).limit(limit)
+        return cast(list[Notification], await cursor.to_list())
 
 
 async def empty_database(

@@ -83,6 +83,7 @@ from tinydb.storages import Storage
 from .base import (
     FINAL_STATUSES,
     IN_DATASTORES,
+    NOTIFICATION_STATES,
     PAGE_SIZE,
     PROBLEMS,
     Datastore,
@@ -96,6 +97,7 @@ from .base import (
     JobNotFound,
     JobQuery,
     MaintenanceStatus,
+    Notification,
     StoreCorrupt,
     StoreError,
     StoreFull,
@@ -140,6 +142,7 @@ TABLE_FILES = {
     "inprogress": "inprogress.json",
     "targets": "targets.json",
     "maintenance": "maintenance.json",
+    "outbox": "outbox.json",
 }
 COMPLETED_DIRECTORY = "completed"
 JOURNAL_DIRECTORY = "journal"
@@ -321,9 +324,24 @@ def stored_job_problem(document: Any, final: bool | None = None) -> str | None:
 
 
 #: What each file may hold: documents of the API's shape, and only finished jobs in a segment.
+def notification_problem(document: Any) -> str | None:
+    """What keeps `document` from being a delivery of the outbox (see `Notification`)."""
+    if not isinstance(document, dict):
+        return "is not a JSON object"
+    for name in ("id", "eventId", "event", "url", "format", "createdAt", "nextAttemptAt"):
+        if not is_text(document.get(name)):
+            return f"has no text {name}"
+    if document.get("state") not in NOTIFICATION_STATES or type(document.get("attempts")) is not int:
+        return "has no known state and attempts"
+    if not isinstance(document.get("document"), dict):
+        return "has no document"
+    return None
+
+
 FILE_PROBLEMS: dict[str, Callable[[Any], str | None]] = {
     **PROBLEMS,
     "completed": functools.partial(stored_job_problem, final=True),
+    "outbox": notification_problem,
 }
 
 
@@ -369,6 +387,8 @@ class Change:
         self.datastores: dict[str, Datastore | None] = {}
         #: Maintenance statuses with their TinyDB document ids.
         self.maintenance: list[tuple[int, MaintenanceStatus]] = []
+        #: Deliveries of the outbox stored or replaced by id; None for one forgotten.
+        self.notifications: dict[str, Notification | None] = {}
 
 
 class Operation(NamedTuple):
@@ -420,8 +440,23 @@ MAINTENANCE = Operation(
     ),
     lambda change, op: change.maintenance.append((op[1], op[2])),
 )
+#: A delivery of the outbox, stored or replaced whole.
+NOTIFICATION = Operation(
+    "notification",
+    one_document(notification_problem, "has no notification"),
+    lambda change, op: change.notifications.__setitem__(op[1]["id"], op[1]),
+)
+#: A final delivery forgotten, by id.
+NOTIFICATION_GONE = Operation(
+    "notification-gone",
+    lambda op: None if len(op) == 2 and is_text(op[1]) else "has no id",
+    lambda change, op: change.notifications.__setitem__(op[1], None),
+)
 #: Every kind of operation a journal record may hold, by name.
-JOURNAL_OPERATIONS = {operation.name: operation for operation in (JOB, DONE, TARGET, DATASTORE, FORGET, MAINTENANCE)}
+JOURNAL_OPERATIONS = {
+    operation.name: operation
+    for operation in (JOB, DONE, TARGET, DATASTORE, FORGET, MAINTENANCE, NOTIFICATION, NOTIFICATION_GONE)
+}
 
 
 def encode_record(operations: list[list[Any]]) -> bytes:
@@ -557,6 +592,10 @@ def target_key(target: Mapping[str, Any]) -> tuple[str, str]:
 
 def target_name(target: Mapping[str, Any]) -> str:
     return cast(str, target["name"])
+
+
+def notification_id(notification: Mapping[str, Any]) -> str:
+    return cast(str, notification["id"])
 
 
 class TableFile:
@@ -1059,7 +1098,11 @@ class TinyDBStore:
         self._inprogress = TableFile(path / TABLE_FILES["inprogress"], tables["inprogress"], job_key)
         self._targets = TableFile(path / TABLE_FILES["targets"], tables["targets"], stored_target_key)
         self._maintenance = TableFile(path / TABLE_FILES["maintenance"], tables["maintenance"])
-        for table in (self._registry, self._inprogress, self._targets):
+        self._outbox = TableFile(path / TABLE_FILES["outbox"], tables["outbox"], notification_id)
+        #: Leases of deliveries being sent, by id: (owner, until). In memory alone: one process
+        #: owns the directory, and a restart must send again what was being sent.
+        self._leases: dict[str, tuple[str, str]] = {}
+        for table in (self._registry, self._inprogress, self._targets, self._outbox):
             if len(table.ids) != len(table):
                 raise corrupt(table.path, "holds two documents with the same key")
         self._tables = {
@@ -1067,6 +1110,7 @@ class TinyDBStore:
             "inprogress": self._inprogress,
             "targets": self._targets,
             "maintenance": self._maintenance,
+            "outbox": self._outbox,
         }
         # Everything is checked: from here on the store may change files.
         for directory in (path, completed_directory, journal_directory):
@@ -1154,6 +1198,11 @@ class TinyDBStore:
             else:
                 self._registry.put(datastore)
         latest = last.latest_maintenance
+        for notification_key, notification in change.notifications.items():
+            if notification is None:
+                self._outbox.remove(notification_key)
+            else:
+                self._outbox.put(notification)
         for doc_id, status in change.maintenance:
             self._maintenance.put_at(doc_id, status)
             if doc_id == self._maintenance.next_id - 1:  # the newest (a replay may set an older one again)
@@ -1599,6 +1648,64 @@ class TinyDBStore:
     async def share_part(self, process: str, part: dict[str, Any], forget_before: float) -> list[dict[str, Any]]:
         """The directory lock keeps every other process out: there is nobody to tell."""
         return [part]
+
+    # --- the outbox: kept in outbox.json, every change journaled like any other -----------
+
+    async def add_notifications(self, notifications: list[Notification], limit: int) -> int:
+        notifications = copy_document(notifications)
+
+        def add() -> int:
+            pending = sum(entry["state"] == "pending" for entry in self._outbox.documents.values())
+            room = max(0, limit - pending)
+            if notifications[:room]:
+                self._commit([NOTIFICATION(entry) for entry in notifications[:room]])
+            return len(notifications[room:])
+
+        return await self._run(add)
+
+    async def claim_notification(self, owner: str, now: str, lease_until: str) -> Notification | None:
+        def claim() -> Notification | None:
+            due = [
+                entry
+                for entry in self._outbox.documents.values()
+                if entry["state"] == "pending"
+                and entry["nextAttemptAt"] <= now
+                and self._leases.get(entry["id"], ("", ""))[1] <= now
+            ]
+            if not due:
+                return None
+            entry = min(due, key=lambda entry: (entry["nextAttemptAt"], entry["createdAt"]))
+            self._leases[entry["id"]] = (owner, lease_until)
+            return cast(Notification, copy_document(entry))
+
+        return await self._run(claim)
+
+    async def settle_notification(self, owner: str, notification: Notification, keep: int) -> None:
+        notification = copy_document(notification)
+
+        def settle() -> None:
+            if self._leases.get(notification["id"], ("",))[0] != owner:
+                return
+            del self._leases[notification["id"]]
+            operations = [NOTIFICATION(notification)]
+            if notification["state"] != "pending":
+                final = sorted(
+                    (entry for entry in self._outbox.documents.values() if entry["state"] != "pending"),
+                    key=lambda entry: entry["finishedAt"] or "",
+                )
+                if notification["id"] not in {entry["id"] for entry in final}:
+                    final.append(notification)
+                operations += [NOTIFICATION_GONE(entry["id"]) for entry in final[: max(0, len(final) - keep)]]
+            self._commit(operations)
+
+        await self._run(settle)
+
+    async def recent_notifications(self, limit: int) -> list[Notification]:
+        def recent() -> list[Notification]:
+            shown = sorted(self._outbox.documents.values(), key=lambda entry: entry["createdAt"], reverse=True)
+            return cast(list[Notification], copy_document(shown[:limit]))
+
+        return await self._run(recent)
 
 
 def entry_order(entry: JobFacts | Job) -> tuple[str, str]:

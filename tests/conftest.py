@@ -98,7 +98,10 @@ def make_config(storage: dict[str, Any], input_dir: Path) -> Callable[..., Confi
     def make(**sections: dict[str, Any]) -> Config:
         raw = service_config(dict(storage), input_dir)
         for name, values in sections.items():
-            raw.setdefault(name, {}).update(values)
+            if isinstance(values, list):  # an array of tables, such as [[notify]]
+                raw[name] = values
+            else:
+                raw.setdefault(name, {}).update(values)
         return ConfigSchema().load(raw)
 
     return make

@@ -53,6 +53,12 @@ def test_a_file_sets_keys_and_input_dir_from_the_environment_wins(tmp_path):
         ("[jobs]\nbump_enabled = 'yes'\n", "jobs.bump_enabled"),
         ("[surprise]\n", "surprise"),
         ("[server\n", "cannot read config file"),
+        ("[[notify]]\nurl = 'http://hooks.example.org/x'\nevents = ['job.done']\n", "notify.0.events.0"),
+        ("[[notify]]\nurl = 'hooks.example.org/x'\nevents = ['job.failed']\n", "notify.0.url"),
+        ("[[notify]]\nurl = 'http://hooks.example.org'\nevents = ['job.failed']\nformat = 'xml'\n", "notify.0.format"),
+        ("[[notify]]\nurl = 'http://hooks.example.org'\nevents = []\n", "notify.0.events"),
+        ("[[notify]]\nurl = 'http://hooks.example.org'\nevents = ['job.failed']\nsecret_env = 'UNSET'\n", "UNSET"),
+        ("[[notify]]\nurl = 'http://a.example.org'\nevents = ['job.failed']\n" * 2, "notify: Each webhook url"),
     ],
 )
 def test_a_bad_config_is_one_line_naming_the_key(tmp_path, text, key):
@@ -138,8 +144,10 @@ def schema_keys(schema: Any, prefix: str = "") -> set[str]:
     """Every key a configuration may hold, dotted: `auth.api_key`, `storage.mongodb.url`."""
     keys = set()
     for name, field in schema().fields.items():
+        if isinstance(field, fields.List) and isinstance(field.inner, fields.Nested):  # an array of tables
+            field = field.inner
         if isinstance(field, fields.Nested):
-            keys |= schema_keys(field.nested, f"{prefix}{name}.")
+            keys |= schema_keys(field.schema.__class__, f"{prefix}{name}.")
         else:
             keys.add(f"{prefix}{name}")
     return keys
@@ -149,8 +157,9 @@ def example_keys(text: str) -> set[str]:
     """Every key `config.example.toml` names, set or shown commented out, in its table."""
     keys, table = set(), ""
     for line in text.splitlines():
-        if heading := re.fullmatch(r"\[([a-z_.]+)\]", line.strip()):
-            table = heading.group(1) + "."
+        # A table, or an array of tables shown commented out (`# [[notify]]`).
+        if heading := re.fullmatch(r"\[([a-z_.]+)\]|#\s?\[\[([a-z_.]+)\]\]", line.strip()):
+            table = (heading.group(1) or heading.group(2)) + "."
         elif key := re.fullmatch(r"#?\s?([a-z_]+) = .*", line.strip()):
             keys.add(table + key.group(1))
     return keys

@@ -53,6 +53,8 @@ from .base import (
     MAX_LOG_CHARACTERS,
     PROBLEMS,
     SHOWN_JOB,
+    AuditEntry,
+    AuditQuery,
     Datastore,
     DatastoreBusy,
     DatastoreTaken,
@@ -138,6 +140,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "targets": [([("datastoreRdn", ASCENDING), ("name", ASCENDING)], {"unique": True})],
     "datastores": [([("rdn", ASCENDING)], {"unique": True})],
     "maintenance": [(HISTORY_SORT, {})],
+    "audit": [([("id", DESCENDING)], {"unique": True})],
 }
 #: The rules from before datastores (one job per target, one target per name, across
 #: all datastores), which the new ones replace.
@@ -952,6 +955,7 @@ class MongoStore:
             "datastores": [("rdn", ASCENDING)],
             "targets": [("datastoreRdn", ASCENDING), ("name", ASCENDING)],
             "maintenance": [(key, ASCENDING) for key, _ in HISTORY_SORT],
+            "audit": [("id", ASCENDING)],
         }
         cursor = self._collections[name].find({}, DUMPED_FIELDS).sort(order.get(name, JOB_SORT))
         return paged(self._listing(name, cursor), BATCH_SIZE)
@@ -1004,6 +1008,29 @@ class MongoStore:
     async def clear(self) -> None:
         for collection in self._collections.values():
             await collection.delete_many({})
+
+    # --- the audit trail ---------------------------------------------------------------------
+
+    @store_operation
+    async def add_audit(self, entry: AuditEntry) -> None:
+        await self._collections["audit"].insert_one(dict(entry))
+
+    def audit_entries(self, query: AuditQuery) -> AsyncIterator[list[AuditEntry]]:
+        cursor = self._collections["audit"].find(audit_filter(query)).sort("id", DESCENDING)
+        return paged(self._listing("audit", cursor), BATCH_SIZE)
+
+
+def audit_filter(query: AuditQuery) -> dict[str, Any]:
+    conditions: dict[str, Any] = {}
+    for name, value in (("datastoreRdn", query.datastore), ("actor.userId", query.actor), ("action", query.action)):
+        if value is not None:
+            conditions[name] = value
+    at = {operator: value for operator, value in (("$gte", query.since), ("$lt", query.until)) if value is not None}
+    if at:
+        conditions["at"] = at
+    if query.before is not None:
+        conditions["id"] = {"$lt": query.before}
+    return conditions
 
 
 async def empty_database(

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import bisect
 import collections.abc
 import contextlib
@@ -144,7 +145,7 @@ from backends import (
     revision_of,
     setting,
 )
-from backends.base import PAGE_SIZE, now_iso, parse_json
+from backends.base import AUDIT_ID, PAGE_SIZE, AuditEntry, AuditQuery, audit_id, now_iso, parse_json
 from backends.durable import fsync_directory, write_durably
 from backends.transfer import Rules, TransferError, export_documents, import_documents
 
@@ -184,6 +185,10 @@ PROVISIONER: web.AppKey[Provisioner] = web.AppKey("provisioner")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 #: Set on a request whose answer was cut off after its headers went out.
 ABORTED_MID_STREAM: web.RequestKey[bool] = web.RequestKey("aborted_mid_stream")
+#: On a request of an audited route: what its handler adds to the audit entry (`note_audit`).
+AUDIT_DETAILS: web.RequestKey[dict[str, Any]] = web.RequestKey("audit_details")
+#: The datastore an audited action acts on when its path names none (a provisioning's).
+AUDIT_DATASTORE: web.RequestKey[str] = web.RequestKey("audit_datastore")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -229,6 +234,11 @@ def invalid_rdn_message(rdn: str) -> str:
         f'"{rdn}" is not a datastore rdn: use lower-case letters a-z in parts separated by single dots'
         f" (such as no.ssb.fdb), at most {MAX_RDN_LENGTH} characters"
     )
+
+
+def file_time(timestamp: float) -> str:
+    """A file's time as every time is written."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds")
 
 
 def is_dataset_name(name: object) -> bool:
@@ -975,6 +985,8 @@ class MaintenanceStatusSchema(Schema):
     msg = fields.String(required=True)
     paused = fields.Boolean(required=True)
     timestamp = fields.String(required=True)
+    #: Who set it: absent when the executor's key did, or on a status set before it was kept.
+    setBy = fields.Nested(UserSchema)
 
 
 class MessageSchema(Schema):
@@ -1599,13 +1611,15 @@ class ArchiveInspections:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def delete_archive(input_dir: Path, name: str) -> None:
-    """Remove `<name>.tar` from the input directory (never from `archive/`)."""
+def delete_archive(input_dir: Path, name: str) -> os.stat_result:
+    """Remove `<name>.tar` from the input directory (never from `archive/`); what it was."""
     path = input_dir / f"{name}.tar"
     try:
-        if stat.S_ISDIR(os.lstat(path).st_mode):
+        removed = os.lstat(path)
+        if stat.S_ISDIR(removed.st_mode):
             raise ApiError(404, f"No importable dataset named {name}")
         path.unlink()
+        return removed
     except FileNotFoundError:
         raise ApiError(404, f"No importable dataset named {name}") from None
     except PermissionError:
@@ -3834,6 +3848,151 @@ class ExecutorSchema(Schema):
 EXECUTOR_SCHEMA = ExecutorSchema()
 
 
+# --- the audit trail: every person's action, recorded where routes are resolved ----------
+
+#: What an audit entry keeps of any one text (a reason, a maintenance message), and of
+#: any one list: an entry's details are bounded whatever a request held.
+MAX_AUDIT_TEXT = 500
+MAX_AUDIT_ITEMS = MAX_JOBS_PER_POST
+AUDIT_PAGE_SIZE = 100
+MAX_AUDIT_PAGE_SIZE = 1000
+
+
+def note_audit(request: web.Request, datastore: str | None = None, **details: Any) -> None:
+    """What a handler adds to its action's audit entry: details, and the datastore it acts
+    on when its path names none. The one thing a handler does for the audit trail."""
+    if datastore is not None:
+        request[AUDIT_DATASTORE] = datastore
+    request[AUDIT_DETAILS].update(details)
+
+
+def bounded(value: Any) -> Any:
+    """`value` as an audit entry keeps it: each text and list cut to its bound."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_AUDIT_TEXT else value[: MAX_AUDIT_TEXT - 1] + "\u2026"
+    if isinstance(value, list):
+        return [bounded(item) for item in value[:MAX_AUDIT_ITEMS]]
+    if isinstance(value, dict):
+        return {key: bounded(item) for key, item in value.items()}
+    return value
+
+
+def credential_of(request: web.Request, access: Access) -> str:
+    """How the caller of an audited route was known (see `AuditEntry.credential`)."""
+    auth = request.app[CONFIG].auth
+    if access is Access.EXECUTOR or (access is Access.EXECUTOR_OR_ADMINISTRATOR and has_api_key(request)):
+        return "apiKey" if auth.api_key is not None else "local"
+    return "token" if auth.enabled else "local"
+
+
+async def record_audit(
+    request: web.Request, action: str, access: Access, datastore: str | None, user: User, status: int, outcome: str
+) -> None:
+    """Append the entry of one audited request. The action is done whatever the trail
+    says (a client must learn which jobs exist), so an entry the store cannot take is
+    logged whole instead, for an operator to find."""
+    at = datetime.now(UTC)
+    entry = AuditEntry(
+        id=audit_id(at),
+        at=at.isoformat(timespec="microseconds"),
+        action=action,
+        datastoreRdn=request.get(AUDIT_DATASTORE, datastore),
+        actor=user,
+        credential=credential_of(request, access),
+        status=status,
+        outcome=bounded(outcome),
+        requestId=request[REQUEST_ID],
+        details=bounded(request[AUDIT_DETAILS]),
+    )
+    try:
+        await store_of(request).add_audit(entry)
+    except Exception as exc:
+        log.error("The audit trail could not take this entry (%s): %s", exc, orjson.dumps(entry).decode())
+
+
+def posted_jobs(entries: list[Any], results: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Each posted entry as the audit trail keeps it: what it asked for and its result."""
+    posted = []
+    for entry, result in zip(entries, results, strict=True):
+        asked = {key: entry[key] for key in ("operation", "target") if isinstance(entry, dict) and key in entry}
+        posted.append({**asked, "result": result["msg"], **({"jobId": result["job_id"]} if "job_id" in result else {})})
+    return posted
+
+
+def audited_actions() -> list[str]:
+    return sorted({declared.audit for declared in ROUTES if declared.audit is not None})
+
+
+class AuditCursor(fields.Field):
+    """Where a page of the trail ended: opaque to clients, the id of its last entry."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else base64.urlsafe_b64encode(bytes.fromhex(value)).decode()
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        try:
+            entry_id = base64.urlsafe_b64decode(str(value).encode()).hex()
+        except ValueError:
+            entry_id = ""
+        if not AUDIT_ID.fullmatch(entry_id):
+            raise ValidationError("Not a cursor this service gave: pass the `next` of the last page as it came.")
+        return entry_id
+
+
+class AuditQuerySchema(Schema):
+    datastore = rdn_field()
+    actor = fields.String(validate=validate.Length(max=MAX_AUDIT_TEXT), metadata={"description": "a userId"})
+    action = fields.String()
+    since = fields.AwareDateTime(data_key="from", format="iso", metadata={"description": "at or after"})
+    until = fields.AwareDateTime(data_key="to", format="iso", metadata={"description": "before"})
+    cursor = AuditCursor(metadata={"type": "string"})
+    limit = fields.Integer(validate=validate.Range(min=1, max=MAX_AUDIT_PAGE_SIZE), load_default=AUDIT_PAGE_SIZE)
+
+    @validates_schema
+    def check_action(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "action" in data and data["action"] not in audited_actions():
+            raise ValidationError(f"Must be one of {', '.join(audited_actions())}.", "action")
+
+    @post_load
+    def make_query(self, data: dict[str, Any], **kwargs: Any) -> tuple[AuditQuery, int]:
+        def written(at: datetime | None) -> str | None:  # as every time is written, so that strings compare
+            return None if at is None else at.astimezone(UTC).isoformat(timespec="microseconds")
+
+        query = AuditQuery(
+            datastore=data.get("datastore"),
+            actor=data.get("actor"),
+            action=data.get("action"),
+            since=written(data.get("since")),
+            until=written(data.get("until")),
+            before=data.get("cursor"),
+        )
+        return query, data["limit"]
+
+
+class AuditEntrySchema(Schema):
+    id = fields.String(required=True)
+    at = fields.String(required=True)
+    action = fields.String(required=True)
+    datastoreRdn = fields.String(required=True, allow_none=True)
+    actor = fields.Nested(UserSchema, required=True)
+    credential = fields.String(required=True, validate=validate.OneOf(("token", "apiKey", "local")))
+    status = fields.Integer(required=True, strict=True, validate=validate.Range(min=100, max=599))
+    outcome = fields.String(required=True)
+    requestId = fields.String(required=True)
+    details = fields.Dict(keys=fields.String(), required=True)
+
+
+class AuditPageSchema(Schema):
+    entries = fields.List(fields.Nested(AuditEntrySchema), required=True)
+    #: The cursor of the next page; null on the last.
+    next = AuditCursor(required=True, allow_none=True, metadata={"type": "string", "nullable": True})
+
+
+AUDIT_QUERY_SCHEMA = AuditQuerySchema()
+AUDIT_ENTRY_SCHEMA = AuditEntrySchema()
+AUDIT_PAGE_SCHEMA = AuditPageSchema()
+
+
 # --- routes: each declared once, resolved in one place ------------------------------
 
 
@@ -3917,6 +4076,9 @@ class Route:
     media_type: str = "application/json"
     #: Its answers carry an ETag, and an If-None-Match naming it gets a 304.
     conditional: bool = False
+    #: The action the audit trail records for each call, whatever it is answered
+    #: (`jobs.posted`); None for a route that is no person's action.
+    audit: str | None = None
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -3982,11 +4144,27 @@ def endpoint(declared: Route, path: str) -> Handler:
         rdn = path_rdn(request) if rdn_in_path else None
         acted_on = datastores.default["rdn"] if rdn is None and acts_on_datastore else rdn
         user, reach = await authorize(request, access, acted_on)
+        if declared.audit is None:
+            return await act(request, user, reach, rdn)
+        # Once the caller is known, every answer is audited: one nobody verified is not,
+        # or anyone could fill the trail (the access log has those).
+        request[AUDIT_DETAILS] = {}
+        try:
+            response = await act(request, user, reach, rdn)
+        except Exception as exc:
+            status, outcome = failure_answer(exc) or (500, "Internal Server Error")
+            await record_audit(request, declared.audit, access, acted_on, user, status, outcome)
+            raise
+        await record_audit(request, declared.audit, access, acted_on, user, response.status, "OK")
+        return response
+
+    async def act(request: web.Request, user: User, reach: Reach | None, rdn: str | None) -> web.StreamResponse:
+        """The handler, once the datastore is found and the dataset's name checked."""
         datastore = None
         if rdn is not None:
-            datastore = await datastores.live(rdn)
+            datastore = await request.app[DATASTORES].live(rdn)
         elif acts_on_datastore:
-            datastore = datastores.default
+            datastore = request.app[DATASTORES].default
         if dataset_in_path:
             path_dataset_name(request)
         return await declared.handler(request, Scope(datastore, user, rdn_in_path, reach))
@@ -4048,6 +4226,7 @@ TAGS = {
     "maintenance": "The maintenance flag the executor reads before it starts new work",
     "datastores": "The registry of datastores: provisioning, directories, public keys",
     "notifications": "Webhooks told of events: what was sent, what waits, what was given up",
+    "audit": "The audit trail: who did what, when, and how it went",
     "operations": "Health, metrics and this documentation",
 }
 
@@ -4616,12 +4795,14 @@ async def create_jobs(
     errors=(503, 507),
     body=NEW_JOBS_BODY,
     query=PostJobsQuerySchema,
+    audit="jobs.posted",
 )
 async def post_jobs(request: web.Request, scope: Scope) -> web.Response:
     assert scope.datastore is not None
     dry_run = dry_run_of(request.query)
     entries = NEW_JOBS_SCHEMA.load(await read_json_object(request))["jobs"]
     results = await create_jobs(request, entries, scope.user, scope.datastore, dry_run=dry_run)
+    note_audit(request, jobs=posted_jobs(entries, results), **({"dryRun": True} if dry_run else {}))
     return respond(POST_JOB_RESULT_SCHEMA, results, many=True)
 
 
@@ -4798,13 +4979,15 @@ async def list_importable_datasets(request: web.Request, scope: Scope) -> web.Re
     "importable datasets",
     twin=True,
     errors=(404, 409, 503),
+    audit="archive.deleted",
 )
 async def delete_importable_dataset(request: web.Request, scope: Scope) -> web.Response:
     name = request.match_info["name"]
     if await store_of(request).target_in_progress(scope.rdn, name):
         raise ApiError(409, f"Cannot delete {name}: a job for it is in progress")
     assert scope.datastore is not None
-    await asyncio.to_thread(delete_archive, request.app[DATASTORES].input_directory(scope.datastore), name)
+    removed = await asyncio.to_thread(delete_archive, request.app[DATASTORES].input_directory(scope.datastore), name)
+    note_audit(request, archive=f"{name}.tar", bytes=removed.st_size, modifiedAt=file_time(removed.st_mtime))
     return respond_message(f"OK, {name} deleted")
 
 
@@ -4818,10 +5001,14 @@ async def delete_importable_dataset(request: web.Request, scope: Scope) -> web.R
     aliases=("/maintenance-statuses",),
     errors=(503,),
     body=MaintenanceRequestSchema,
+    audit="maintenance.changed",
 )
 async def set_maintenance_status(request: web.Request, scope: Scope) -> web.Response:
     status = MAINTENANCE_REQUEST_SCHEMA.load(await read_json_object(request))
     status["timestamp"] = now_iso()
+    if not has_api_key(request):  # a person, not the executor
+        status["setBy"] = scope.user
+    note_audit(request, msg=status["msg"], paused=status["paused"])
     await store_of(request).add_maintenance(status)
     user = scope.user
     change = "paused" if status["paused"] else "resumed"
@@ -4897,6 +5084,7 @@ async def list_datastores(request: web.Request, scope: Scope) -> web.Response:
     "datastores",
     errors=(409, 503, 507),
     body=NewDatastoreSchema,
+    audit="datastore.created",
 )
 async def post_datastore(request: web.Request, scope: Scope) -> web.Response:
     user = scope.user
@@ -4912,6 +5100,7 @@ async def post_datastore(request: web.Request, scope: Scope) -> web.Response:
     )
     async with request.app[PROVISIONING]:
         keys_job = await keys_job_for(store_of(request), datastore, config.datastores.keys_operation, user)
+        note_audit(request, datastore["rdn"], name=datastore["name"], keysJobId=keys_job["jobId"])
         await provision(request.app, datastore, keys_job)
     text = f"Datastore {datastore['rdn']} ({datastore['name']}) provisioned by {user['firstName']} {user['lastName']}"
     payload = {"rdn": datastore["rdn"], "name": datastore["name"], "keysJobId": keys_job["jobId"], "createdBy": user}
@@ -4932,6 +5121,7 @@ async def get_datastore(request: web.Request, scope: Scope) -> web.Response:
     MessageSchema,
     "datastores",
     errors=(409,),
+    audit="datastore.deleted",
 )
 async def delete_datastore(request: web.Request, scope: Scope) -> web.Response:
     await request.app[DATASTORES].delete(scope.rdn)
@@ -4961,6 +5151,7 @@ async def get_datastore_directory(request: web.Request, scope: Scope) -> web.Res
     errors=(409,),
     body={"type": "string"},
     body_media_type=PEM_CONTENT_TYPE,
+    audit="publicKey.stored",
 )
 async def post_public_key(request: web.Request, scope: Scope) -> web.Response:
     datastore = scope.datastore
@@ -4968,6 +5159,7 @@ async def post_public_key(request: web.Request, scope: Scope) -> web.Response:
     if request.content_type != PEM_CONTENT_TYPE:
         raise ApiError(415, f"A public key is sent as {PEM_CONTENT_TYPE}")
     pem = await read_body(request)
+    note_audit(request, sha256=hashlib.sha256(pem).hexdigest())
     await asyncio.to_thread(store_public_key, Path(datastore["directory"]), pem)
     return respond_message(f"Stored the public key of {datastore['rdn']}")
 
@@ -4986,6 +5178,31 @@ async def get_public_key(request: web.Request, scope: Scope) -> web.Response:
     assert datastore is not None
     pem = await asyncio.to_thread(read_public_key, Path(datastore["directory"]))
     return web.Response(body=pem, headers={"Content-Type": PEM_CONTENT_TYPE})
+
+
+@route(
+    "GET",
+    "/audit",
+    Access.EXECUTOR_OR_ADMINISTRATOR,
+    "The audit trail, newest first: an administrator's datastores (and the service's own), or all",
+    AuditPageSchema,
+    "audit",
+    errors=(503,),
+    query=AuditQuerySchema,
+)
+async def get_audit(request: web.Request, scope: Scope) -> web.Response:
+    # An unknown parameter is a 400 here (a misspelt filter would show entries it did not ask for).
+    query, limit = AUDIT_QUERY_SCHEMA.load(query_arguments(request.query))
+    entries: list[AuditEntry] = []
+    pages = cast(collections.abc.AsyncGenerator[list[AuditEntry], None], store_of(request).audit_entries(query))
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            # The service's own actions (maintenance) are every administrator's to see, as its flag is.
+            entries += [entry for entry in page if entry["datastoreRdn"] is None or scope.sees(entry["datastoreRdn"])]
+            if len(entries) > limit:
+                break
+    more = len(entries) > limit
+    return respond(AUDIT_PAGE_SCHEMA, {"entries": entries[:limit], "next": entries[limit - 1]["id"] if more else None})
 
 
 @route("GET", "/metrics", Access.OPEN, "Prometheus metrics", {"type": "string"}, "operations", media_type="text/plain")
@@ -5472,20 +5689,27 @@ def refuse_body(request: web.Request, accepted: str) -> None:
             raise body_too_large(limit)
 
 
+def failure_answer(exc: Exception) -> tuple[int, str] | None:
+    """The status and message that answer a failure; None for one nobody expected (a 500)."""
+    if isinstance(exc, web.HTTPException):
+        return exc.status, exc.reason
+    status = error_status(exc)
+    if status is None:
+        return None
+    return status, describe(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+
+
 def failure_response(request: web.Request, exc: Exception) -> web.Response:
     """The answer to a failure, called where it is caught: one nobody expected is
     logged with its traceback and answered 500."""
-    if isinstance(exc, web.HTTPException):
-        response = respond_message(exc.reason, exc.status)
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
-    status = error_status(exc)
-    if status is None:
+    answer = failure_answer(exc)
+    if answer is None:
         log.exception("Unhandled error in %s %s", request.method, request.rel_url)
         return respond_message("Internal Server Error", 500)
-    text = describe(exc.messages) if isinstance(exc, ValidationError) else str(exc)
-    return respond_message(text, status)
+    response = respond_message(answer[1], answer[0])
+    if isinstance(exc, web.HTTPException) and "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
 
 
 async def stop_inspections(app: web.Application) -> None:
@@ -5675,6 +5899,7 @@ DOCUMENT_RULES = Rules(
     target=TARGET_SCHEMA,
     maintenance=MAINTENANCE_STATUS_SCHEMA,
     datastore=DATASTORE_SCHEMA,
+    audit=AUDIT_ENTRY_SCHEMA,
     statuses=frozenset(STATUSES),
     is_dataset_name=is_dataset_name,
     is_rdn=is_datastore_rdn,

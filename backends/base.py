@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NotRequired, Protocol, TypedDict, TypeVar, cast
 
 import orjson
@@ -86,6 +88,30 @@ class MaintenanceStatus(TypedDict):
     msg: str
     paused: bool
     timestamp: str
+    #: The person who set it; absent on one the executor's key set, or set before it was kept.
+    setBy: NotRequired[User]
+
+
+class AuditEntry(TypedDict):
+    """One human action as the audit trail keeps it: who did what, when, and how it went."""
+
+    #: Unique, and in time order as text: the trail is ordered by it (see `audit_id`).
+    id: str
+    at: str
+    #: What was done, as its route declares it (`jobs.posted`, `maintenance.changed`, ...).
+    action: str
+    #: The datastore acted on; None for an action on the whole service.
+    datastoreRdn: str | None
+    actor: User
+    #: How the actor was known: `token` (verified tokens), `apiKey` (the executor's key),
+    #: `local` (auth off: the configured local user).
+    credential: str
+    #: The HTTP status the action was answered with, and its outcome in words.
+    status: int
+    outcome: str
+    requestId: str
+    #: What the handler adds about the action (bounded by the service).
+    details: dict[str, Any]
 
 
 class Notification(TypedDict):
@@ -182,7 +208,7 @@ def refuse_repeats(keys: Iterable[K], taken: Iterable[K], refusal: Callable[[K],
 
 
 #: The collections every backend keeps, by these names: what export writes and import reads.
-COLLECTIONS = ("datastores", "inprogress", "completed", "targets", "maintenance")
+COLLECTIONS = ("datastores", "inprogress", "completed", "targets", "maintenance", "audit")
 #: The collections whose documents belong to a datastore.
 IN_DATASTORES = ("inprogress", "completed", "targets")
 
@@ -330,6 +356,39 @@ def maintenance_problem(document: Any) -> str | None:
         return "has no text msg and timestamp"
     if not isinstance(document.get("paused"), bool):
         return "has no paused that is true or false"
+    if "setBy" in document and user_problem(document["setBy"]):
+        return "has a setBy without a text userId, firstName and lastName"
+    return None
+
+
+AUDIT_ID = re.compile(r"[0-9a-f]{24}")
+
+
+def audit_id(at: datetime) -> str:
+    """An audit entry's id: its time in microseconds since the epoch (14 hex digits, enough
+    until the year 2540) and 10 random ones. Ids sort as their times do, and entries made in
+    one microsecond, by several processes even, still differ."""
+    micros = (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return f"{micros:014x}{os.urandom(5).hex()}"
+
+
+def audit_problem(document: Any) -> str | None:
+    """As `job_problem`, for an audit entry."""
+    if not isinstance(document, dict):
+        return "is not a JSON object"
+    if not (is_text(document.get("id")) and AUDIT_ID.fullmatch(document["id"])):
+        return "has no id of 24 hex digits"
+    for name in ("at", "action", "credential", "outcome", "requestId"):
+        if not is_text(document.get(name)):
+            return f"has no text {name}"
+    if document.get("datastoreRdn", "") is not None and not is_text(document.get("datastoreRdn")):
+        return "has a datastoreRdn that is neither text nor null"
+    if type(document.get("status")) is not int:
+        return "has no status that is a whole number"
+    if user_problem(document.get("actor")):
+        return "has no actor with a text userId, firstName and lastName"
+    if not isinstance(document.get("details"), dict):
+        return "has no details object"
     return None
 
 
@@ -340,6 +399,7 @@ PROBLEMS: dict[str, Callable[[Any], str | None]] = {
     "completed": job_problem,
     "targets": target_problem,
     "maintenance": maintenance_problem,
+    "audit": audit_problem,
 }
 
 
@@ -476,6 +536,21 @@ class JobQuery:
     def in_progress_only(self) -> bool:
         """Whether no completed job can match, without looking: the executors' polls."""
         return self.ignore_completed or (self.status is not None and self.status not in FINAL_STATUSES)
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters of `GET /audit`; `None` means "any". Entries come newest first."""
+
+    datastore: str | None = None
+    #: The actor's userId.
+    actor: str | None = None
+    action: str | None = None
+    #: Entries at or after `since`, before `until` (times as every time is written).
+    since: str | None = None
+    until: str | None = None
+    #: Entries older than the one with this id: where the last page ended.
+    before: str | None = None
 
 
 @dataclass(frozen=True)
@@ -807,3 +882,9 @@ class Store(Protocol):
 
     async def recent_notifications(self, limit: int) -> list[Notification]:
         """The newest `limit` deliveries, by `createdAt` newest first."""
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        """Append an entry to the audit trail, which nothing changes or removes."""
+
+    def audit_entries(self, query: AuditQuery) -> AsyncIterator[list[AuditEntry]]:
+        """The entries `query` matches, newest first (by id), as pages."""

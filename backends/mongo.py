@@ -66,6 +66,8 @@ from .base import (
     PAGE_SIZE,
     PROBLEMS,
     SHOWN_JOB,
+    AuditEntry,
+    AuditQuery,
     Datastore,
     DatastoreBusy,
     DatastoreGone,
@@ -161,6 +163,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     "targets": [([("datastoreRdn", ASCENDING), ("name", ASCENDING)], {"unique": True})],
     "datastores": [([("rdn", ASCENDING)], {"unique": True})],
     "maintenance": [(HISTORY_SORT, {})],
+    "audit": [([("id", DESCENDING)], {"unique": True})],
 }
 #: The outbox's: the deliveries due, the final ones by age (to forget the oldest), the newest shown.
 OUTBOX_INDEXES = [
@@ -1044,6 +1047,7 @@ class MongoStore:
             "datastores": [("rdn", ASCENDING)],
             "targets": [("datastoreRdn", ASCENDING), ("name", ASCENDING)],
             "maintenance": [(key, ASCENDING) for key, _ in HISTORY_SORT],
+            "audit": [("id", ASCENDING)],
         }
         cursor = self._collections[name].find({}, DUMPED_FIELDS).sort(order.get(name, JOB_SORT))
         return paged(self._listing(name, cursor), PAGE_SIZE)
@@ -1169,6 +1173,29 @@ class MongoStore:
         outbox = await self._outbox()
         cursor = outbox.find({}, OUTBOX_FIELDS).sort("createdAt", DESCENDING).limit(limit)
         return cast(list[Notification], await cursor.to_list())
+
+    # --- the audit trail ---------------------------------------------------------------------
+
+    @store_operation
+    async def add_audit(self, entry: AuditEntry) -> None:
+        await self._collections["audit"].insert_one(dict(entry))
+
+    def audit_entries(self, query: AuditQuery) -> AsyncIterator[list[AuditEntry]]:
+        cursor = self._collections["audit"].find(audit_filter(query)).sort("id", DESCENDING)
+        return paged(self._listing("audit", cursor), PAGE_SIZE)
+
+
+def audit_filter(query: AuditQuery) -> dict[str, Any]:
+    conditions: dict[str, Any] = {}
+    for name, value in (("datastoreRdn", query.datastore), ("actor.userId", query.actor), ("action", query.action)):
+        if value is not None:
+            conditions[name] = value
+    at = {operator: value for operator, value in (("$gte", query.since), ("$lt", query.until)) if value is not None}
+    if at:
+        conditions["at"] = at
+    if query.before is not None:
+        conditions["id"] = {"$lt": query.before}
+    return conditions
 
 
 async def empty_database(

@@ -57,6 +57,7 @@ Changing this module safely:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import errno
 import fcntl
@@ -86,6 +87,8 @@ from .base import (
     NOTIFICATION_STATES,
     PAGE_SIZE,
     PROBLEMS,
+    AuditEntry,
+    AuditQuery,
     Datastore,
     DatastoreBusy,
     DatastoreGone,
@@ -107,6 +110,7 @@ from .base import (
     Target,
     TargetBusy,
     apply_change,
+    audit_problem,
     change_time,
     copy_document,
     datastore_problem,
@@ -145,6 +149,8 @@ TABLE_FILES = {
     "outbox": "outbox.json",
 }
 COMPLETED_DIRECTORY = "completed"
+#: The audit trail, in segments as the completed set: it only grows.
+AUDIT_DIRECTORY = "audit"
 JOURNAL_DIRECTORY = "journal"
 SEGMENT_NAME = re.compile(r"[0-9]{8}\.json")
 #: A journal file is named by the sequence number of its first record; the previous
@@ -389,6 +395,8 @@ class Change:
         self.maintenance: list[tuple[int, MaintenanceStatus]] = []
         #: Deliveries of the outbox stored or replaced by id; None for one forgotten.
         self.notifications: dict[str, Notification | None] = {}
+        #: Audit entries appended (once: a replayed one is there already).
+        self.audit: list[AuditEntry] = []
 
 
 class Operation(NamedTuple):
@@ -452,10 +460,13 @@ NOTIFICATION_GONE = Operation(
     lambda op: None if len(op) == 2 and is_text(op[1]) else "has no id",
     lambda change, op: change.notifications.__setitem__(op[1], None),
 )
+AUDIT = Operation(
+    "audit", one_document(audit_problem, "has no audit entry"), lambda change, op: change.audit.append(op[1])
+)
 #: Every kind of operation a journal record may hold, by name.
 JOURNAL_OPERATIONS = {
     operation.name: operation
-    for operation in (JOB, DONE, TARGET, DATASTORE, FORGET, MAINTENANCE, NOTIFICATION, NOTIFICATION_GONE)
+    for operation in (JOB, DONE, TARGET, DATASTORE, FORGET, MAINTENANCE, NOTIFICATION, NOTIFICATION_GONE, AUDIT)
 }
 
 
@@ -572,13 +583,13 @@ def numbered(directory: Path, pattern: re.Pattern[str]) -> list[Path]:
 def check_directory(path: Path) -> None:
     """Refuse anything in the data directory that the store does not know."""
     written = {*TABLE_FILES.values(), STORE_FILE}
-    known = {*written, LOCK_FILE, COMPLETED_DIRECTORY, JOURNAL_DIRECTORY, "lost+found"}
+    known = {*written, LOCK_FILE, COMPLETED_DIRECTORY, AUDIT_DIRECTORY, JOURNAL_DIRECTORY, "lost+found"}
     for entry in path.iterdir():
         name = entry.name
         if name in known or (name.endswith(TMP_SUFFIX) and name.removesuffix(TMP_SUFFIX) in written):
             continue
         raise corrupt(entry, "is not a file of job-service's store; move it out of the data directory")
-    for name in (COMPLETED_DIRECTORY, JOURNAL_DIRECTORY):
+    for name in (COMPLETED_DIRECTORY, AUDIT_DIRECTORY, JOURNAL_DIRECTORY):
         if (path / name).exists() and not (path / name).is_dir():
             raise corrupt(path / name, "is not a directory")
 
@@ -926,6 +937,79 @@ class CompletedJobs:
         return [self._facts[job_id] for job_id in self._by_dataset.get((datastore, name), ())]
 
 
+#: What audit queries filter on, kept beside each entry's JSON: (id, at, datastore, action, actor's userId).
+AuditFacts = tuple[str, str, str | None, str, str]
+
+
+class AuditTrail:
+    """The audit trail: append-only segments of at most SEGMENT_SIZE entries, each a
+    TinyDB file (`audit/00000001.json`, ...), as the completed set's; in memory each
+    entry's JSON and the facts queries filter on, ordered by id. It lives on the
+    store's worker thread, which alone reads and changes it."""
+
+    def __init__(self, directory: Path, segments: Iterable[tuple[Path, dict[str, Any]]]) -> None:
+        self._directory = directory
+        self._encoded: dict[str, bytes] = {}
+        #: By id, oldest first: entries come nearly in id order, each put in its place.
+        self._facts: list[AuditFacts] = []
+        documents: dict[str, Any] = {}
+        path = segment_path(directory, 1)
+        for path, documents in segments:
+            for doc_id, entry in documents.items():
+                if entry["id"] in self._encoded:
+                    raise corrupt(path, f"document {doc_id} is audit entry {entry['id']}, which an earlier one is")
+                self._remember(entry)
+        self._active = TableFile(path, documents)
+        self._filled: list[TableFile] = []
+
+    def _remember(self, entry: AuditEntry) -> None:
+        self._encoded[entry["id"]] = bytes(memoryview(orjson.dumps(entry)))
+        facts = (entry["id"], entry["at"], entry["datastoreRdn"], entry["action"], entry["actor"]["userId"])
+        if self._facts and self._facts[-1] > facts:
+            bisect.insort(self._facts, facts)
+        else:
+            self._facts.append(facts)
+
+    def add(self, entry: AuditEntry) -> None:
+        """Add `entry` unless it is there already (a journal replayed over a fold holds it twice)."""
+        if entry["id"] in self._encoded:
+            return
+        if len(self._active) >= SEGMENT_SIZE:
+            self._filled.append(self._active)
+            self._active = TableFile(segment_path(self._directory, int(self._active.path.stem) + 1), {})
+        self._active.put_at(self._active.next_id, entry)
+        self._remember(entry)
+
+    def has_unwritten(self) -> bool:
+        return bool(self._filled) or self._active.dirty
+
+    def unwritten(self) -> list[TableFile]:
+        """The segment files a fold must write; the filled ones are forgotten as they are handed out."""
+        filled, self._filled = self._filled, []
+        return [*filled, self._active] if self._active.dirty else filled
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    def matching(self, query: AuditQuery) -> list[bytes]:
+        """The JSON of the entries `query` matches, newest first."""
+        end = len(self._facts) if query.before is None else bisect.bisect_left(self._facts, (query.before,))
+        found = []
+        for entry_id, at, datastore, action, actor in reversed(self._facts[:end]):
+            if (
+                (query.datastore is None or datastore == query.datastore)
+                and (query.action is None or action == query.action)
+                and (query.actor is None or actor == query.actor)
+                and (query.since is None or at >= query.since)
+                and (query.until is None or at < query.until)
+            ):
+                found.append(self._encoded[entry_id])
+        return found
+
+    def in_order(self) -> list[bytes]:
+        return [self._encoded[facts[0]] for facts in self._facts]
+
+
 class Journal:
     """The write-ahead journal: files in its directory, one record a line, `<crc32 of the
     JSON, 8 hex digits> <JSON list of operations>`. Records are numbered in sequence
@@ -1084,6 +1168,14 @@ class TinyDBStore:
         journals = numbered(journal_directory, JOURNAL_NAME)
         records, last_record = read_journals(journals, 0 if store_file is None else store_file.folded)
         self._completed = CompletedJobs(completed_directory, default_datastore, segments)
+        audit_directory = path / AUDIT_DIRECTORY
+        self._audit = AuditTrail(
+            audit_directory,
+            (
+                (segment, read_tinydb_file(segment, audit_problem))
+                for segment in numbered(audit_directory, SEGMENT_NAME)
+            ),
+        )
 
         def job_key(job: Job) -> str:
             return job["jobId"]
@@ -1113,10 +1205,11 @@ class TinyDBStore:
             "outbox": self._outbox,
         }
         # Everything is checked: from here on the store may change files.
-        for directory in (path, completed_directory, journal_directory):
+        for directory in (path, completed_directory, audit_directory, journal_directory):
             for leftover in directory.glob("*" + TMP_SUFFIX):
                 leftover.unlink()
         completed_directory.mkdir(exist_ok=True)
+        audit_directory.mkdir(exist_ok=True)
         self._publish()
         for record in records:
             self._apply(record)
@@ -1179,6 +1272,8 @@ class TinyDBStore:
         """Apply `change` to the documents (which the next fold writes) and publish the
         next snapshot: the parts it leaves alone are the last one's, never copied."""
         last = self._snapshot
+        for entry in change.audit:
+            self._audit.add(entry)
         for job in change.done:
             self._completed.add(job)
         put = [self._read(stored) for stored in change.jobs]
@@ -1227,14 +1322,18 @@ class TinyDBStore:
     # --- folding the journal into the files ---------------------------------------
 
     def _dirty(self) -> bool:
-        return any(table.dirty for table in self._tables.values()) or self._completed.has_unwritten()
+        return (
+            any(table.dirty for table in self._tables.values())
+            or self._completed.has_unwritten()
+            or self._audit.has_unwritten()
+        )
 
     def _prepare_fold(self) -> Fold | None:
         """On the worker: start the next journal file, and take the content of every
         file that changed; what a fold must write is then pending until written."""
         closed = self._journal.rotate()
         files = {}
-        for table in [*self._tables.values(), *self._completed.unwritten()]:
+        for table in [*self._tables.values(), *self._completed.unwritten(), *self._audit.unwritten()]:
             if table.dirty:
                 files[table.path] = table.encoded()
                 table.dirty = False
@@ -1585,9 +1684,12 @@ class TinyDBStore:
                 return self._snapshot.targets.in_order()
             if name == "datastores":
                 return list(self._snapshot.datastores.values())
+            if name == "audit":
+                return self._audit.in_order()
             return self._maintenance.in_order()
 
-        read = cast(Callable[[Any], dict[str, Any]], shown_target if name == "targets" else copy_document)
+        readers: dict[str, Callable[[Any], Any]] = {"targets": shown_target, "audit": decode_entry}
+        read = cast(Callable[[Any], dict[str, Any]], readers.get(name, copy_document))
         async for page in pages_of(await self._run(dump), read, PAGE_SIZE):
             yield page
 
@@ -1610,6 +1712,8 @@ class TinyDBStore:
                 self._snapshot = self._snapshot._replace(completed=self._completed.published())
             elif name == "targets":
                 self._apply([TARGET(target) for target in documents])
+            elif name == "audit":
+                self._apply([AUDIT(entry) for entry in documents])
             else:
                 for status in documents:
                     self._maintenance.put_at(self._maintenance.next_id, status)
@@ -1621,7 +1725,7 @@ class TinyDBStore:
 
     async def is_empty(self) -> bool:
         def empty() -> bool:
-            return not len(self._completed) and not any(len(table) for table in self._tables.values())
+            return not (len(self._completed) or len(self._audit) or any(len(table) for table in self._tables.values()))
 
         return await self._run(empty)
 
@@ -1631,11 +1735,12 @@ class TinyDBStore:
                 raise StoreUnavailable(f"The data directory {self._path} cannot be written")
             for table in self._tables.values():
                 table.clear()
-            directory = self._path / COMPLETED_DIRECTORY
-            self._completed = CompletedJobs(directory, self._default, [])
-            for path in directory.glob("*.json"):
-                path.unlink()
-            fsync_directory(directory)
+            self._completed = CompletedJobs(self._path / COMPLETED_DIRECTORY, self._default, [])
+            self._audit = AuditTrail(self._path / AUDIT_DIRECTORY, [])
+            for directory in (self._path / COMPLETED_DIRECTORY, self._path / AUDIT_DIRECTORY):
+                for path in directory.glob("*.json"):
+                    path.unlink()
+                fsync_directory(directory)
             self._publish()
             self._fold()
 
@@ -1707,6 +1812,22 @@ class TinyDBStore:
 
         return await self._run(recent)
 
+    # --- the audit trail ---------------------------------------------------------------
+
+    async def add_audit(self, entry: AuditEntry) -> None:
+        entry = copy_document(entry)
+        await self._run(self._commit, [AUDIT(entry)])
+
+    async def audit_entries(self, query: AuditQuery) -> AsyncIterator[list[AuditEntry]]:
+        # Matched on the worker, which alone holds the trail; decoded a page at a time.
+        matched = await self._run(self._audit.matching, query)
+        async for page in pages_of(matched, decode_entry, PAGE_SIZE):
+            yield page
+
+
+def decode_entry(encoded: bytes) -> AuditEntry:
+    return cast(AuditEntry, orjson.loads(encoded))
+
 
 def entry_order(entry: JobFacts | Job) -> tuple[str, str]:
     return (entry[0], entry[1]) if isinstance(entry, tuple) else job_order(entry)
@@ -1730,6 +1851,7 @@ def empty_directory(path: Path) -> str:
                     removed.append(candidate.name)
         for directory, pattern in (
             (path / COMPLETED_DIRECTORY, SEGMENT_NAME),
+            (path / AUDIT_DIRECTORY, SEGMENT_NAME),
             (path / JOURNAL_DIRECTORY, JOURNAL_NAME),
         ):
             if not directory.is_dir():

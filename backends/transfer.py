@@ -86,6 +86,7 @@ class Rules:
     target: Schema
     maintenance: Schema
     datastore: Schema
+    audit: Schema
     statuses: frozenset[str]
     is_dataset_name: Callable[[object], bool]
     is_rdn: Callable[[object], bool]
@@ -107,6 +108,7 @@ class Rules:
                 "targets": self._target_problem,
                 "maintenance": self._maintenance_problem,
                 "datastores": self._datastore_problem,
+                "audit": self._audit_problem,
             }[collection](document)
         if problem is None and (size := len(orjson.dumps(document))) > MAX_DOCUMENT_BYTES:
             problem = f"it is {size:,} bytes as JSON, over the {MAX_DOCUMENT_BYTES:,} a stored document may be"
@@ -147,6 +149,14 @@ class Rules:
         errors = self.maintenance.validate(status)
         return self.describe(errors) if errors else None
 
+    def _audit_problem(self, entry: Mapping[str, Any]) -> str | None:
+        errors = self.audit.validate(entry)
+        if errors:
+            return self.describe(errors)
+        if entry["datastoreRdn"] is not None and not self.is_rdn(entry["datastoreRdn"]):
+            return f"datastoreRdn: {entry['datastoreRdn']!r} is not a datastore rdn"
+        return None
+
     def _datastore_problem(self, datastore: Mapping[str, Any]) -> str | None:
         # `deleted` is the registry's, not the API's: PROBLEMS checks it.
         errors = self.datastore.validate({name: value for name, value in datastore.items() if name != "deleted"})
@@ -171,6 +181,8 @@ class Whole:
         self.deleted: dict[str, bool] = {}
         self.targets: set[tuple[str, str]] = set()
         self.held: dict[tuple[str, str], str] = {}
+        #: The audit entries' ids: the trail of human actions, far smaller than the history.
+        self.audit: set[str] = set()
         #: Each datastore a job or target names, with the first place that names it.
         self.named: dict[str, str] = {}
 
@@ -195,6 +207,10 @@ class Whole:
                     " one job in progress per target"
                 )
             self.held[key] = where
+        elif collection == "audit":
+            if document["id"] in self.audit:
+                return f"a second audit entry {document['id']}"
+            self.audit.add(document["id"])
         if collection in IN_DATASTORES:
             self.named.setdefault(document["datastoreRdn"], where)
         return None
@@ -222,6 +238,8 @@ def document_name(collection: str, document: Mapping[str, Any]) -> str:
         return f"target {document.get('name')!r} of datastore {document.get('datastoreRdn')}"
     if collection == "datastores":
         return f"datastore {document.get('rdn')!r}"
+    if collection == "audit":
+        return f"audit entry {document.get('id')!r}"
     return f"maintenance status of {document.get('timestamp')!r}"
 
 

@@ -56,15 +56,16 @@ async def test_a_round_trip_tinydb_to_mongodb_is_identical(make_client, tinydb_c
 
     exported = run_job_service(tinydb_config, "export", "--to", str(from_tinydb))
     assert exported.returncode == 0, exported.stderr
-    # 1 datastore, 4 jobs, 6 targets, 3 posted maintenance statuses and the initial one stored at start
-    assert said(exported.stdout) == [f"exported 15 documents to {from_tinydb}"]
+    # 1 datastore, 4 jobs, 6 targets, 3 posted maintenance statuses and the initial one stored at start,
+    # and the audit trail of the 7 requests that did it
+    assert said(exported.stdout) == [f"exported 22 documents to {from_tinydb}"]
     imported = run_job_service(mongodb_config, "import", "--from", str(from_tinydb))
     assert imported.returncode == 0, imported.stderr
     assert run_job_service(mongodb_config, "export", "--to", str(from_mongodb)).returncode == 0
 
     assert from_tinydb.read_text() == from_mongodb.read_text()
     lines = from_tinydb.read_text().splitlines()
-    assert len(lines) == 15 and "Reading ✓ metadata" in from_tinydb.read_text()
+    assert len(lines) == 22 and "Reading ✓ metadata" in from_tinydb.read_text()
 
 
 async def test_import_refuses_a_store_that_is_not_empty_unless_told(make_client, tinydb_config, tmp_path):
@@ -185,7 +186,7 @@ async def test_an_export_with_one_hand_edited_line_is_refused_in_one_line_before
     # The store opens, and the file as exported goes in whole.
     imported = run_job_service(config, "import", "--from", str(backup))
     assert imported.returncode == 0, imported.stderr
-    assert said(imported.stdout) == [f"imported 15 documents from {backup}"]
+    assert said(imported.stdout) == [f"imported 22 documents from {backup}"]
 
 
 def test_two_jobs_in_progress_on_one_target_are_refused_naming_both_lines(tinydb_config, destination, tmp_path):
@@ -225,7 +226,7 @@ async def test_replace_empties_a_store_that_does_not_open(make_client, tinydb_co
     assert replaced.returncode == 0, replaced.stderr
     emptied, imported = said(replaced.stdout)
     assert emptied.startswith("emptied the ") and "inprogress" in emptied
-    assert imported == f"imported 15 documents from {backup}"
+    assert imported == f"imported 22 documents from {backup}"
     again = tmp_path / "again.jsonl"
     assert run_job_service(config, "export", "--to", str(again)).returncode == 0
     assert again.read_text() == backup.read_text()

@@ -123,6 +123,7 @@ from backends import (
     JobChange,
     JobFinal,
     JobLogFull,
+    JobMoved,
     JobNotFound,
     JobQuery,
     LogEntry,
@@ -401,6 +402,11 @@ class JobsConfig:
         StaleAfterSection().load({}),
         fields.Nested(StaleAfterSection),
         "`[jobs.stale_after]`: per in-progress status, the seconds a job may stay in it unchanged before it is stale",
+    )
+    handout_grace_seconds: float = setting(
+        30.0,
+        fields.Float(validate=validate.Range(min=0)),
+        "how long after a poll handed a queued job out it may not be cancelled (unless maintenance pauses)",
     )
 
 
@@ -830,6 +836,16 @@ class JobSchema(Schema):
     log = fields.List(fields.Nested(LogEntrySchema), required=True)
     createdAt = fields.String(required=True)
     createdBy = fields.Nested(UserSchema, required=True)
+    # Top-level keys, which the executor's model lets by: who cancelled it, what it retries.
+    cancelledBy = fields.Nested(UserSchema)
+    retryOf = fields.String()
+
+
+class CancelSchema(Schema):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=MAX_TEXT_LENGTH))
+
+
+CANCEL_SCHEMA = CancelSchema()
 
 
 class CheckSchema(Schema):
@@ -1079,6 +1095,7 @@ STORE_ERROR_STATUS: dict[type[StoreError], int] = {
     DatastoreBusy: 409,
     DatastoreGone: 404,
     JobFinal: 409,
+    JobMoved: 409,
     JobLogFull: 413,
     StoreUnavailable: 503,
     StoreFull: 507,
@@ -4671,6 +4688,92 @@ async def get_job_timeline(request: web.Request, scope: Scope) -> web.Response:
 
 
 @route(
+    "POST",
+    "/jobs/{jobId}/cancel",
+    Access.ADMINISTER,
+    "Cancel a queued job the executor has not taken: it becomes failed, saying who and why",
+    MessageSchema,
+    "jobs",
+    twin=True,
+    spans_datastores=True,
+    errors=(404, 409, 503, 507),
+    body=CancelSchema,
+    audit="jobs.cancelled",
+)
+async def cancel_job(request: web.Request, scope: Scope) -> web.Response:
+    """Only a queued job, and only while no poll has handed it out within the grace: the
+    executor may be starting it, and a 409 on its first PUT of a job crashes it. While
+    maintenance pauses the executor starts nothing, so then the grace does not hold."""
+    job = await job_in_scope(request, scope)
+    reason = CANCEL_SCHEMA.load(await read_json_object(request))["reason"]
+    note_audit(request, job["datastoreRdn"], jobId=job["jobId"], reason=reason)
+    if job["status"] != "queued":
+        raise ApiError(409, f"Job {job['jobId']} is {job['status']}: only a queued job can be cancelled")
+    grace = request.app[CONFIG].jobs.handout_grace_seconds
+    handed_out = request.app[EXECUTOR_WATCH].handed_out_at(job["jobId"])
+    if handed_out is not None and time.time() - handed_out < grace:
+        latest = await store_of(request).latest_maintenance()
+        if latest is None or not latest["paused"]:
+            raise ApiError(
+                409,
+                f"Job {job['jobId']} was handed to the executor {time.time() - handed_out:.0f} s ago, which may be"
+                f" starting it: cancel it after {grace:g} s without a poll taking it, or while maintenance pauses",
+            )
+    user = scope.user
+    at = now_iso()
+    line = f"Cancelled by {user['firstName']} {user['lastName']} ({user['userId']}): {reason}"
+    change = JobChange(
+        status="failed",
+        log=[{"at": at, "message": "Set status: failed"}, {"at": at, "message": line}],
+        at=at,
+        expected_status="queued",
+        cancelled_by=user,
+    )
+    cancelled = await store_of(request).update_job(job["jobId"], change)
+    request.app[METRICS].observe_status_change(cancelled, change)
+    await notify_job_failed(request.app, cancelled, line)
+    return respond_message(f"Cancelled job {job['jobId']}")
+
+
+@route(
+    "POST",
+    "/jobs/{jobId}/retry",
+    Access.ADMINISTER,
+    "Post a failed job again, with the same parameters and through the same rules",
+    PostJobResultSchema,
+    "jobs",
+    twin=True,
+    spans_datastores=True,
+    errors=(404, 409, 503, 507),
+    audit="jobs.retried",
+)
+async def retry_job(request: web.Request, scope: Scope) -> web.Response:
+    """The new job says which it retries (`retryOf`); a BUMP whose manifesto no longer
+    matches the draft is refused with that check, as the executor would fail it."""
+    job = await job_in_scope(request, scope)
+    note_audit(request, job["datastoreRdn"], jobId=job["jobId"])
+    if job["status"] != "failed":
+        raise ApiError(409, f"Job {job['jobId']} is {job['status']}: only a failed job can be retried")
+    datastore = await request.app[DATASTORES].live(job["datastoreRdn"])
+    parameters = parse_entry(job["parameters"], request.app[CONFIG].datastores.keys_operation)
+    judged = judge_entry(parameters, scope.user, datastore)
+    if isinstance(judged, str):
+        raise ApiError(409, judged.removeprefix("FAILED: "))
+    context = await check_context(request.app, datastore, {judged["parameters"]["operation"]})
+    errors = [found for found in entry_checks(judged["parameters"], context) if found["level"] == "error"]
+    stale = [found for found in errors if found["code"] == "BUMP_MANIFESTO_STALE"]
+    if stale:
+        raise ApiError(409, f"{stale[0]['code']}: {stale[0]['message']}")
+    retry = Job(**judged, retryOf=job["jobId"])
+    try:
+        await store_of(request).insert_job(retry)
+    except TargetBusy as exc:
+        raise ApiError(409, str(exc)) from None
+    note_audit(request, retryJobId=retry["jobId"])
+    return respond(POST_JOB_RESULT_SCHEMA, {"status": "queued", "msg": "CREATED", "job_id": retry["jobId"]})
+
+
+@route(
     "GET",
     "/overview",
     Access.READ_JOBS,
@@ -4802,7 +4905,9 @@ async def post_jobs(request: web.Request, scope: Scope) -> web.Response:
     dry_run = dry_run_of(request.query)
     entries = NEW_JOBS_SCHEMA.load(await read_json_object(request))["jobs"]
     results = await create_jobs(request, entries, scope.user, scope.datastore, dry_run=dry_run)
-    note_audit(request, jobs=posted_jobs(entries, results), **({"dryRun": True} if dry_run else {}))
+    note_audit(request, jobs=posted_jobs(entries, results))
+    if dry_run:  # a person's try all the same, which stored nothing
+        note_audit(request, dryRun=True)
     return respond(POST_JOB_RESULT_SCHEMA, results, many=True)
 
 

@@ -59,6 +59,10 @@ class Job(TypedDict):
     #: Bumped by the store on every change, so that anything derived from a job
     #: (its encoded form, say) can tell its versions apart. Absent means 0.
     revision: NotRequired[int]
+    #: Who cancelled the job, when an administrator did (it is failed then).
+    cancelledBy: NotRequired[User]
+    #: The failed job this one was posted again for (`POST /jobs/{jobId}/retry`).
+    retryOf: NotRequired[str]
 
 
 class Target(TypedDict):
@@ -477,6 +481,13 @@ class DatastoreGone(StoreAnswer):
         super().__init__(f"No datastore found for datastore_rdn: {rdn}")
 
 
+class JobMoved(StoreAnswer):
+    """A change meant for a job in one status found it in another (the executor moved it on)."""
+
+    def __init__(self, job_id: str, expected: str, status: str) -> None:
+        super().__init__(f"Job {job_id} is {status} now, no longer {expected}")
+
+
 class JobFinal(StoreAnswer):
     """The job is completed or failed, and a final job never changes again."""
 
@@ -563,6 +574,11 @@ class JobChange:
     #: When the change happened: what the job's targets show as `lastUpdatedAt`.
     #: None means the time of its last log entry, or now if it adds none.
     at: str | None = None
+    #: The status the job must still be in for the change to be made (JobMoved if not),
+    #: checked and changed in one step; None changes a job in any status not final.
+    expected_status: str | None = None
+    #: Who cancels the job: its top-level `cancelledBy`.
+    cancelled_by: User | None = None
 
 
 def now_iso() -> str:
@@ -579,6 +595,8 @@ def apply_change(job: Job, change: JobChange) -> Job:
         job["status"] = change.status
     if change.description is not None:
         job["parameters"] = {**job["parameters"], "description": change.description}
+    if change.cancelled_by is not None:
+        job["cancelledBy"] = copy_document(change.cancelled_by)
     return job
 
 
@@ -796,7 +814,8 @@ class Store(Protocol):
         its new status is final; record every target the job now shows
         (`targets_of(job, change_time(change))`) over a target that shows no newer
         job (`may_replace`): all of it as one change. Raise JobNotFound, JobFinal, or
-        JobLogFull when the job's log has no room for the change's lines."""
+        JobLogFull when the job's log has no room for the change's lines, and JobMoved when
+        `change.expected_status` is given and the job is in another status."""
 
     async def target_in_progress(self, datastore: str, name: str) -> bool: ...
 

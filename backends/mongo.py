@@ -76,6 +76,7 @@ from .base import (
     JobChange,
     JobFinal,
     JobLogFull,
+    JobMoved,
     JobNotFound,
     JobQuery,
     MaintenanceStatus,
@@ -272,6 +273,8 @@ def job_updates(change: JobChange, at: str) -> dict[str, Any]:
         fields["status"] = change.status
     if change.description is not None:
         fields["parameters.description"] = change.description
+    if change.cancelled_by is not None:
+        fields["cancelledBy"] = dict(change.cancelled_by)
     return {"$push": {"log": {"$each": change.log}}, "$inc": {"revision": 1}, "$set": fields}
 
 
@@ -912,25 +915,30 @@ class MongoStore:
     async def update_job(self, job_id: str, change: JobChange) -> Job:
         # The job changed and marked, moved if final, its targets recorded, the mark
         # removed: a crash after any step leaves what the next start or touch finishes.
+        status = NOT_FINAL if change.expected_status is None else change.expected_status
         job = await self._inprogress.find_one_and_update(
-            {"jobId": job_id, "status": NOT_FINAL, **SETTLED, **log_with_room_for(log_room_needed(change))},
+            {"jobId": job_id, "status": status, **SETTLED, **log_with_room_for(log_room_needed(change))},
             job_updates(change, change_time(change)),
             return_document=ReturnDocument.AFTER,
         )
         if job is None:
-            return await self._refuse_update(job_id)
+            return await self._refuse_update(job_id, change.expected_status)
         self._checked("inprogress", job)  # a malformed job is neither moved nor shown on targets
         if job["status"] in FINAL_STATUSES:
             await self._finish(job)
         await self._record_targets([job])
         return as_read(job)
 
-    async def _refuse_update(self, job_id: str) -> Job:
-        """Why an update found no job to change: its log is full, it is final, or it
-        does not exist. This touch finishes what a crash left of the job's last change."""
+    async def _refuse_update(self, job_id: str, expected_status: str | None) -> Job:
+        """Why an update found no job to change: it moved on from the status the change
+        expected, its log is full, it is final, or it does not exist. This touch finishes
+        what a crash left of the job's last change."""
         job = await self._inprogress.find_one({"jobId": job_id, **SETTLED})
         if job is not None:
-            if self._checked("inprogress", job)["status"] not in FINAL_STATUSES:
+            status = self._checked("inprogress", job)["status"]
+            if status not in FINAL_STATUSES:
+                if expected_status not in (None, status):
+                    raise JobMoved(job_id, expected_status, status)
                 raise JobLogFull(job_id)
             await self._finish(job)  # final but not yet moved: this touch moves it
         else:

@@ -97,6 +97,7 @@ from .base import (
     JobChange,
     JobFinal,
     JobLogFull,
+    JobMoved,
     JobNotFound,
     JobQuery,
     MaintenanceStatus,
@@ -1551,6 +1552,8 @@ class TinyDBStore:
                 if finished is not None:
                     raise JobFinal(job_id, finished["status"])
                 raise JobNotFound(job_id)
+            if change.expected_status not in (None, current["status"]):
+                raise JobMoved(job_id, change.expected_status, current["status"])
             if not log_has_room(current["log"], change):
                 raise JobLogFull(job_id)
             job = apply_change(current, change)

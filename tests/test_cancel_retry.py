@@ -1,0 +1,132 @@
+"""Administrators undo a wrong post and post a failed job again, without ever changing a
+job the executor may be working on (a 409 on its first PUT of a job crashes it)."""
+
+from __future__ import annotations
+
+from helpers import (
+    access_claims,
+    bump_job,
+    cookies_for,
+    create_job,
+    datastore_version,
+    put_job,
+    update,
+    write_version_files,
+)
+
+REASON = {"reason": "Posted to the wrong dataset"}
+
+
+async def test_a_queued_job_is_cancelled_saying_who_and_why_and_its_target_is_free(client):
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    response = await client.post(f"/jobs/{job_id}/cancel", json=REASON)
+    assert response.status == 200, await response.text()
+    job = await (await client.get(f"/jobs/{job_id}")).json()
+    assert job["status"] == "failed"
+    assert job["cancelledBy"] == {"userId": "local-user", "firstName": "Local", "lastName": "User"}
+    assert [entry["message"] for entry in job["log"]] == [
+        "Set status: failed",
+        "Cancelled by Local User (local-user): Posted to the wrong dataset",
+    ]
+    assert (await (await client.get("/targets/MY_DATASET")).json())["status"] == "failed"
+    assert await create_job(client, operation="ADD", target="MY_DATASET")  # the target is free again
+
+
+async def test_only_a_queued_job_can_be_cancelled(client):
+    working = await create_job(client, operation="ADD", target="WORKING")
+    await put_job(client, working, status="initiated")
+    done = await create_job(client, operation="ADD", target="DONE")
+    await put_job(client, done, status="completed")
+    for job_id, status in ((working, "initiated"), (done, "completed")):
+        response = await client.post(f"/jobs/{job_id}/cancel", json=REASON)
+        assert response.status == 409
+        assert (await response.json())["message"] == f"Job {job_id} is {status}: only a queued job can be cancelled"
+    assert (await (await client.get(f"/jobs/{working}")).json())["status"] == "initiated"
+
+
+async def test_a_job_a_poll_just_handed_out_is_not_cancelled_unless_maintenance_pauses(client):
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    assert (await client.get("/jobs?status=queued&operation=PATCH_METADATA,ADD,CHANGE")).status == 200
+    refused = await client.post(f"/jobs/{job_id}/cancel", json=REASON)
+    assert refused.status == 409
+    assert "handed to the executor" in (await refused.json())["message"]
+    assert (await (await client.get(f"/jobs/{job_id}")).json())["status"] == "queued"
+    await client.post("/maintenance-status", json={"msg": "Cleaning up", "paused": True})
+    assert (await client.post(f"/jobs/{job_id}/cancel", json=REASON)).status == 200
+
+
+async def test_the_grace_after_a_handout_is_configured(make_client):
+    client = await make_client(jobs={"handout_grace_seconds": 0})
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    await client.get("/jobs?status=queued")
+    assert (await client.post(f"/jobs/{job_id}/cancel", json=REASON)).status == 200
+
+
+async def test_a_cancel_without_a_reason_or_of_an_unknown_job_is_refused(client):
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    for body in ({}, {"reason": ""}, {"reason": 1}, {"reason": "x", "more": 1}):
+        assert (await client.post(f"/jobs/{job_id}/cancel", json=body)).status == 400, body
+    assert (
+        await client.post(f"/jobs/{job_id}/cancel", data="why", headers={"Content-Type": "text/plain"})
+    ).status == 415
+    assert (await client.post("/jobs/no-such-job/cancel", json=REASON)).status == 404
+    assert (await client.post(f"/datastores/no.ssb.fdb/jobs/{job_id}/cancel", json=REASON)).status == 404
+    assert (await (await client.get(f"/jobs/{job_id}")).json())["status"] == "queued"
+
+
+async def test_an_administrator_cancels_only_the_jobs_of_their_datastores(auth_client, key_server):
+    keys, _ = key_server
+    client = await auth_client(api_key="the executor's key, long enough")
+    posted = await client.post(
+        "/jobs", json={"jobs": [{"operation": "ADD", "target": "MY_DATASET"}]}, cookies=cookies_for(keys)
+    )
+    [created] = await posted.json()
+    elsewhere = cookies_for(keys, access=access_claims(aud=["datastore", "no.ssb.fdb"]))
+    assert (await client.post(f"/jobs/{created['job_id']}/cancel", json=REASON, cookies=elsewhere)).status == 404
+    assert (await client.post(f"/jobs/{created['job_id']}/cancel", json=REASON)).status == 401
+    key = {"X-API-Key": "the executor's key, long enough"}
+    assert (await client.post(f"/jobs/{created['job_id']}/cancel", json=REASON, headers=key)).status == 401
+    assert (
+        await client.post(f"/jobs/{created['job_id']}/cancel", json=REASON, cookies=cookies_for(keys))
+    ).status == 200
+
+
+async def test_a_failed_job_is_posted_again_linked_to_the_one_it_retries(client):
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET", description="A new dataset")
+    await put_job(client, job_id, status="failed", log="The disk was full")
+    response = await client.post(f"/jobs/{job_id}/retry")
+    assert response.status == 200, await response.text()
+    result = await response.json()
+    assert (result["status"], result["msg"]) == ("queued", "CREATED")
+    retry = await (await client.get(f"/jobs/{result['job_id']}")).json()
+    failed = await (await client.get(f"/jobs/{job_id}")).json()
+    assert retry["retryOf"] == job_id and retry["status"] == "queued" and retry["log"] == []
+    assert retry["parameters"] == failed["parameters"]
+    busy = await client.post(f"/jobs/{job_id}/retry")  # its retry holds the target now
+    assert busy.status == 409
+
+
+async def test_only_a_failed_job_is_retried(client):
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    assert (await client.post(f"/jobs/{job_id}/retry")).status == 409
+    await put_job(client, job_id, status="completed")
+    response = await client.post(f"/jobs/{job_id}/retry")
+    assert response.status == 409
+    assert (await response.json())["message"] == f"Job {job_id} is completed: only a failed job can be retried"
+    assert (await client.post("/jobs/no-such-job/retry")).status == 404
+
+
+async def test_a_bump_whose_manifesto_the_draft_left_behind_is_not_retried(make_client, input_dir):
+    client = await make_client(jobs={"bump_enabled": True})
+    directory = input_dir.parent / "datastores" / "local"
+    manifesto = bump_job()["bumpManifesto"]
+    draft = datastore_version(*manifesto["dataStructureUpdates"], number="0.0.0.0")
+    write_version_files(directory, draft)
+    job_id = await create_job(client, **bump_job())
+    await put_job(client, job_id, status="failed", log="The executor stopped")
+    write_version_files(directory, datastore_version(update("OTHER", "ADD", "PENDING_RELEASE"), number="0.0.0.0"))
+    refused = await client.post(f"/jobs/{job_id}/retry")
+    assert refused.status == 409
+    assert (await refused.json())["message"].startswith("BUMP_MANIFESTO_STALE")
+    write_version_files(directory, draft)
+    assert (await client.post(f"/jobs/{job_id}/retry")).status == 200

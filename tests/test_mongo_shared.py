@@ -20,7 +20,8 @@ from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import OperationFailure
 
 from backends import JobChange, JobFinal, JobQuery, StoreCorrupt, StoreUnavailable
-from backends.mongo import BATCH_SIZE, MongoStore
+from backends.base import PAGE_SIZE
+from backends.mongo import MongoStore
 from job_service import create_app
 
 #: The application name of the service's (and the store's) client: what the fail points fail.
@@ -384,6 +385,6 @@ async def test_a_listing_of_more_jobs_in_progress_than_a_page_holds_has_every_jo
     in_progress = [job["jobId"] for job in jobs if job["status"] == "queued"]
     await database["inprogress"].insert_many([dict(job) for job in jobs if job["status"] == "queued"])
     await database["completed"].insert_many([dict(job) for job in jobs if job["status"] == "completed"])
-    assert len(in_progress) > BATCH_SIZE
+    assert len(in_progress) > PAGE_SIZE
     assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == [job["jobId"] for job in jobs]
     assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery(ignore_completed=True)))] == in_progress

@@ -4462,13 +4462,29 @@ STATUS_PAGE = """<!doctype html>
             busy.stale ? pill("stale", "bad") : "", " ",
             busy.waitingBecause ? pill(WAITING[busy.waitingBecause] || busy.waitingBecause, "warn") : ""),
         );
+        if (busy.status === "queued") {
+          const cancel = element("button", {class: "cancel"}, "cancel");
+          cancel.addEventListener("click", event => {
+            event.stopPropagation();
+            act(datastore.rdn, busy.jobId, "cancel");
+          });
+          row.lastChild.append(" ", cancel);
+        }
         row.addEventListener("click", () => showTimeline(datastore.rdn, busy.jobId, busy.target));
         return row;
       });
-      const failures = datastore.recentFailures.map(failure => element("tr", {},
-        element("td", {}, failure.count),
-        element("td", {}, failure.reason),
-        element("td", {title: failure.lastAt}, since(failure.lastAt))));
+      const failures = datastore.recentFailures.map(failure => {
+        const retries = failure.jobIds.map(jobId => {
+          const retry = element("button", {class: "retry", title: jobId}, "retry");
+          retry.addEventListener("click", () => act(datastore.rdn, jobId, "retry"));
+          return retry;
+        });
+        return element("tr", {},
+          element("td", {}, failure.count),
+          element("td", {}, failure.reason),
+          element("td", {title: failure.lastAt}, since(failure.lastAt)),
+          element("td", {}, ...retries));
+      });
       const heading = ["target", "operation", "status", "since", "by", ""].map(h => element("th", {}, h));
       return element("div", {class: "card", "data-rdn": datastore.rdn},
         element("h2", {}, `${datastore.name} `, element("span", {class: "muted"}, datastore.rdn)),
@@ -4479,6 +4495,21 @@ STATUS_PAGE = """<!doctype html>
           ? element("div", {}, element("strong", {}, "Failed in the last 7 days"), element("table", {}, ...failures))
           : "",
       );
+    }
+    // Cancel and retry are an administrator's: the service says no to anyone else, and why.
+    async function act(rdn, jobId, action) {
+      let body;
+      if (action === "cancel") {
+        const reason = window.prompt(`Why cancel job ${jobId}?`);
+        if (!reason) return;
+        body = JSON.stringify({reason});
+      }
+      const response = await fetch(`/datastores/${rdn}/jobs/${jobId}/${action}`, {
+        method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json"}, body,
+      });
+      const answer = await response.json();
+      document.getElementById("error").textContent = response.ok ? "" : `${action}: ${answer.message}`;
+      refresh(false);
     }
     async function showTimeline(rdn, jobId, target) {
       const timeline = await getJson(`/datastores/${rdn}/jobs/${jobId}/timeline`);
@@ -4492,7 +4523,7 @@ STATUS_PAGE = """<!doctype html>
           element("td", {}, Math.round(phase.seconds)))),
       );
     }
-    async function refresh() {
+    async function refresh(again = true) {
       try {
         const overview = await getJson("/overview");
         renderSummary(overview);
@@ -4501,7 +4532,7 @@ STATUS_PAGE = """<!doctype html>
       } catch (error) {
         document.getElementById("error").textContent = String(error.message || error);
       }
-      setTimeout(refresh, REFRESH_MS);
+      if (again) setTimeout(refresh, REFRESH_MS);
     }
     refresh();
   </script>

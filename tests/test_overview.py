@@ -168,9 +168,19 @@ async def test_the_status_page_shows_a_silent_executor_a_stale_job_and_a_paused_
         ARTIFACTS.mkdir(exist_ok=True)
         screenshot = ARTIFACTS / "status.png"
         await page.screenshot(path=str(screenshot), full_page=True)
+        # An administrator's actions: cancel the stuck job (saying why), then post it again.
+        page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("Posted to the wrong dataset")))
+        await page.click("[data-rdn='local'] button.cancel")
+        await page.wait_for_selector("[data-rdn='local'] button.retry")
+        failures = await page.inner_text("[data-rdn='local']")
+        await page.click("[data-rdn='local'] button.retry")
+        await page.wait_for_selector("[data-rdn='local'] button.cancel")
         await browser.close()
     report(f"artifact: screenshot of /status in Chromium: {screenshot}")
     assert "executor: never" in summary and "paused: Upgrading the platform" in summary
     assert "STUCK_DATASET" in card and "stale" in card and "the executor is silent" in card
     assert "queued" in timeline
+    assert "Cancelled by Local User (local-user): Posted to the wrong dataset" in failures
+    jobs = await (await client.get("/jobs")).json()
+    assert [job["status"] for job in jobs] == ["failed", "queued"] and jobs[1]["retryOf"] == jobs[0]["jobId"]
     assert [url for url in requested if not url.startswith(base) and not url.startswith("data:")] == []

@@ -14,8 +14,8 @@ The sections of this file, in order (each starts with a `# --- name` line):
 - vocabulary: names and limits (statuses and operations are `backends.base`'s);
 - configuration: each key declared once on its section's dataclass, the schema derived;
 - request and response schemas: marshmallow, for every body in and out;
-- errors and (de)serialisation: `ApiError`, the status of each store error, encoded-document
-  caches, ETags and 304s;
+- errors and (de)serialisation: `ApiError`, the status of each store error, ETags and 304s;
+- caches: every one the service keeps, in a table (what, key, version, bound);
 - the input directory: importable dataset archives, and what each says to post;
 - datastores' files: provisioning (crash-safe), the version files, public keys;
 - logs and metrics: request-scoped log fields, Prometheus, the timed store;
@@ -1183,6 +1183,78 @@ def respond_message(text: str, status: int = 200) -> web.Response:
     return respond(MESSAGE_SCHEMA, {"message": text}, status=status)
 
 
+def respond_encoded(body: bytes) -> web.Response:
+    return web.Response(body=body, headers={"Content-Type": JSON_CONTENT_TYPE})
+
+
+#: Counted anew at every start of a process (and a restore may bring old revisions back):
+#: a tag made of the store's versions carries this, so that no tag of an earlier run matches.
+PROCESS_TAG = os.urandom(6).hex()
+#: Every tagged answer may be kept, and must be asked about again before it is used.
+CONDITIONAL_HEADERS = {"Cache-Control": "no-cache"}
+
+
+def version_tag(version: Hashable) -> str:
+    """A strong ETag from a version of the store (a revision, `in_progress_version`)."""
+    return f'"{PROCESS_TAG}-{version}"'
+
+
+def body_tag(body: bytes) -> str:
+    """A weak ETag from the bytes themselves, where the store has no version to give."""
+    return f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+
+
+def names_tag(if_none_match: str | None, tag: str) -> bool:
+    """Whether an If-None-Match header names `tag` (compared weakly, as RFC 9110 says for it)."""
+    if not if_none_match:
+        return False
+    opaque = tag.removeprefix("W/")
+    return any(given == "*" or given.removeprefix("W/") == opaque for given in map(str.strip, if_none_match.split(",")))
+
+
+def not_modified(request: web.Request, tag: str) -> web.Response | None:
+    """The 304 (no body) when the request's If-None-Match names `tag`, else None."""
+    if not names_tag(request.headers.get("If-None-Match"), tag):
+        return None
+    return web.Response(status=304, headers={"ETag": tag, **CONDITIONAL_HEADERS})
+
+
+def respond_tagged(request: web.Request, body: bytes, tag: str) -> web.Response:
+    """`body` under `tag`, or the 304 when the client has it already."""
+    unchanged = not_modified(request, tag)
+    return unchanged if unchanged is not None else tagged_answer(body, tag)
+
+
+def tagged_answer(body: bytes, tag: str) -> web.Response:
+    return web.Response(body=body, headers={"Content-Type": JSON_CONTENT_TYPE, "ETag": tag, **CONDITIONAL_HEADERS})
+
+
+def tagged_by_body(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """An answer made without a version, tagged by its bytes; a streamed (long) one, or
+    a HEAD's, has no bytes here to tag and goes as it is."""
+    if request.method != "GET" or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return response
+    return respond_tagged(request, response.body, body_tag(response.body))
+
+
+# --- caches: what the service keeps, on which version, and how much ---------------------
+# Every cache is keyed on a version that changes with every change, whoever made it, and is
+# bounded. Where the store cannot give such a version (MongoDB: others write to it), nothing
+# is kept (`Store.sole_writer`, and the versions below are None there).
+#
+# what (app key)                     key                       kept under               bound
+# encoded jobs (ENCODED_JOBS)         jobId                     the job's revision       64 MiB in all
+# encoded targets (ENCODED_TARGETS)   datastore, name           the target's revision    8 MiB in all
+# polls' answers (POLL_ANSWERS)       the parsed query          in_progress_version      256, 64 KiB each
+# target listings (TARGET_LISTINGS)   datastore                 targets_version          8, 8 MiB each
+# parsed job queries (JOB_QUERIES)    query string, datastore   (a parse never changes)  256
+# importable listings                 input directory           the folders' stats, the  one per datastore,
+#   (ENCODED_LISTINGS, ARCHIVES)                                version files' history   8 MiB encoded
+# archive contents (ARCHIVES)         path, inode, size, mtime  (the key is the version) one per archive listed
+# version files (ARCHIVES.versions)   datastore directory       inode, size, mtime       one per datastore
+# the JWKS (SIGNING_KEYS)             key id                    refetched on schedule    the key server's set
+
+
 class EncodedCache:
     """Documents serialised once (marshmallow, then orjson) and kept with the
     version they were serialised at, so a hit is always current.
@@ -1273,60 +1345,6 @@ def target_identity(target: Target) -> Hashable:
     return target["datastoreRdn"], target["name"]
 
 
-def respond_encoded(body: bytes) -> web.Response:
-    return web.Response(body=body, headers={"Content-Type": JSON_CONTENT_TYPE})
-
-
-#: Counted anew at every start of a process (and a restore may bring old revisions back):
-#: a tag made of the store's versions carries this, so that no tag of an earlier run matches.
-PROCESS_TAG = os.urandom(6).hex()
-#: Every tagged answer may be kept, and must be asked about again before it is used.
-CONDITIONAL_HEADERS = {"Cache-Control": "no-cache"}
-
-
-def version_tag(version: Hashable) -> str:
-    """A strong ETag from a version of the store (a revision, `in_progress_version`)."""
-    return f'"{PROCESS_TAG}-{version}"'
-
-
-def body_tag(body: bytes) -> str:
-    """A weak ETag from the bytes themselves, where the store has no version to give."""
-    return f'W/"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
-
-
-def names_tag(if_none_match: str | None, tag: str) -> bool:
-    """Whether an If-None-Match header names `tag` (compared weakly, as RFC 9110 says for it)."""
-    if not if_none_match:
-        return False
-    opaque = tag.removeprefix("W/")
-    return any(given == "*" or given.removeprefix("W/") == opaque for given in map(str.strip, if_none_match.split(",")))
-
-
-def not_modified(request: web.Request, tag: str) -> web.Response | None:
-    """The 304 (no body) when the request's If-None-Match names `tag`, else None."""
-    if not names_tag(request.headers.get("If-None-Match"), tag):
-        return None
-    return web.Response(status=304, headers={"ETag": tag, **CONDITIONAL_HEADERS})
-
-
-def respond_tagged(request: web.Request, body: bytes, tag: str) -> web.Response:
-    """`body` under `tag`, or the 304 when the client has it already."""
-    unchanged = not_modified(request, tag)
-    return unchanged if unchanged is not None else tagged_answer(body, tag)
-
-
-def tagged_answer(body: bytes, tag: str) -> web.Response:
-    return web.Response(body=body, headers={"Content-Type": JSON_CONTENT_TYPE, "ETag": tag, **CONDITIONAL_HEADERS})
-
-
-def tagged_by_body(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
-    """An answer made without a version, tagged by its bytes; a streamed (long) one, or
-    a HEAD's, has no bytes here to tag and goes as it is."""
-    if request.method != "GET" or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
-        return response
-    return respond_tagged(request, response.body, body_tag(response.body))
-
-
 class KeptAnswers:
     """Whole answers kept with the store's version they were made at (see `in_progress_version`):
     asked again while that version holds, the same bytes go out again, with no document read,
@@ -1350,6 +1368,31 @@ class KeptAnswers:
         if len(self._answers) >= self._limit:
             del self._answers[next(iter(self._answers))]
         self._answers[key] = (version, answer, job_ids)
+
+
+class JobQueries:
+    """`GET /jobs` queries parsed once per query string and scope: the executors
+    send the same few every few seconds. At most `limit` are kept, the oldest
+    dropped first."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self._parsed: dict[tuple[str, str | None], JobQuery] = {}
+        self._limit = limit
+
+    def __len__(self) -> int:
+        return len(self._parsed)
+
+    def of(self, request: web.Request, datastore: str | None) -> JobQuery:
+        """The request's query, limited to `datastore` (None: every datastore)."""
+        key = request.query_string, datastore
+        query = self._parsed.get(key)
+        if query is None:
+            parsed = JOBS_QUERY_SCHEMA.load(query_arguments(request.query))  # a bad query raises, and is not kept
+            query = dataclasses.replace(parsed, datastore=datastore)
+            if len(self._parsed) >= self._limit:
+                del self._parsed[next(iter(self._parsed))]
+            self._parsed[key] = query
+        return query
 
 
 async def respond_listing(
@@ -4546,31 +4589,6 @@ STATUS_PAGE = """<!doctype html>
 
 def store_of(request: web.Request) -> Store:
     return request.app[STORE]
-
-
-class JobQueries:
-    """`GET /jobs` queries parsed once per query string and scope: the executors
-    send the same few every few seconds. At most `limit` are kept, the oldest
-    dropped first."""
-
-    def __init__(self, limit: int = 256) -> None:
-        self._parsed: dict[tuple[str, str | None], JobQuery] = {}
-        self._limit = limit
-
-    def __len__(self) -> int:
-        return len(self._parsed)
-
-    def of(self, request: web.Request, datastore: str | None) -> JobQuery:
-        """The request's query, limited to `datastore` (None: every datastore)."""
-        key = request.query_string, datastore
-        query = self._parsed.get(key)
-        if query is None:
-            parsed = JOBS_QUERY_SCHEMA.load(query_arguments(request.query))  # a bad query raises, and is not kept
-            query = dataclasses.replace(parsed, datastore=datastore)
-            if len(self._parsed) >= self._limit:
-                del self._parsed[next(iter(self._parsed))]
-            self._parsed[key] = query
-        return query
 
 
 def query_arguments(query: MultiMapping[str]) -> dict[str, str]:

@@ -70,7 +70,7 @@ import time
 import tomllib
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -2558,15 +2558,17 @@ class ExecutorGauges(prometheus_client.registry.Collector):
         if self.watch is None:
             return
         now = time.time()
-        last_poll_at = self.watch.last_poll_at(now)
-        if last_poll_at is not None:  # never polled: absent, as `absent()` in an alert expects
+        view = self.watch.view(now)
+        if view.last_poll_at is not None:  # never polled: absent, as `absent()` in an alert expects
             yield GaugeMetricFamily(
-                "executor_last_poll_timestamp_seconds", "When the executor last polled for jobs", value=last_poll_at
+                "executor_last_poll_timestamp_seconds",
+                "When the executor last polled for jobs",
+                value=view.last_poll_at,
             )
         yield GaugeMetricFamily(
             "executor_pollers",
             "Pollers (address and User-Agent) seen within five minutes; more than 1 is two executors",
-            value=self.watch.pollers(now),
+            value=len(view.recent_pollers(now)),
         )
 
 
@@ -3728,26 +3730,43 @@ class ExecutorWatch:
         self._last_poll_at: float | None = None
         self._last_update_at: float | None = None
         self._pollers: dict[tuple[str, str], float] = {}
-        self._queries: dict[str, tuple[str, str | None, tuple[str, ...] | None, float, int]] = {}
+        #: By route and query string: [route, status asked for, operations, when last asked, status answered].
+        self._queries: dict[tuple[str, str], list[Any]] = {}
         self._last_refusal: tuple[float, int, str] | None = None
         self._handed_out: dict[str, float] = {}
         #: The other processes' parts, as the last share read them.
         self._others: list[dict[str, Any]] = []
 
     def note(
-        self, request: web.Request, kind: ExecutorRequest, response: web.StreamResponse | None, now: float
+        self,
+        request: web.Request,
+        kind: ExecutorRequest,
+        route: str,
+        status: int,
+        response: web.StreamResponse | None,
+        now: float,
     ) -> None:
-        """One request of the executor, answered `response` (None: it failed to stream)."""
-        status = 500 if response is None else response.status
+        """One request of the executor on `route`, answered `status` (`response`, when one was made).
+
+        Each poll repeats one of a few queries: what they ask is parsed once per query string."""
         if kind is ExecutorRequest.UPDATE:
             self._last_update_at = now
             return
+        queries = self._queries
+        key = route, request.query_string
+        noted = queries.pop(key, None)
+        if noted is None:
+            if len(queries) >= QUERIES_KEPT:
+                del queries[next(iter(queries))]
+            noted = [route, *polled_query(request.query), now, status]
+        else:
+            noted[3], noted[4] = now, status
+        queries[key] = noted
         if kind is ExecutorRequest.POLL:
-            if not request.query.get("status"):
-                return  # a listing, not a poll
+            if noted[1] is None:
+                return  # no status asked for: a listing, not a poll
             self._last_poll_at = now
             self._note_poller((request.remote or "", request.headers.get("User-Agent", "")), now)
-        self._note_query(request, status, now)
         if 400 <= status < 500:
             self._refusals.labels(str(status)).inc()
             self._last_refusal = now, status, refusal_message(response)
@@ -3767,16 +3786,6 @@ class ExecutorWatch:
         if seen is None and len(self._pollers) >= POLLERS_KEPT:
             del self._pollers[next(iter(self._pollers))]
         self._pollers[poller] = now
-
-    def _note_query(self, request: web.Request, status: int, now: float) -> None:
-        key = request.path_qs
-        noted = self._queries.pop(key, None)
-        if noted is None:
-            if len(self._queries) >= QUERIES_KEPT:
-                del self._queries[next(iter(self._queries))]
-            self._queries[key] = (request.path, *polled_query(request.query), now, status)
-        else:
-            self._queries[key] = (*noted[:3], now, status)
 
     def handed_out(self, job_ids: Iterable[str], now: float) -> None:
         """A poll's answer handed these queued jobs out."""
@@ -3801,6 +3810,7 @@ class ExecutorWatch:
             "queries": [
                 [path, status, None if ops is None else list(ops), at, answered]
                 for path, status, ops, at, answered in self._queries.values()
+                if path != "/jobs" or status is not None
             ],
             "lastRefusal": None if self._last_refusal is None else list(self._last_refusal),
         }
@@ -3811,6 +3821,7 @@ class ExecutorWatch:
         self._others = [part for part in parts if isinstance(part, dict) and part.get("process") != self._process]
 
     def view(self, now: float) -> ExecutorView:
+        """What this process and the others saw, merged."""
         view = ExecutorView()
         view.merge(self.part(now))
         for part in self._others:
@@ -3848,12 +3859,6 @@ class ExecutorWatch:
             "operationsPolled": view.operations_polled(now),
             "warning": warning,
         }
-
-    def last_poll_at(self, now: float) -> float | None:
-        return self.view(now).last_poll_at
-
-    def pollers(self, now: float) -> int:
-        return len(self.view(now).recent_pollers(now))
 
 
 def refusal_message(response: web.StreamResponse | None) -> str:
@@ -4640,9 +4645,11 @@ async def list_jobs(request: web.Request, scope: Scope) -> web.StreamResponse:
         seen = seen_jobs(store.find_jobs(query), scope)
         return tagged_by_body(request, await respond_listing(request, seen, encode))
     # The executor's own poll for queued jobs hands them out (see ExecutorWatch.handed_out).
-    handing_out: list[str] | None = [] if query.status == "queued" and rdn is None else None
-    if handing_out is not None:
-        encode = noting_ids(encode, handing_out)
+    hands_out = query.status == "queued" and rdn is None
+    encoded_ids: list[str] = []
+    if hands_out:
+        encode = noting_ids(encode, encoded_ids)
+    handed_out: Sequence[str] = encoded_ids
     # Read before the jobs: an answer is never kept under a version newer than its jobs.
     version = store.in_progress_version if query.in_progress_only else None
     if version is None:
@@ -4655,17 +4662,16 @@ async def list_jobs(request: web.Request, scope: Scope) -> web.StreamResponse:
         answers = request.app[POLL_ANSWERS]
         kept = answers.get(query, version) if request.method == "GET" else None
         if kept is not None:
-            response = tagged_answer(kept[0], tag)
-            handing_out = None if handing_out is None else list(kept[1])
+            response, handed_out = tagged_answer(kept[0], tag), kept[1]
         else:
             response = await respond_listing(
                 request, store.find_jobs(query), encode, {"ETag": tag, **CONDITIONAL_HEADERS}
             )
             body = response.body if isinstance(response, web.Response) else None  # a streamed answer is long
             if request.method == "GET" and isinstance(body, bytes):
-                answers.keep(query, version, body, tuple(handing_out or ()))
-    if handing_out and response.status == 200:
-        request.app[EXECUTOR_WATCH].handed_out(handing_out, time.time())
+                answers.keep(query, version, body, tuple(encoded_ids))
+    if hands_out and handed_out and response.status == 200:
+        request.app[EXECUTOR_WATCH].handed_out(handed_out, time.time())
     return response
 
 
@@ -5794,7 +5800,8 @@ async def service_middleware(request: web.Request, handler: Handler) -> web.Stre
         aborted = request[ABORTED_MID_STREAM]
         executor_request = EXECUTOR_REQUESTS.get((request.method, route))
         if executor_request is not None and status != CLIENT_CLOSED_REQUEST:
-            request.app[EXECUTOR_WATCH].note(request, executor_request, None if aborted else response, time.time())
+            watch = request.app[EXECUTOR_WATCH]
+            watch.note(request, executor_request, route, 500 if aborted else status, response, time.time())
         # Only a 200 streams, so "aborted" says the status too, and is no success on a dashboard.
         request.app[METRICS].count_request(route, method, "aborted" if aborted else str(status), elapsed)
         level = logging.INFO if aborted else access_level(request, status)

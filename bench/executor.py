@@ -8,7 +8,9 @@ machine (the order swapped each round), every figure the median of its rounds:
 
 - the executor's polls at 16 connections on both services: what noting each poll
   (ExecutorWatch) and tagging its answer (ETag) cost, as this checkout's req/s over
-  the release before's (goal: a poll less than 5% slower);
+  the release before's, and as the CPU time each service spent per poll (goal: a poll
+  less than 5% slower). The throughput of two services running the same code differs
+  by up to 10% on a shared machine (`--before HEAD` shows it); the CPU per poll much less;
 - GET /targets at 1 and 16 connections on this checkout, beside a bare aiohttp endpoint
   serving the same bytes (goal: at least 25% of its req/s), and on the release before.
 
@@ -81,13 +83,28 @@ def export(revision: str, directory: Path) -> Path:
     return directory / "job_service.py"
 
 
-async def alternating(urls: dict[str, str], connections: int, rounds: int, seconds: float) -> dict[str, dict]:
-    """Each url measured `rounds` times in turn, the order swapped each round: medians by name."""
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def alternating(
+    urls: dict[str, str], connections: int, rounds: int, seconds: float, pids: dict[str, int] | None = None
+) -> dict[str, dict]:
+    """Each url measured `rounds` times in turn, the order swapped each round: medians by name.
+    With the serving process's pid, also the CPU time it spent per request (`cpu_us`), which
+    the other load on a shared machine moves far less than the throughput."""
     results: dict[str, list[dict]] = {name: [] for name in urls}
     names = list(urls)
     for number in range(rounds):
         for name in names if number % 2 == 0 else reversed(names):
-            results[name].append(await load(urls[name], connections, seconds))
+            pid = (pids or {}).get(name)
+            before = cpu_seconds(pid) if pid else 0.0
+            result = await load(urls[name], connections, seconds)
+            if pid:
+                result["cpu_us"] = (cpu_seconds(pid) - before) / (result["rps"] * seconds) * 1e6
+            results[name].append(result)
     return {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for name, rs in results.items()}
 
 
@@ -133,10 +150,14 @@ async def main() -> None:
             rows = []
             for poll in MEASURED_POLLS:
                 urls = {name: service.url + poll for name, service in services.items()}
-                result = await alternating(urls, 16, args.rounds, args.seconds)
-                change = result["now"]["rps"] / result["before"]["rps"] - 1
-                rows.append(row(f"poll {poll}, before ({args.before})", 16, result["before"]))
-                rows.append(row(f"poll {poll}, now", 16, result["now"], f"{change:+.1%} req/s"))
+                pids = {name: service.pid for name, service in services.items()}
+                result = await alternating(urls, 16, args.rounds, args.seconds, pids)
+                before, now = result["before"], result["now"]
+                change = now["rps"] / before["rps"] - 1
+                cpu = f"{before['cpu_us']:.0f} µs CPU per poll"
+                rows.append(row(f"poll {poll}, before ({args.before})", 16, before, cpu))
+                cpu = f"{now['cpu_us']:.0f} µs CPU per poll ({now['cpu_us'] / before['cpu_us'] - 1:+.1%})"
+                rows.append(row(f"poll {poll}, now", 16, now, f"{change:+.1%} req/s; {cpu}"))
             for connections in (1, 16):
                 urls = {
                     "bare": f"http://127.0.0.1:{bare_port}/",

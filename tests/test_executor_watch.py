@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 import pytest
-from helpers import create_job, put_job
+from helpers import access_claims, cookies_for, create_job, put_job
 
 import job_service
 from job_service import EXECUTOR_WATCH, POLLERS_KEPT, ConfigError, load_config
@@ -127,6 +127,16 @@ async def test_a_wrong_key_is_refused_and_shown_to_an_operator_with_the_right_on
     assert report["state"] == "refused"
     assert report["lastRefusal"]["status"] == 401
     assert report["pollers"][0]["userAgent"] == EXECUTOR["User-Agent"]
+
+
+@pytest.mark.parametrize("backend", ["tinydb"])
+async def test_an_administrator_may_read_it_and_another_role_may_not(auth_client, key_server):
+    keys, _ = key_server
+    client = await auth_client(api_key=KEY)
+    response = await client.get("/executor", cookies=cookies_for(keys))
+    assert response.status == 200
+    other = cookies_for(keys, access=access_claims(**{"accreditation/role": "role/someoneelse"}))
+    assert (await client.get("/executor", cookies=other)).status == 403
 
 
 async def test_two_pollers_within_five_minutes_are_a_warning_and_one_log_line(client, caplog):

@@ -4759,8 +4759,8 @@ async def cancel_job(request: web.Request, scope: Scope) -> web.Response:
     """Only a queued job, and only while no poll has handed it out within the grace: the
     executor may be starting it, and a 409 on its first PUT of a job crashes it. While
     maintenance pauses the executor starts nothing, so then the grace does not hold."""
-    job = await job_in_scope(request, scope)
     reason = CANCEL_SCHEMA.load(await read_json_object(request))["reason"]
+    job = await job_in_scope(request, scope)
     note_audit(request, job["datastoreRdn"], jobId=job["jobId"], reason=reason)
     if job["status"] != "queued":
         raise ApiError(409, f"Job {job['jobId']} is {job['status']}: only a queued job can be cancelled")

@@ -9,10 +9,14 @@ from helpers import (
     cookies_for,
     create_job,
     datastore_version,
+    faulty,
     put_job,
+    raising,
     update,
     write_version_files,
 )
+
+from backends import StoreFull
 
 REASON = {"reason": "Posted to the wrong dataset"}
 
@@ -130,3 +134,37 @@ async def test_a_bump_whose_manifesto_the_draft_left_behind_is_not_retried(make_
     assert (await refused.json())["message"].startswith("BUMP_MANIFESTO_STALE")
     write_version_files(directory, draft)
     assert (await client.post(f"/jobs/{job_id}/retry")).status == 200
+
+
+async def test_a_datastores_own_routes_cancel_and_retry_its_jobs_alone(client):
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    own = f"/datastores/local/jobs/{job_id}"
+    assert (await client.post(f"{own}/cancel", json={})).status == 400
+    assert (await client.post(f"{own}/cancel", data="why", headers={"Content-Type": "text/plain"})).status == 415
+    assert (await client.post(f"{own}/retry")).status == 409  # queued: nothing to retry
+    assert (await client.post(f"/datastores/Not.An.Rdn/jobs/{job_id}/retry")).status == 400
+    assert (await client.post(f"/datastores/no.such/jobs/{job_id}/retry")).status == 404
+    assert (await client.post(f"{own}/cancel", json=REASON)).status == 200
+    assert (await client.post(f"{own}/cancel", json=REASON)).status == 409  # failed by now
+    assert (await client.post(f"{own}/retry")).status == 200
+
+
+async def test_a_full_disk_is_a_507_and_the_job_stays_as_it_was(make_client):
+    full = StoreFull("The disk of the data directory data is full: the change was not stored")
+    client = await make_client(faulty(update_job=lambda store: raising(full)))
+    [created] = await (await client.post("/jobs", json={"jobs": [{"operation": "ADD", "target": "A"}]})).json()
+    job_id = created["job_id"]
+    for path in (f"/jobs/{job_id}/cancel", f"/datastores/local/jobs/{job_id}/cancel"):
+        assert (await client.post(path, json=REASON)).status == 507
+    assert (await (await client.get(f"/jobs/{job_id}")).json())["status"] == "queued"
+
+
+async def test_a_retry_the_disk_cannot_take_is_a_507(make_client, storage):
+    full = StoreFull("The disk of the data directory data is full: the change was not stored")
+    client = await make_client(faulty(insert_job=lambda store: raising(full)))
+    jobs = [{"operation": "ADD", "target": "A"}, {"operation": "ADD", "target": "B"}]
+    created = await (await client.post("/jobs", json={"jobs": jobs})).json()  # two at once: insert_jobs
+    job_id = created[0]["job_id"]
+    await put_job(client, job_id, status="failed")
+    for path in (f"/jobs/{job_id}/retry", f"/datastores/local/jobs/{job_id}/retry"):
+        assert (await client.post(path)).status == 507

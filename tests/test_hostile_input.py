@@ -11,7 +11,13 @@ from yarl import URL
 
 from job_service import INITIAL_MAINTENANCE_MSG
 
-JSON_ENTRY_POINTS = [("POST", "/jobs"), ("PUT", "/jobs/{job_id}"), ("POST", "/maintenance-status")]
+JSON_ENTRY_POINTS = [
+    ("POST", "/jobs"),
+    ("PUT", "/jobs/{job_id}"),
+    ("POST", "/maintenance-status"),
+    ("POST", "/jobs/{job_id}/cancel"),
+    ("POST", "/datastores/local/jobs/{job_id}/cancel"),
+]
 
 #: A body the tests send as JSON, whatever it holds.
 JSON = {"Content-Type": "application/json"}

@@ -37,7 +37,7 @@ def test_every_route_of_the_router_is_in_the_document(make_config):
     }
     documented = {(method, path) for path, operations in document["paths"].items() for method in operations}
     assert routes == documented
-    assert len(routes) == 48  # 21 original operations, 24 for datastores, executor, notifications, audit
+    assert len(routes) == 52  # 23 original operations, 26 for datastores, executor, notifications, audit
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             assert "500" in operation["responses"], (method, path)

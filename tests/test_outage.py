@@ -34,6 +34,10 @@ STORE_ROUTES = [
     ("POST", "/maintenance-statuses", {"msg": "Upgrading", "paused": True}),
     ("GET", "/maintenance-statuses", None),
     ("GET", "/maintenance-statuses/latest", None),
+    ("POST", "/jobs/some-job/cancel", {"reason": "Posted by mistake"}),
+    ("POST", "/jobs/some-job/retry", None),
+    ("GET", "/overview", None),
+    ("GET", "/audit", None),
     *(
         (method, f"/datastores/no.ssb.fdb{path}", body)
         for method, path, body in [
@@ -52,6 +56,10 @@ STORE_ROUTES = [
             ("DELETE", "/importable-datasets/MY_DATASET", None),
             ("GET", "/health/alive", None),
             ("GET", "/health/ready", None),
+            ("POST", "/jobs/some-job/cancel", {"reason": "Posted by mistake"}),
+            ("POST", "/jobs/some-job/retry", None),
+            ("GET", "/overview", None),
+            ("GET", "/bump-preview", None),
         ]
     ),
 ]

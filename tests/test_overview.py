@@ -123,6 +123,8 @@ async def test_a_datastores_own_overview_and_the_administrators_reach(auth_clien
     assert busy(own, "no.ssb.fdb")["DATASTORE"]["operation"] == "GENERATE_RSA_KEYS"
     assert (await client.get("/datastores/local/overview", cookies=fdb)).status == 403
     assert (await client.get("/overview")).status == 401
+    reader = cookies_for(keys, access=access_claims(**{"accreditation/role": "role/reader"}))
+    assert (await client.get("/overview", cookies=reader)).status == 403
     every_no = cookies_for(keys, access=access_claims(aud=["datastore", "no"]))
     assert (await client.get("/datastores/no.such/overview", cookies=every_no)).status == 404
     assert (await client.get("/datastores/Not-An-Rdn/overview", cookies=every_no)).status == 400

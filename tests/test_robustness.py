@@ -129,6 +129,8 @@ BODY_ROUTES = [
     ("POST", "/maintenance-statuses", "application/json"),
     ("POST", "/datastores", "application/json"),
     ("POST", "/datastores/local/public-key", "application/x-pem-file"),
+    ("POST", "/jobs/some-job/cancel", "application/json"),
+    ("POST", "/datastores/local/jobs/some-job/cancel", "application/json"),
 ]
 
 

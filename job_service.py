@@ -836,9 +836,11 @@ class JobSchema(Schema):
     log = fields.List(fields.Nested(LogEntrySchema), required=True)
     createdAt = fields.String(required=True)
     createdBy = fields.Nested(UserSchema, required=True)
-    # Top-level keys, which the executor's model lets by: who cancelled it, what it retries.
+    # Top-level keys, which the executor's model lets by: who cancelled it, what it
+    # retries, what retries it.
     cancelledBy = fields.Nested(UserSchema)
     retryOf = fields.String()
+    retriedBy = fields.String()
 
 
 class CancelSchema(Schema):
@@ -4803,12 +4805,16 @@ async def cancel_job(request: web.Request, scope: Scope) -> web.Response:
     audit="jobs.retried",
 )
 async def retry_job(request: web.Request, scope: Scope) -> web.Response:
-    """The new job says which it retries (`retryOf`); a BUMP whose manifesto no longer
+    """The new job says which it retries (`retryOf`), and the failed one, read from then
+    on, by which (`retriedBy`, see `backends.base.retried`); a BUMP whose manifesto no longer
     matches the draft is refused with that check, as the executor would fail it."""
     job = await job_in_scope(request, scope)
     note_audit(request, job["datastoreRdn"], jobId=job["jobId"])
     if job["status"] != "failed":
         raise ApiError(409, f"Job {job['jobId']} is {job['status']}: only a failed job can be retried")
+    if "retriedBy" in job:
+        # Once: a second retry would post the same work twice; the retry is the one to retry.
+        raise ApiError(409, f"Job {job['jobId']} was retried already, by job {job['retriedBy']}")
     datastore = await request.app[DATASTORES].live(job["datastoreRdn"])
     parameters = parse_entry(job["parameters"], request.app[CONFIG].datastores.keys_operation)
     judged = judge_entry(parameters, scope.user, datastore)

@@ -63,6 +63,9 @@ class Job(TypedDict):
     cancelledBy: NotRequired[User]
     #: The failed job this one was posted again for (`POST /jobs/{jobId}/retry`).
     retryOf: NotRequired[str]
+    #: The job posted again for this failed one: never stored, derived on every read
+    #: from that job's `retryOf` (see `retried`), so the link has one home.
+    retriedBy: NotRequired[str]
 
 
 class Target(TypedDict):
@@ -169,7 +172,7 @@ async def pages_of(documents: Sequence[Any], read: Callable[[Any], D | None], si
         yield [document for document in map(read, documents[start : start + size]) if document is not None]
 
 
-async def paged(documents: AsyncGenerator[D, None], size: int) -> AsyncIterator[list[D]]:
+async def paged(documents: AsyncGenerator[D, None], size: int) -> AsyncGenerator[list[D], None]:
     """A listing that comes a document at a time (a database cursor) as pages of `size`."""
     page: list[D] = []
     async with contextlib.aclosing(documents):
@@ -195,6 +198,14 @@ def parse_json(text: str | bytes) -> Any:
 def revision_of(document: Job | Target) -> int:
     """The store's revision of a job or a target: it changes with every change the store makes."""
     return document.get("revision", 0)
+
+
+def retried(job: Job, retry_id: str) -> Job:
+    """A failed job as readers get it once job `retry_id` retries it. The link is stored
+    once, as the retry's `retryOf`, which is written with the retry itself: no crash can
+    leave one side of it without the other. The revision moves with it, so that what is
+    kept under a job's revision (its encoded form, its ETag) tells the two apart."""
+    return {**job, "retriedBy": retry_id, "revision": revision_of(job) + 1}
 
 
 K = TypeVar("K", bound=Hashable)
@@ -793,7 +804,8 @@ class Store(Protocol):
         failure before any is stored is raised)."""
 
     async def get_job(self, job_id: str) -> Job | None:
-        """The job with this id, in any datastore."""
+        """The job with this id, in any datastore; every read of a job, here and in the
+        listings, gives a failed job that a retry names as `retried` gives it."""
 
     @property
     def in_progress_version(self) -> Hashable | None:

@@ -95,6 +95,7 @@ from .base import (
     log_room_needed,
     paged,
     refuse_repeats,
+    retried,
     targets_to_record,
 )
 
@@ -160,7 +161,12 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([("jobId", ASCENDING)], {"unique": True}),
         (JOB_SORT, {}),
     ],
-    "completed": [*JOB_QUERY_INDEXES, ([("parameters.target", ASCENDING)], {})],
+    # A retried job's retry, found by its `retryOf` (in progress, a scan of the few).
+    "completed": [
+        *JOB_QUERY_INDEXES,
+        ([("parameters.target", ASCENDING)], {}),
+        ([("retryOf", ASCENDING)], {"sparse": True}),
+    ],
     "targets": [([("datastoreRdn", ASCENDING), ("name", ASCENDING)], {"unique": True})],
     "datastores": [([("rdn", ASCENDING)], {"unique": True})],
     "maintenance": [(HISTORY_SORT, {})],
@@ -853,8 +859,30 @@ class MongoStore:
         for name in ("inprogress", "completed"):
             job = await self._collections[name].find_one({"jobId": job_id, **SETTLED}, JOB_FIELDS)
             if job is not None:
-                return cast(Job, self._checked(name, job))
+                [read] = await self._with_retries([cast(Job, self._checked(name, job))])
+                return read
         return None
+
+    async def _with_retries(self, jobs: list[Job]) -> list[Job]:
+        """`jobs` as readers get them: each failed one that a retry names says by which
+        job (`retried`), at most a query of each set for the page."""
+        failed = [job["jobId"] for job in jobs if job["status"] == "failed"]
+        if not failed:
+            return jobs
+        retried_by: dict[str, str] = {}
+        for collection in (self._inprogress, self._completed):
+            async for retry in collection.find(
+                {"retryOf": {"$in": failed}, **SETTLED}, {"jobId": True, "retryOf": True}
+            ):
+                retried_by[retry["retryOf"]] = retry["jobId"]
+        return [retried(job, retried_by[job["jobId"]]) if job["jobId"] in retried_by else job for job in jobs]
+
+    async def _pages_with_retries(self, pages: AsyncGenerator[list[Job], None]) -> AsyncIterator[list[Job]]:
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                async with translate_errors():
+                    read = await self._with_retries(page)
+                yield read
 
     async def _find_both(self, conditions: dict[str, Any]) -> AsyncGenerator[Job, None]:
         """Jobs from both sets, in job order, each once, a window at a time.
@@ -891,7 +919,7 @@ class MongoStore:
             after = edge
 
     def find_jobs(self, query: JobQuery) -> AsyncIterator[list[Job]]:
-        return paged(self._jobs_matching(query), PAGE_SIZE)
+        return self._pages_with_retries(paged(self._jobs_matching(query), PAGE_SIZE))
 
     async def _jobs_matching(self, query: JobQuery) -> AsyncGenerator[Job, None]:
         conditions = job_filter(query)
@@ -909,7 +937,7 @@ class MongoStore:
             {"datastoreRdn": datastore, "parameters.target": name},
             {"datastoreRdn": datastore, "parameters.operation": "BUMP", MANIFESTO_NAME: name},
         ]
-        return paged(self._find_both({"$or": either}), PAGE_SIZE)
+        return self._pages_with_retries(paged(self._find_both({"$or": either}), PAGE_SIZE))
 
     @store_operation
     async def update_job(self, job_id: str, change: JobChange) -> Job:

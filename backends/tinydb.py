@@ -126,6 +126,7 @@ from .base import (
     may_replace,
     pages_of,
     refuse_repeats,
+    retried,
     revision_of,
     shown_target,
     target_problem,
@@ -836,8 +837,17 @@ class Snapshot(NamedTuple):
     latest_maintenance: MaintenanceStatus | None
     #: Each completed job's JSON by id.
     completed: Layered[str, bytes]
+    #: The id of the job that retries each retried one.
+    retried_by: Mapping[str, str]
 
     def completed_job(self, job_id: str) -> Job | None:
+        """A completed job as readers get it: a retried one says by which job."""
+        job = self.stored_completed_job(job_id)
+        retry = self.retried_by.get(job_id)
+        return job if job is None or retry is None else retried(job, retry)
+
+    def stored_completed_job(self, job_id: str) -> Job | None:
+        """A completed job as its file holds it (what an export copies)."""
         encoded = self.completed.get(job_id)
         return None if encoded is None else cast(Job, orjson.loads(encoded))
 
@@ -859,6 +869,10 @@ class CompletedJobs:
     segment's documents. It lives on the store's worker thread; the loop reads the
     jobs' JSON from the snapshot (`published`). A job from before datastores is
     remembered in `default_datastore`, its file left as it is.
+
+    Which job retries each retried one is kept here too (`retries`): the completed jobs'
+    links are found as they are read, and the store tells of each retry it holds in
+    progress (`link`), for a retry names a completed job but may not be one yet.
     """
 
     def __init__(
@@ -871,6 +885,9 @@ class CompletedJobs:
         self._facts: dict[str, JobFacts] = {}
         #: Job ids by (datastore, dataset): the target and any dataset a BUMP manifesto lists.
         self._by_dataset: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
+        #: The retrying job's id by the retried one's, and the same as of the last `retries`.
+        self._retried_by: dict[str, str] = {}
+        self._published_retries: Mapping[str, str] | None = None
         documents: dict[str, Any] = {}
         path = segment_path(directory, 1)
         for path, documents in segments:
@@ -894,6 +911,20 @@ class CompletedJobs:
         _, _, datastore, _, _, target = self._facts[job_id] = facts_of(job)
         for name in {target, *manifesto_datasets(job)}:
             self._by_dataset[datastore, name].append(job_id)
+        self.link(job)
+
+    def link(self, job: Job) -> None:
+        """Remember the job `job` retries, if it retries one."""
+        retry_of = job.get("retryOf")
+        if retry_of is not None and self._retried_by.get(retry_of) != job["jobId"]:
+            self._retried_by[retry_of] = job["jobId"]
+            self._published_retries = None
+
+    def retries(self) -> Mapping[str, str]:
+        """The links, for a snapshot: a new map when one was made since the last (retries are few)."""
+        if self._published_retries is None:
+            self._published_retries = MappingProxyType(dict(self._retried_by))
+        return self._published_retries
 
     def add(self, job: Job) -> None:
         """Add `job` unless it is there already (a journal replayed over a fold holds it twice)."""
@@ -1253,12 +1284,15 @@ class TinyDBStore:
         latest = dict(history[max(history, key=int)]) if history else None
         jobs: list[Job] = [self._read(job) for job in self._inprogress.documents.values()]
         self._held = {held_target(job): job["jobId"] for job in jobs}
+        for job in jobs:
+            self._completed.link(job)
         self._snapshot = Snapshot(
             jobs=PublishedJobs.of(jobs),
             targets=Targets.of(map(self._read, self._targets.documents.values())),
             datastores=registry({doc["rdn"]: doc for doc in self._registry.documents.values()}),
             latest_maintenance=cast(MaintenanceStatus | None, latest),
             completed=self._completed.published(),
+            retried_by=self._completed.retries(),
         )
 
     # --- changes: applied to the documents and the snapshot, once journaled -------------
@@ -1281,6 +1315,7 @@ class TinyDBStore:
         for job in put:
             self._inprogress.put(job)
             self._held[held_target(job)] = job["jobId"]
+            self._completed.link(job)
         gone = [last.jobs.jobs[job["jobId"]] for job in change.done if job["jobId"] in last.jobs.jobs]
         for job in gone:
             self._inprogress.remove(job["jobId"])
@@ -1309,6 +1344,7 @@ class TinyDBStore:
             datastores=registry({**last.datastores, **change.datastores}) if change.datastores else last.datastores,
             latest_maintenance=latest,
             completed=self._completed.published(),
+            retried_by=self._completed.retries(),
         )
 
     def _commit(self, operations: list[list[Any]]) -> None:
@@ -1513,9 +1549,12 @@ class TinyDBStore:
         decoded; None when an import --replace emptied the store meanwhile."""
         return self._snapshot.completed_job(entry[1]) if isinstance(entry, tuple) else copy_document(entry)
 
-    async def _snapshot_pages(self, snapshot: Callable[[], Sequence[JobFacts | Job]]) -> AsyncIterator[list[Job]]:
-        """Jobs in order, a page at a time, of a snapshot taken on the worker."""
-        async for page in pages_of(await self._run(snapshot), self._read_entry, PAGE_SIZE):
+    async def _snapshot_pages(
+        self, snapshot: Callable[[], Sequence[JobFacts | Job]], read: Callable[[Any], Job | None] | None = None
+    ) -> AsyncIterator[list[Job]]:
+        """Jobs in order, a page at a time, of a snapshot taken on the worker, each as
+        `read` gives it (as readers get it, by default)."""
+        async for page in pages_of(await self._run(snapshot), read or self._read_entry, PAGE_SIZE):
             yield page
 
     def find_jobs(self, query: JobQuery) -> AsyncIterator[list[Job]]:
@@ -1675,7 +1714,10 @@ class TinyDBStore:
         if name == "completed":  # years of history: decoded a page at a time, as listings are
             return cast(
                 AsyncIterator[list[dict[str, Any]]],
-                self._snapshot_pages(lambda: sorted(self._completed.facts(JobQuery()))),
+                self._snapshot_pages(
+                    lambda: sorted(self._completed.facts(JobQuery())),
+                    lambda facts: self._snapshot.stored_completed_job(facts[1]),
+                ),
             )
         return self._dump_small_collection(name)
 
@@ -1712,7 +1754,9 @@ class TinyDBStore:
             elif name == "completed":
                 for job in cast(list[Job], documents):
                     self._completed.add(job)
-                self._snapshot = self._snapshot._replace(completed=self._completed.published())
+                self._snapshot = self._snapshot._replace(
+                    completed=self._completed.published(), retried_by=self._completed.retries()
+                )
             elif name == "targets":
                 self._apply([TARGET(target) for target in documents])
             elif name == "audit":

@@ -110,6 +110,45 @@ async def test_a_failed_job_is_posted_again_linked_to_the_one_it_retries(client)
     assert busy.status == 409
 
 
+async def test_a_retried_job_says_by_which_job_from_then_on_and_is_retried_once(client):
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    await put_job(client, job_id, status="failed", log="The disk was full")
+    tag = (await client.get(f"/jobs/{job_id}")).headers["ETag"]
+    retry_id = (await (await client.post(f"/jobs/{job_id}/retry")).json())["job_id"]
+
+    read = await client.get(f"/jobs/{job_id}", headers={"If-None-Match": tag})  # a kept copy is out of date
+    assert read.status == 200 and (await read.json())["retriedBy"] == retry_id
+    for listing in ("/jobs?status=failed", "/jobs", "/targets/MY_DATASET/jobs", "/datastores/local/jobs"):
+        jobs = await (await client.get(listing)).json()
+        assert [job.get("retriedBy") for job in jobs if job["jobId"] == job_id] == [retry_id], listing
+    assert "retriedBy" not in await (await client.get(f"/jobs/{retry_id}")).json()
+
+    await put_job(client, retry_id, status="failed", log="The disk was full again")
+    again = await client.post(f"/jobs/{job_id}/retry")
+    assert (again.status, await again.json()) == (
+        409,
+        {"message": f"Job {job_id} was retried already, by job {retry_id}"},
+    )
+    third = await client.post(f"/jobs/{retry_id}/retry")  # the retry is the one to retry
+    assert third.status == 200
+    third_id = (await third.json())["job_id"]
+    assert (await (await client.get(f"/jobs/{retry_id}")).json())["retriedBy"] == third_id
+    assert (await (await client.get(f"/jobs/{job_id}")).json())["retriedBy"] == retry_id
+
+
+async def test_the_link_is_read_again_after_a_restart_wherever_the_retry_is(make_client):
+    client = await make_client()
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    await put_job(client, job_id, status="failed", log="The disk was full")
+    retry_id = (await (await client.post(f"/jobs/{job_id}/retry")).json())["job_id"]
+    for status in ("validating", "completed"):  # the retry in progress, then completed
+        await put_job(client, retry_id, status=status)
+        await client.close()
+        client = await make_client()
+        assert (await (await client.get(f"/jobs/{job_id}")).json())["retriedBy"] == retry_id, status
+    await client.close()
+
+
 async def test_only_a_failed_job_is_retried(client):
     job_id = await create_job(client, operation="ADD", target="MY_DATASET")
     assert (await client.post(f"/jobs/{job_id}/retry")).status == 409

@@ -393,7 +393,11 @@ async def test_every_job_any_route_makes_is_one_the_configured_executor_parses(m
         "audience": "datastore-api-jobs",
         "provisioners": [USER],
     }
-    client = await make_client(auth=auth, datastores={"keys_operation": keys_job}, jobs={"bump_enabled": True})
+    client = await make_client(
+        auth=auth,
+        datastores={"keys_operation": keys_job},
+        jobs={"bump_enabled": True, "handout_grace_seconds": 0},
+    )
     created = await client.post(
         "/datastores",
         json={"rdn": "no.ssb.fdb", "name": "Forskningsdata", "description": "Research", "bumpEnabled": True},
@@ -421,7 +425,17 @@ async def test_every_job_any_route_makes_is_one_the_configured_executor_parses(m
     await executor.update(first, status="validating", log="Checking the archive")
     await executor.update(first, description="A better description")
     await executor.update(first, status="failed", log="Something broke")
-    for job in await executor.ok("GET", "/jobs", headers=executor.headers):
+    # An administrator's retry (the failed job then says `retriedBy`) and cancel (`cancelledBy`).
+    admin = administrator_cookies(keys, jobs[0]["datastoreRdn"])
+    retried = await client.post(f"/jobs/{first}/retry", cookies=admin)
+    assert retried.status == 200, await retried.text()
+    queued = next(job for job in jobs[1:] if job["status"] == "queued")
+    admin = administrator_cookies(keys, queued["datastoreRdn"])
+    cancelled = await client.post(f"/jobs/{queued['jobId']}/cancel", json={"reason": "Wrong"}, cookies=admin)
+    assert cancelled.status == 200, await cancelled.text()
+    listed = await executor.ok("GET", "/jobs", headers=executor.headers)
+    assert {"retryOf", "retriedBy", "cancelledBy"} <= {key for job in listed for key in job}
+    for job in listed:
         executor_job(job, keys_job)
 
 

@@ -246,3 +246,21 @@ def spoil_in_progress_job(config: Path) -> None:
         return
     with MongoClient(storage["mongodb"]["url"]) as client:
         client[storage["mongodb"]["database"]].inprogress.update_many({}, {"$unset": {"parameters": ""}})
+
+
+async def test_a_retry_link_travels_as_the_retrys_retry_of_alone(make_client, tinydb_config, mongodb_config, tmp_path):
+    client = await make_client()
+    job_id = await create_job(client, operation="ADD", target="MY_DATASET")
+    await put_job(client, job_id, status="failed", log="The disk was full")
+    retry_id = (await (await client.post(f"/jobs/{job_id}/retry")).json())["job_id"]
+    await put_job(client, retry_id, status="completed")
+    await client.close()
+    from_tinydb, from_mongodb = tmp_path / "from-tinydb.jsonl", tmp_path / "from-mongodb.jsonl"
+
+    assert run_job_service(tinydb_config, "export", "--to", str(from_tinydb)).returncode == 0
+    jobs = [line["document"] for line in map(json.loads, from_tinydb.read_text().splitlines())]
+    assert [job.get("retryOf") for job in jobs if "jobId" in job] == [None, job_id]
+    assert not any("retriedBy" in job for job in jobs)
+    assert run_job_service(mongodb_config, "import", "--from", str(from_tinydb)).returncode == 0
+    assert run_job_service(mongodb_config, "export", "--to", str(from_mongodb)).returncode == 0
+    assert from_tinydb.read_text() == from_mongodb.read_text()

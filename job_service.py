@@ -3073,7 +3073,7 @@ RECENT_FAILURES_SECONDS = 7 * 24 * 3600.0
 #: Failed jobs one overview reads at most, newest first: the failures of a week are few,
 #: and a history of years must not make the page slow.
 RECENT_FAILURES_READ = 2000
-#: Jobs a group of failures names.
+#: Jobs a group of failures names: those not retried yet, which a retry may act on.
 FAILURE_EXAMPLES = 5
 #: What a failure's reason keeps of its log line.
 REASON_CHARACTERS = 300
@@ -3130,10 +3130,12 @@ async def recent_failures(store: Store, rdn: str, now: datetime) -> list[dict[st
             failed_at = last_change(job, now)
             if failed_at.timestamp() < since:
                 continue
-            group = groups.setdefault(failure_reason(job), {"count": 0, "lastAt": "", "jobIds": []})
+            group = groups.setdefault(failure_reason(job), {"count": 0, "retried": 0, "lastAt": "", "jobIds": []})
             group["count"] += 1
             group["lastAt"] = max(group["lastAt"], iso(failed_at))
-            if len(group["jobIds"]) < FAILURE_EXAMPLES:
+            if "retriedBy" in job:
+                group["retried"] += 1
+            elif len(group["jobIds"]) < FAILURE_EXAMPLES:
                 group["jobIds"].append(job["jobId"])
         if read >= RECENT_FAILURES_READ:
             break
@@ -3183,6 +3185,8 @@ class BusyTargetSchema(Schema):
 class FailureGroupSchema(Schema):
     reason = fields.String(required=True)
     count = fields.Integer(required=True)
+    #: Of `count`, those posted again already (`retriedBy`).
+    retried = fields.Integer(required=True)
     lastAt = fields.String(required=True)
     jobIds = fields.List(fields.String(), required=True)
 
@@ -4533,7 +4537,8 @@ STATUS_PAGE = """<!doctype html>
           element("td", {}, failure.count),
           element("td", {}, failure.reason),
           element("td", {title: failure.lastAt}, since(failure.lastAt)),
-          element("td", {}, ...retries));
+          element("td", {}, ...retries,
+            failure.retried ? element("span", {class: "muted"}, ` ${failure.retried} retried`) : ""));
       });
       const heading = ["target", "operation", "status", "since", "by", ""].map(h => element("th", {}, h));
       return element("div", {class: "card", "data-rdn": datastore.rdn},

@@ -104,6 +104,15 @@ async def test_the_weeks_failures_are_grouped_by_their_reason(client):
     assert datastore["busyTargets"] == []
 
 
+async def test_a_failure_retried_already_is_counted_and_offered_no_more(client):
+    job_id = await create_job(client, operation="ADD", target="A")
+    await put_job(client, job_id, status="failed", log="Disk full")
+    assert (await client.post(f"/jobs/{job_id}/retry")).status == 200
+    [datastore] = (await overview(client))["datastores"]
+    [group] = datastore["recentFailures"]
+    assert (group["count"], group["retried"], group["jobIds"]) == (1, 1, [])
+
+
 async def test_a_datastores_own_overview_and_the_administrators_reach(auth_client, key_server):
     keys, _ = key_server
     client = await auth_client(api_key=KEY, provisioners=["6f1a0e6c-0000-4000-8000-000000000001"])
@@ -177,12 +186,15 @@ async def test_the_status_page_shows_a_silent_executor_a_stale_job_and_a_paused_
         failures = await page.inner_text("[data-rdn='local']")
         await page.click("[data-rdn='local'] button.retry")
         await page.wait_for_selector("[data-rdn='local'] button.cancel")
+        await page.wait_for_selector("[data-rdn='local'] button.retry", state="detached")  # retried once
+        retried = await page.inner_text("[data-rdn='local']")
         await browser.close()
     report(f"artifact: screenshot of /status in Chromium: {screenshot}")
     assert "executor: never" in summary and "paused: Upgrading the platform" in summary
     assert "STUCK_DATASET" in card and "stale" in card and "the executor is silent" in card
     assert "queued" in timeline
     assert "Cancelled by Local User (local-user): Posted to the wrong dataset" in failures
+    assert "1 retried" in retried
     jobs = await (await client.get("/jobs")).json()
     assert [job["status"] for job in jobs] == ["failed", "queued"] and jobs[1]["retryOf"] == jobs[0]["jobId"]
     assert [url for url in requested if not url.startswith(base) and not url.startswith("data:")] == []

@@ -2884,8 +2884,14 @@ class Datastores:
 # phases a job went through, and which jobs in progress have not moved for too long.
 # Nothing of it is stored or added to a job: what the executor reads stays as it was.
 
-#: The log line `PUT /jobs/{jobId}` writes for a new status (see `update_job`).
-STATUS_LINE = re.compile(r"Set status: ([a-z]+)")
+#: The log line of a new status (`PUT /jobs/{jobId}`, a cancel), as the platform's own
+#: service writes it: the timelines read the statuses back from it.
+STATUS_LINE_PREFIX = "Set status: "
+STATUS_LINE = re.compile(re.escape(STATUS_LINE_PREFIX) + "([a-z]+)")
+
+
+def status_line(status: str, at: str) -> LogEntry:
+    return {"at": at, "message": STATUS_LINE_PREFIX + status}
 
 
 def instant(text: str) -> datetime | None:
@@ -4786,7 +4792,7 @@ async def cancel_job(request: web.Request, scope: Scope) -> web.Response:
     line = f"Cancelled by {user['firstName']} {user['lastName']} ({user['userId']}): {reason}"
     change = JobChange(
         status="failed",
-        log=[{"at": at, "message": "Set status: failed"}, {"at": at, "message": line}],
+        log=[status_line("failed", at), {"at": at, "message": line}],
         at=at,
         expected_status="queued",
         cancelled_by=user,
@@ -5006,7 +5012,7 @@ async def update_job(request: web.Request, scope: Scope) -> web.Response:
     at = now_iso()
     log_entries: list[LogEntry] = []
     if "status" in update:
-        log_entries.append({"at": at, "message": f"Set status: {update['status']}"})
+        log_entries.append(status_line(update["status"], at))
     if "description" in update:
         log_entries.append({"at": at, "message": "Added update description"})
     if "log" in update:

@@ -6,6 +6,7 @@ without importing another test module.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -237,6 +238,19 @@ class Faulty:
 
     def __getattr__(self, name: str) -> Any:
         return self._replaced[name] if name in self._replaced else getattr(self.store, name)
+
+
+def dies_after(operation: str) -> Any:
+    """A store operation that is made, and then the process dies: nothing after it runs."""
+
+    def make(store: Any) -> Any:
+        async def made_then_dead(*args: Any) -> None:
+            await getattr(store, operation)(*args)
+            raise asyncio.CancelledError
+
+        return made_then_dead
+
+    return make
 
 
 def raising(error: Exception) -> Any:

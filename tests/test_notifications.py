@@ -22,6 +22,7 @@ from helpers import (
     access_claims,
     cookies_for,
     create_job,
+    dies_after,
     faulty,
     put_job,
     raising,
@@ -291,19 +292,6 @@ async def test_an_outbox_that_cannot_be_written_never_fails_the_request(make_cli
     )
     await failed_job(client)  # answered 200 all the same: the job is failed, its event dropped
     assert "notifications_dropped_total 1.0" in await (await client.get("/metrics")).text()
-
-
-def dies_after(operation: str) -> Any:
-    """A store operation that is made, and then the process dies: nothing after it runs."""
-
-    def make(store: Any) -> Any:
-        async def made_then_dead(*args: Any) -> None:
-            await getattr(store, operation)(*args)
-            raise asyncio.CancelledError
-
-        return made_then_dead
-
-    return make
 
 
 #: Each change told of, as a client makes it, and the store operation that makes it.

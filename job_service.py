@@ -3962,29 +3962,78 @@ def credential_of(request: web.Request, access: Access) -> str:
     return "token" if auth.enabled else "local"
 
 
-async def record_audit(
-    request: web.Request, action: str, access: Access, datastore: str | None, user: User, status: int, outcome: str
-) -> None:
-    """Append the entry of one audited request. The action is done whatever the trail
-    says (a client must learn which jobs exist), so an entry the store cannot take is
-    logged whole instead, for an operator to find."""
+#: The status and outcome of an audited request whose process stopped before it answered.
+UNANSWERED_STATUS = 0
+UNANSWERED = "Never answered: the service stopped first; what it did shows in the jobs, targets and datastores"
+#: Longer than any audited request takes: an entry begun earlier that its request never
+#: appended was cut short by a stop of its process (looked for every AUDIT_FINISH_SECONDS).
+BEGUN_AUDIT_SECONDS = 600.0
+AUDIT_FINISH_SECONDS = 60.0
+
+
+async def begin_audit(
+    request: web.Request, action: str, access: Access, datastore: str | None, user: User
+) -> AuditEntry:
+    """The entry of an audited request, kept by the store before the request is acted on
+    (`Store.begin_audit`): should the process stop before it answers, the trail still
+    says who did what, when, with its outcome unknown."""
     at = datetime.now(UTC)
     entry = AuditEntry(
         id=audit_id(at),
         at=at.isoformat(timespec="microseconds"),
         action=action,
-        datastoreRdn=request.get(AUDIT_DATASTORE, datastore),
+        datastoreRdn=datastore,
         actor=user,
         credential=credential_of(request, access),
-        status=status,
-        outcome=bounded(outcome),
+        status=UNANSWERED_STATUS,
+        outcome=UNANSWERED,
         requestId=request[REQUEST_ID],
-        details=bounded(request[AUDIT_DETAILS]),
+        details={},
+    )
+    try:
+        await store_of(request).begin_audit(entry)
+    except Exception as exc:  # the action goes on: it stands or falls with the store on its own
+        log.warning("The audit trail could not take the start of request %s (%s)", request[REQUEST_ID], exc)
+    return entry
+
+
+async def record_audit(request: web.Request, begun: AuditEntry, status: int, outcome: str) -> None:
+    """Append the entry of one audited request, `begun` with what its handler and its
+    answer said. The action is done whatever the trail says (a client must learn which
+    jobs exist), so an entry the store cannot take is logged whole instead, for an
+    operator to find."""
+    entry = AuditEntry(
+        **{
+            **begun,
+            "datastoreRdn": request.get(AUDIT_DATASTORE, begun["datastoreRdn"]),
+            "status": status,
+            "outcome": bounded(outcome),
+            "details": bounded(request[AUDIT_DETAILS]),
+        }
     )
     try:
         await store_of(request).add_audit(entry)
     except Exception as exc:
         log.error("The audit trail could not take this entry (%s): %s", exc, orjson.dumps(entry).decode())
+
+
+async def finish_begun_audit(store: Store, older_than: float) -> None:
+    """Append, as they were begun, the entries begun more than `older_than` seconds ago
+    that their requests never appended: their process stopped before it answered."""
+    try:
+        appended = await store.finish_begun_audit(at_time(time.time() - older_than))
+    except StoreError:
+        return  # the store says why where it is read; looked at again later
+    if appended:
+        log.warning("Appended %d audit entry(ies) of requests never answered: the service stopped first", appended)
+
+
+async def finish_begun_audit_forever(store: Store) -> None:
+    """Where processes share the store, any of them may stop: what they began is looked for
+    every AUDIT_FINISH_SECONDS, once older than any request takes."""
+    while True:
+        await asyncio.sleep(AUDIT_FINISH_SECONDS)
+        await finish_begun_audit(store, BEGUN_AUDIT_SECONDS)
 
 
 def posted_jobs(entries: list[Any], results: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -4226,13 +4275,14 @@ def endpoint(declared: Route, path: str) -> Handler:
         # Once the caller is known, every answer is audited: one nobody verified is not,
         # or anyone could fill the trail (the access log has those).
         request[AUDIT_DETAILS] = {}
+        begun = await begin_audit(request, declared.audit, access, acted_on, user)
         try:
             response = await act(request, user, reach, rdn)
         except Exception as exc:
             status, outcome = failure_answer(exc) or (500, "Internal Server Error")
-            await record_audit(request, declared.audit, access, acted_on, user, status, outcome)
+            await record_audit(request, begun, status, outcome)
             raise
-        await record_audit(request, declared.audit, access, acted_on, user, response.status, "OK")
+        await record_audit(request, begun, response.status, "OK")
         return response
 
     async def act(request: web.Request, user: User, reach: Reach | None, rdn: str | None) -> web.StreamResponse:
@@ -6004,15 +6054,19 @@ async def storage_context(app: web.Application) -> Any:
     )
     app[PROVISIONER] = Provisioner(config.datastores.root)
     await end_unfinished_provisionings(app)
-    retrying = asyncio.create_task(retry_provisionings(app))
-    sharing = asyncio.create_task(share_forever(app[EXECUTOR_WATCH], app[STORE]))
+    # At start, where this process is the store's only writer, every entry begun is one a
+    # stopped process began.
+    await finish_begun_audit(app[STORE], 0.0 if store.sole_writer else BEGUN_AUDIT_SECONDS)
+    tasks = [
+        asyncio.create_task(retry_provisionings(app)),
+        asyncio.create_task(share_forever(app[EXECUTOR_WATCH], app[STORE])),
+        asyncio.create_task(finish_begun_audit_forever(app[STORE])),
+    ]
     yield
-    sharing.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sharing
-    retrying.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await retrying
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     app[PROVISIONER].close()
     await app[STORE].close()
 

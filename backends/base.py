@@ -914,8 +914,19 @@ class Store(Protocol):
     async def recent_notifications(self, limit: int) -> list[Notification]:
         """The newest `limit` deliveries, by `createdAt` newest first."""
 
+    async def begin_audit(self, entry: AuditEntry) -> None:
+        """Keep `entry`, an audited request's as far as it is known before the request is
+        acted on, until `add_audit` appends the request's own of the same id; if the process
+        stops between the two, `finish_begun_audit` appends it as it was begun."""
+
     async def add_audit(self, entry: AuditEntry) -> None:
-        """Append an entry to the audit trail, which nothing changes or removes."""
+        """Append an entry to the audit trail, which nothing changes or removes, and forget
+        the begun entry of its id."""
+
+    async def finish_begun_audit(self, before: str) -> int:
+        """Append each entry begun before `before` (an `at`) that its request never appended
+        (a process stopped meanwhile), as it was begun, unless its id is in the trail by
+        now, and forget them: how many were appended."""
 
     def audit_entries(self, query: AuditQuery) -> AsyncIterator[list[AuditEntry]]:
         """The entries `query` matches, newest first (by id), as pages."""

@@ -377,6 +377,8 @@ class MongoStore:
         #: The outbox of notifications, which no export carries either; its indexes are made at its first use.
         self._notifications = db["notifications"]
         self._notifications_indexed = False
+        #: Audit entries begun, by id, until their requests append them: never exported either.
+        self._begun = db["auditBegun"]
 
     @classmethod
     async def open(
@@ -1213,8 +1215,25 @@ class MongoStore:
     # --- the audit trail ---------------------------------------------------------------------
 
     @store_operation
+    async def begin_audit(self, entry: AuditEntry) -> None:
+        await self._begun.insert_one({"_id": entry["id"], **entry})
+
+    @store_operation
     async def add_audit(self, entry: AuditEntry) -> None:
+        # Appended, then forgotten as begun: a crash between the two leaves a begun entry
+        # whose id is in the trail, which `finish_begun_audit` forgets.
         await self._collections["audit"].insert_one(dict(entry))
+        await self._begun.delete_one({"_id": entry["id"]})
+
+    @store_operation
+    async def finish_begun_audit(self, before: str) -> int:
+        appended = 0
+        async for begun in self._begun.find({"at": {"$lt": before}}, NO_ID):
+            with contextlib.suppress(DuplicateKeyError):  # its request, or another process, appended it
+                await self._collections["audit"].insert_one(begun)
+                appended += 1
+            await self._begun.delete_one({"_id": begun["id"]})
+        return appended
 
     def audit_entries(self, query: AuditQuery) -> AsyncIterator[list[AuditEntry]]:
         cursor = self._collections["audit"].find(audit_filter(query)).sort("id", DESCENDING)

@@ -149,6 +149,7 @@ TABLE_FILES = {
     "targets": "targets.json",
     "maintenance": "maintenance.json",
     "outbox": "outbox.json",
+    "begun": "audit-begun.json",
 }
 COMPLETED_DIRECTORY = "completed"
 #: The audit trail, in segments as the completed set: it only grows.
@@ -350,6 +351,7 @@ FILE_PROBLEMS: dict[str, Callable[[Any], str | None]] = {
     **PROBLEMS,
     "completed": functools.partial(stored_job_problem, final=True),
     "outbox": notification_problem,
+    "begun": audit_problem,
 }
 
 
@@ -397,8 +399,10 @@ class Change:
         self.maintenance: list[tuple[int, MaintenanceStatus]] = []
         #: Deliveries of the outbox stored or replaced by id; None for one forgotten.
         self.notifications: dict[str, Notification | None] = {}
-        #: Audit entries appended (once: a replayed one is there already).
+        #: Audit entries appended (once: a replayed one is there already), each forgotten as begun.
         self.audit: list[AuditEntry] = []
+        #: Audit entries begun, kept until appended.
+        self.begun: list[AuditEntry] = []
 
 
 class Operation(NamedTuple):
@@ -465,10 +469,24 @@ NOTIFICATION_GONE = Operation(
 AUDIT = Operation(
     "audit", one_document(audit_problem, "has no audit entry"), lambda change, op: change.audit.append(op[1])
 )
+AUDIT_BEGUN = Operation(
+    "audit-begun", one_document(audit_problem, "has no audit entry"), lambda change, op: change.begun.append(op[1])
+)
 #: Every kind of operation a journal record may hold, by name.
 JOURNAL_OPERATIONS = {
     operation.name: operation
-    for operation in (JOB, DONE, TARGET, DATASTORE, FORGET, MAINTENANCE, NOTIFICATION, NOTIFICATION_GONE, AUDIT)
+    for operation in (
+        JOB,
+        DONE,
+        TARGET,
+        DATASTORE,
+        FORGET,
+        MAINTENANCE,
+        NOTIFICATION,
+        NOTIFICATION_GONE,
+        AUDIT,
+        AUDIT_BEGUN,
+    )
 }
 
 
@@ -607,8 +625,9 @@ def target_name(target: Mapping[str, Any]) -> str:
     return cast(str, target["name"])
 
 
-def notification_id(notification: Mapping[str, Any]) -> str:
-    return cast(str, notification["id"])
+def document_id(document: Mapping[str, Any]) -> str:
+    """The key of a document that names itself: a delivery, an audit entry."""
+    return cast(str, document["id"])
 
 
 class TableFile:
@@ -1020,6 +1039,9 @@ class AuditTrail:
         filled, self._filled = self._filled, []
         return [*filled, self._active] if self._active.dirty else filled
 
+    def __contains__(self, entry_id: str) -> bool:
+        return entry_id in self._encoded
+
     def __len__(self) -> int:
         return len(self._facts)
 
@@ -1222,11 +1244,12 @@ class TinyDBStore:
         self._inprogress = TableFile(path / TABLE_FILES["inprogress"], tables["inprogress"], job_key)
         self._targets = TableFile(path / TABLE_FILES["targets"], tables["targets"], stored_target_key)
         self._maintenance = TableFile(path / TABLE_FILES["maintenance"], tables["maintenance"])
-        self._outbox = TableFile(path / TABLE_FILES["outbox"], tables["outbox"], notification_id)
+        self._outbox = TableFile(path / TABLE_FILES["outbox"], tables["outbox"], document_id)
+        self._begun = TableFile(path / TABLE_FILES["begun"], tables["begun"], document_id)
         #: Leases of deliveries being sent, by id: (owner, until). In memory alone: one process
         #: owns the directory, and a restart must send again what was being sent.
         self._leases: dict[str, tuple[str, str]] = {}
-        for table in (self._registry, self._inprogress, self._targets, self._outbox):
+        for table in (self._registry, self._inprogress, self._targets, self._outbox, self._begun):
             if len(table.ids) != len(table):
                 raise corrupt(table.path, "holds two documents with the same key")
         self._tables = {
@@ -1235,6 +1258,7 @@ class TinyDBStore:
             "targets": self._targets,
             "maintenance": self._maintenance,
             "outbox": self._outbox,
+            "begun": self._begun,
         }
         # Everything is checked: from here on the store may change files.
         for directory in (path, completed_directory, audit_directory, journal_directory):
@@ -1307,8 +1331,11 @@ class TinyDBStore:
         """Apply `change` to the documents (which the next fold writes) and publish the
         next snapshot: the parts it leaves alone are the last one's, never copied."""
         last = self._snapshot
+        for entry in change.begun:
+            self._begun.put(entry)
         for entry in change.audit:
             self._audit.add(entry)
+            self._begun.remove(entry["id"])
         for job in change.done:
             self._completed.add(job)
         put = [self._read(stored) for stored in change.jobs]
@@ -1861,9 +1888,23 @@ class TinyDBStore:
 
     # --- the audit trail ---------------------------------------------------------------
 
+    async def begin_audit(self, entry: AuditEntry) -> None:
+        entry = copy_document(entry)
+        await self._run(self._commit, [AUDIT_BEGUN(entry)])
+
     async def add_audit(self, entry: AuditEntry) -> None:
         entry = copy_document(entry)
         await self._run(self._commit, [AUDIT(entry)])
+
+    async def finish_begun_audit(self, before: str) -> int:
+        def finish() -> int:
+            begun = [entry for entry in self._begun.documents.values() if entry["at"] < before]
+            appended = sum(entry["id"] not in self._audit for entry in begun)
+            if begun:
+                self._commit([AUDIT(entry) for entry in begun])  # one already in the trail is not added twice
+            return appended
+
+        return await self._run(finish)
 
     async def audit_entries(self, query: AuditQuery) -> AsyncIterator[list[AuditEntry]]:
         # Matched on the worker, which alone holds the trail; decoded a page at a time.

@@ -5,11 +5,13 @@ the request id, read back by `GET /audit` with filters and a cursor."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -18,6 +20,7 @@ from helpers import (
     access_claims,
     cookies_for,
     create_job,
+    dies_after,
     faulty,
     info_claims,
     put_job,
@@ -27,7 +30,9 @@ from helpers import (
     write_config,
 )
 
+import job_service
 from backends import StoreUnavailable
+from backends.base import AuditEntry, AuditQuery
 
 FDB = {"rdn": "no.ssb.fdb", "name": "Forskningsdata", "description": "Research data"}
 API_KEY = "the executor's key, long enough"
@@ -137,6 +142,50 @@ async def test_an_action_is_done_and_answered_when_the_trail_cannot_take_its_ent
     assert (await client.get(f"/jobs/{job_id}")).status == 200
     [record] = [record for record in caplog.records if "audit trail could not take" in record.getMessage()]
     assert job_id in record.getMessage()  # the whole entry, for an operator to find
+
+
+async def test_an_action_whose_process_stops_before_it_answers_is_in_the_trail_after_the_next_start(
+    make_client, monkeypatch
+):
+    # Processes sharing a MongoDB wait longer than any request takes before they append it.
+    monkeypatch.setattr(job_service, "BEGUN_AUDIT_SECONDS", 0.0)
+    client = await make_client(faulty(insert_job=dies_after("insert_job")))
+    with contextlib.suppress(aiohttp.ClientError):
+        await client.post("/jobs", json={"jobs": [{"operation": "ADD", "target": "A"}]})
+    await client.close()
+    client = await make_client()
+    [entry] = await entries(client)
+    assert (entry["action"], entry["actor"], entry["status"]) == ("jobs.posted", LOCAL_USER, 0)
+    assert entry["outcome"].startswith("Never answered: the service stopped first")
+    assert [job["parameters"]["target"] for job in await (await client.get("/jobs")).json()] == ["A"]
+
+
+def audit_entry(entry_id: str, at: str, status: int = 0) -> AuditEntry:
+    return AuditEntry(
+        id=entry_id,
+        at=at,
+        action="jobs.posted",
+        datastoreRdn=DEFAULT_DATASTORE,
+        actor=LOCAL_USER,
+        credential="local",
+        status=status,
+        outcome="begun",
+        requestId="req-1",
+        details={},
+    )
+
+
+async def test_a_begun_entry_is_appended_once_unless_its_request_appended_it(store):
+    answered = audit_entry("0" * 23 + "1", "2026-12-01T10:00:00.000000+00:00")
+    cut_short = audit_entry("0" * 23 + "2", "2026-12-01T10:00:01.000000+00:00")
+    await store.begin_audit(answered)
+    await store.begin_audit(cut_short)
+    assert await store.finish_begun_audit(answered["at"]) == 0  # none begun before then
+    await store.add_audit({**answered, "status": 200, "outcome": "OK"})
+    assert await store.finish_begun_audit("2026-12-02") == 1
+    assert await store.finish_begun_audit("2026-12-02") == 0
+    trail = [entry async for page in store.audit_entries(AuditQuery()) for entry in page]
+    assert [(entry["id"], entry["status"]) for entry in trail] == [(cut_short["id"], 0), (answered["id"], 200)]
 
 
 async def test_the_filters_combine(client):

@@ -126,6 +126,8 @@ DUMPED_FIELDS = {TARGETS_DUE: False, SHOWN_JOB: False}
 #: MongoDB's error code for a duplicate key.
 DUPLICATE_KEY = 11000
 JOB_SORT = [("createdAt", ASCENDING), ("jobId", ASCENDING)]
+#: The keys of the rule, one job in progress per target and datastore: its index's order.
+RULE_KEYS = [("datastoreRdn", ASCENDING), ("parameters.target", ASCENDING)]
 MANIFESTO_NAME = "parameters.bumpManifesto.dataStructureUpdates.name"
 #: Newest first; `_id` breaks ties in insertion order within one process.
 HISTORY_SORT = [("timestamp", DESCENDING), ("_id", DESCENDING)]
@@ -158,10 +160,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     # change of a job (on SecantusDB, about a third of a second per 1,000 inserts).
     "inprogress": [
         # The rule itself: one document per target and datastore in this collection, across processes.
-        (
-            [("datastoreRdn", ASCENDING), ("parameters.target", ASCENDING)],
-            {"unique": True, "name": "one_job_per_target_per_datastore"},
-        ),
+        (RULE_KEYS, {"unique": True, "name": "one_job_per_target_per_datastore"}),
         ([("jobId", ASCENDING)], {"unique": True}),
         (JOB_SORT, {}),
     ],
@@ -489,8 +488,10 @@ class MongoStore:
         await self._put_back_busy_datastores()
         for name in ("inprogress", "completed"):
             marked = self._collections[name].find({TARGETS_DUE: {"$exists": True}, **SETTLED})
-            async for jobs in paged(self._stream(name, marked), PAGE_SIZE):
-                await self._record_due(jobs)
+            # Those in progress (every job still queued since its insert) in the rule's order.
+            in_order = name == "inprogress"
+            async for jobs in paged(self._stream(name, marked.sort(RULE_KEYS) if in_order else marked), PAGE_SIZE):
+                await self._record_due(jobs, in_order)
         if self._initial_maintenance is not None:
             await self._insert_initial_maintenance(self._initial_maintenance)
         self.prepared = True
@@ -659,18 +660,25 @@ class MongoStore:
         await self._write_targets(targets_of_marked(jobs))
         await self._unmark(jobs)
 
-    async def _record_due(self, jobs: list[dict[str, Any]]) -> None:
+    async def _record_due(self, jobs: list[dict[str, Any]], in_order: bool = False) -> None:
         """The repair of marked jobs, whose changes a crash may have cut short (or which are
         new, see `_insert`): a read of their targets, then a write of only those that do not
         show their job's change yet, so that the repair of a change recorded in full writes
         nothing. A final job's mark is removed; an in-progress job keeps its mark until its
-        next change replaces it, which saves a write per job and costs the next start a read."""
+        next change replaces it, which saves a write per job and costs the next start a read.
+
+        The targets are looked up by name; those of jobs `in_order`, a page of the jobs in
+        progress in the rule's order (each has one target), are read as one range of names
+        per datastore instead: one walk of the index rather than a lookup per name (on
+        SecantusDB, ten times cheaper), and over the pages of a start each target at most once."""
         targets = targets_of_marked(jobs)
         shown: dict[tuple[str, str], Any] = {}
         for rdn in {target["datastoreRdn"] for target in targets}:
-            names = sorted({target["name"] for target in targets if target["datastoreRdn"] == rdn})
-            async for stored in self._targets.find({"datastoreRdn": rdn, "name": {"$in": names}}, SHOWN_FIELDS):
-                shown[(rdn, stored.get("name"))] = stored.get(SHOWN_JOB)
+            names = {target["name"] for target in targets if target["datastoreRdn"] == rdn}
+            chosen = {"$gte": min(names), "$lte": max(names)} if in_order else {"$in": sorted(names)}
+            async for stored in self._targets.find({"datastoreRdn": rdn, "name": chosen}, SHOWN_FIELDS):
+                if stored.get("name") in names:
+                    shown[(rdn, stored["name"])] = stored.get(SHOWN_JOB)
         await self._write_targets(
             [target for target in targets if shown.get((target["datastoreRdn"], target["name"])) != target[SHOWN_JOB]]
         )

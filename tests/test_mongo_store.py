@@ -24,6 +24,7 @@ from backends import (
     TargetBusy,
     revision_of,
 )
+from backends.base import PAGE_SIZE, target_of
 from backends.mongo import MongoStore
 from job_service import create_app
 
@@ -511,6 +512,23 @@ async def test_a_new_jobs_mark_stays_unseen_and_a_start_or_a_refused_job_writes_
     await restarted.update_job("1", JobChange(status="validating"))
     assert await database["inprogress"].count_documents(marked) == 2
     assert (await restarted.get_target("local", "DATASET_1"))["status"] == "validating"
+
+
+async def test_a_start_after_a_batch_cut_short_writes_only_the_targets_missing_a_page_at_a_time(open_store, database):
+    batch = [stored_job(str(n), f"DATASET_{n:04d}") for n in range(1, PAGE_SIZE + 101)]
+    dying = await open_store()
+    await dying.save_target(target_of(stored_job("0", "DATASET_0300_OTHER"), T1))  # no job's
+    stopping_after(dying, len(batch) + 300)  # every job stored, the targets of the first 300
+    with pytest.raises(Crash):
+        await dying.insert_jobs(batch)
+
+    restarted = await open_store()
+    await restarted.ping()
+    targets = await listed(restarted.list_targets("local"))
+    assert len(targets) == len(batch) + 1
+    # Those the batch wrote are not written again, nor is one between its names.
+    assert {revision_of(target) for target in targets} == {1}
+    assert await nothing_due(database)
 
 
 async def test_a_batch_stopped_after_any_step_leaves_each_job_there_with_its_target_or_not_at_all(open_store, database):

@@ -11,8 +11,11 @@ A change of a job and the targets it shows are written the same way: the job is
 written first, marked `targetsDueAt` (the time of the change), then its targets
 (each only over one that shows no newer job: targets follow job order), then the
 mark is removed. A job still marked is a change whose targets a crash may have cut
-short: the next start, or the next touch of the job or its target, records them
-again from the job itself and removes the mark. Readers never see the mark.
+short: the next start, or the next touch of the job or its target, reads its targets
+and writes those that do not show the change yet. A new job keeps its mark (its
+insert would cost twice as much without), as may a repaired job in progress: the
+job's next change replaces the mark, and a repair of a recorded change writes
+nothing. A final job's mark is removed. Readers never see the mark.
 
 A job goes only into a live datastore, checked in the same step as the insert against
 a `delete_datastore` of any process, without a transaction: each of the two writes
@@ -116,12 +119,16 @@ SETTLED = {UNCHECKED: {"$exists": False}}
 #: malformed document, and is dropped from a sound one.
 JOB_FIELDS = {TARGETS_DUE: False}
 TARGET_FIELDS = {SHOWN_JOB: False}
+#: What a repair reads of a target: the change it shows.
+SHOWN_FIELDS = {"_id": False, "name": True, SHOWN_JOB: True}
 #: What an export holds of a document: what the API shows (the `_id` names a
 #: malformed one, which an export leaves out as a listing does; a sound one loses it).
 DUMPED_FIELDS = {TARGETS_DUE: False, SHOWN_JOB: False}
 #: MongoDB's error code for a duplicate key.
 DUPLICATE_KEY = 11000
 JOB_SORT = [("createdAt", ASCENDING), ("jobId", ASCENDING)]
+#: The keys of the rule, one job in progress per target and datastore: its index's order.
+RULE_KEYS = [("datastoreRdn", ASCENDING), ("parameters.target", ASCENDING)]
 MANIFESTO_NAME = "parameters.bumpManifesto.dataStructureUpdates.name"
 #: Newest first; `_id` breaks ties in insertion order within one process.
 HISTORY_SORT = [("timestamp", DESCENDING), ("_id", DESCENDING)]
@@ -154,10 +161,7 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     # change of a job (on SecantusDB, about a third of a second per 1,000 inserts).
     "inprogress": [
         # The rule itself: one document per target and datastore in this collection, across processes.
-        (
-            [("datastoreRdn", ASCENDING), ("parameters.target", ASCENDING)],
-            {"unique": True, "name": "one_job_per_target_per_datastore"},
-        ),
+        (RULE_KEYS, {"unique": True, "name": "one_job_per_target_per_datastore"}),
         ([("jobId", ASCENDING)], {"unique": True}),
         (JOB_SORT, {}),
     ],
@@ -296,6 +300,11 @@ def as_read(job: dict[str, Any]) -> Job:
     """A job as readers see it: without the store's mark."""
     job.pop(TARGETS_DUE, None)
     return cast(Job, job)
+
+
+def targets_of_marked(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What marked jobs' targets show, as of each job's mark."""
+    return [target for job in jobs for target in targets_to_record(cast(Job, job), job[TARGETS_DUE])]
 
 
 def replaceable_by(target: dict[str, Any]) -> dict[str, Any]:
@@ -486,9 +495,11 @@ class MongoStore:
             await self._settle(rdn, [job["jobId"] for job in unchecked if job["datastoreRdn"] == rdn])
         await self._put_back_busy_datastores()
         for name in ("inprogress", "completed"):
-            async for job in self._collections[name].find({TARGETS_DUE: {"$exists": True}, **SETTLED}):
-                if self._sound(name, job):
-                    await self._record_targets([job])
+            marked = self._collections[name].find({TARGETS_DUE: {"$exists": True}, **SETTLED})
+            # Those in progress (every job still queued since its insert) in the rule's order.
+            in_order = name == "inprogress"
+            async for jobs in paged(self._stream(name, marked.sort(RULE_KEYS) if in_order else marked), PAGE_SIZE):
+                await self._record_due(jobs, in_order)
         if self._initial_maintenance is not None:
             await self._insert_initial_maintenance(self._initial_maintenance)
         self.prepared = True
@@ -651,17 +662,43 @@ class MongoStore:
         await self._completed.replace_one({"jobId": job["jobId"]}, job, upsert=True)
         await self._inprogress.delete_one({"jobId": job["jobId"]})
 
-    async def _record_targets(self, jobs: list[dict[str, Any]], new: bool = False) -> None:
-        """Record what marked jobs' targets show, each over one that shows no newer job,
-        then remove each mark (unless a later change has marked the job again): a round
-        trip or two for all the targets and one for the marks, however many jobs. Each
-        write of a target bumps its revision. Idempotent: the repair of a change a crash
-        cut short, and the last steps of every change.
+    async def _record_targets(self, jobs: list[dict[str, Any]]) -> None:
+        """The last steps of a change: what the marked jobs' targets show written, then each
+        mark removed (unless a later change has marked the job again)."""
+        await self._write_targets(targets_of_marked(jobs))
+        await self._unmark(jobs)
+
+    async def _record_due(self, jobs: list[dict[str, Any]], in_order: bool = False) -> None:
+        """The repair of marked jobs, whose changes a crash may have cut short (or which are
+        new, see `_insert`): a read of their targets, then a write of only those that do not
+        show their job's change yet, so that the repair of a change recorded in full writes
+        nothing. A final job's mark is removed; an in-progress job keeps its mark until its
+        next change replaces it, which saves a write per job and costs the next start a read.
+
+        The targets are looked up by name; those of jobs `in_order`, a page of the jobs in
+        progress in the rule's order (each has one target), are read as one range of names
+        per datastore instead: one walk of the index rather than a lookup per name (on
+        SecantusDB, ten times cheaper), and over the pages of a start each target at most once."""
+        targets = targets_of_marked(jobs)
+        shown: dict[tuple[str, str], Any] = {}
+        for rdn in {target["datastoreRdn"] for target in targets}:
+            names = {target["name"] for target in targets if target["datastoreRdn"] == rdn}
+            chosen = {"$gte": min(names), "$lte": max(names)} if in_order else {"$in": sorted(names)}
+            async for stored in self._targets.find({"datastoreRdn": rdn, "name": chosen}, SHOWN_FIELDS):
+                if stored.get("name") in names:
+                    shown[(rdn, stored["name"])] = stored.get(SHOWN_JOB)
+        await self._write_targets(
+            [target for target in targets if shown.get((target["datastoreRdn"], target["name"])) != target[SHOWN_JOB]]
+        )
+        await self._unmark([job for job in jobs if job["status"] in FINAL_STATUSES])
+
+    async def _write_targets(self, targets: list[dict[str, Any]], new: bool = False) -> None:
+        """Write targets (of `targets_of_marked`), each over one that shows no newer job: a round
+        trip or two however many there are. Each write of a target bumps its revision.
 
         The targets of `new` jobs are mostly new too: they are inserted first, in one
         unordered write whose only checks are the unique index's, and only those the
         index refuses are written over the target there."""
-        targets = [target for job in jobs for target in targets_to_record(cast(Job, job), job[TARGETS_DUE])]
         if new:
             targets = [targets[index] for index in await self._insert_targets(targets)]
         requests = [
@@ -681,6 +718,10 @@ class MongoStore:
                 # A duplicate key: a target showing a newer job is there, or another process
                 # inserted one first; once more, for the second case.
                 requests = [requests[error["index"]] for error in errors]
+
+    async def _unmark(self, jobs: list[dict[str, Any]]) -> None:
+        """Remove the marks of jobs whose targets are recorded, each unless a later change has
+        marked the job again: a round trip for each set the jobs are in."""
         for final in (False, True):
             marks = [
                 UpdateOne({"jobId": job["jobId"], TARGETS_DUE: job[TARGETS_DUE]}, {"$unset": {TARGETS_DUE: ""}})
@@ -704,8 +745,13 @@ class MongoStore:
         """Store new jobs in a few round trips, whatever their number: the jobs, marked,
         in one unordered insert (the unique index refuses those whose target is held),
         those of a datastore other than the default settled (`_settle`), then all their
-        targets in one bulk write, then the marks removed. Each job is a change of its
-        own, repaired as any marked job is if a crash cuts it short."""
+        targets in one bulk write. Each job is a change of its own, repaired as any marked
+        job is if a crash cuts it short (`_record_due`).
+
+        The marks stay: removing them would write each job twice, the costliest step of
+        the insert. A mark on an in-progress job only says that its targets may not show
+        its last change yet, and the job's next change replaces it; recording them again
+        writes only those that do not show it."""
         rdn = jobs[0]["datastoreRdn"]
         checked = {} if rdn == self._default else {UNCHECKED: True}
         answers: list[StoreError | None] = [None] * len(jobs)
@@ -819,32 +865,29 @@ class MongoStore:
         for target, holder in list(holders.items()):
             if holder is not None and holder.pop(UNCHECKED, None) and holder["jobId"] not in standing:
                 del holders[target]
+        for holder in holders.values():
+            if holder is not None and holder["status"] in FINAL_STATUSES:
+                await self._finish(holder)
+        # A change of a holder a crash cut short, or a new holder's: one read for them all.
+        await self._record_due([holder for holder in holders.values() if holder is not None and TARGETS_DUE in holder])
         free = []
         for job, index in zip(jobs, indexes, strict=True):
             target = job["parameters"]["target"]
-            if target not in holders:
-                free.append(index)  # finished and moved since
-                continue
-            holder = holders[target]
-            if holder is None:
-                continue
-            if holder["status"] in FINAL_STATUSES:
-                await self._finish(holder)
-            if TARGETS_DUE in holder:
-                await self._record_targets([holder])  # a change of the holder a crash cut short
-            if holder["status"] in FINAL_STATUSES:
+            holder = holders.get(target)
+            # Finished and moved since, or finished by this touch (a malformed holder stays).
+            if target not in holders or (holder is not None and holder["status"] in FINAL_STATUSES):
                 free.append(index)
         return free
 
     async def _record_targets_or_leave_them_due(self, jobs: list[Job]) -> None:
         """Once a job is stored it exists, and the client must hear so: targets the
-        database did not take now stay due on the job, recorded at the next start or touch."""
+        database did not take stay due on the job, recorded at the next start or touch."""
         if not jobs:
             return
         marked = [{**job, TARGETS_DUE: job["createdAt"]} for job in jobs]
         try:
             async with translate_errors():
-                await self._record_targets(marked, new=True)
+                await self._write_targets(targets_of_marked(marked), new=True)
         except StoreUnavailable:
             log.warning("%d job(s) stored; their targets are recorded when the database is back", len(jobs))
 
@@ -977,7 +1020,7 @@ class MongoStore:
                 raise JobNotFound(job_id)
             self._checked("completed", job)
         if TARGETS_DUE in job:
-            await self._record_targets([job])
+            await self._record_due([job])
         raise JobFinal(job_id, job["status"])
 
     @store_operation

@@ -216,6 +216,27 @@ async def test_a_job_whose_target_write_fails_is_stored_and_its_target_recorded_
     assert target["status"] == "validating"
 
 
+async def test_a_batch_whose_targets_write_fails_has_them_recorded_by_a_refused_job_and_the_next_start(
+    make_client, storage, fail_commands
+):
+    client = await make_client(storage={"mongodb": {**storage["mongodb"], "timeout_seconds": 1}})
+    await fail_commands(["insert"], {"skip": 1}, closeConnection=True)  # the jobs stored, their targets not
+    entries = [{"operation": "ADD", "target": f"DATASET_{n}"} for n in range(3)]
+    results = await (await client.post("/jobs", json={"jobs": entries})).json()
+    await fail_commands([], "off")
+    assert [result["status"] for result in results] == ["queued"] * 3, "the jobs were stored: the client must hear"
+    assert (await client.get("/targets/DATASET_0")).status == 404
+
+    # A job refused for a held target records what the holder left due.
+    [refused] = await (await client.post("/jobs", json={"jobs": entries[:1]})).json()
+    assert refused["status"] == "FAILED"
+    assert (await (await client.get("/targets/DATASET_0")).json())["status"] == "queued"
+    # The next start records the rest.
+    restarted = await make_client()
+    for name in ("DATASET_1", "DATASET_2"):
+        assert (await (await restarted.get(f"/targets/{name}")).json())["status"] == "queued"
+
+
 # --- documents the store cannot work with, at start ----------------------------------------
 
 

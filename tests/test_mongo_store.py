@@ -24,6 +24,7 @@ from backends import (
     TargetBusy,
     revision_of,
 )
+from backends.base import PAGE_SIZE, target_of
 from backends.mongo import MongoStore
 from job_service import create_app
 
@@ -353,13 +354,17 @@ async def shown(store: MongoStore) -> dict:
     }
 
 
-async def nothing_marked(database) -> bool:
-    return all(
-        [
-            await database[name].count_documents({"targetsDueAt": {"$exists": True}}) == 0
-            for name in ("inprogress", "completed")
-        ]
-    )
+async def nothing_due(database) -> bool:
+    """No job whose targets may not show it: no final job marked, and each marked job in
+    progress (a new one keeps its mark) shown on its target."""
+    if await database["completed"].count_documents({"targetsDueAt": {"$exists": True}}):
+        return False
+    async for job in database["inprogress"].find({"targetsDueAt": {"$exists": True}}):
+        held = {"datastoreRdn": job["datastoreRdn"], "name": job["parameters"]["target"]}
+        target = await database["targets"].find_one(held)
+        if target is None or target["shownJob"]["jobId"] != job["jobId"]:
+            return False
+    return True
 
 
 COMPLETED_BUMP = {
@@ -406,15 +411,15 @@ async def test_a_completion_stopped_after_any_step_is_finished_with_all_its_targ
                 with pytest.raises(JobFinal):
                     await running.update_job("1", JobChange(status="completed", at=T3))
         assert await shown(repaired) == (COMPLETED_BUMP if writes > 0 else VALIDATING_BUMP), f"after {writes} writes"
-        assert await nothing_marked(database)
+        assert await nothing_due(database)
 
 
 @pytest.mark.parametrize("how", ["the next start", "the next touch"])
 async def test_a_new_job_stopped_after_any_step_is_there_with_its_target_or_not_at_all(open_store, database, how):
-    """Inserting a job is 3 writes: the job (marked), its target, the mark removed."""
+    """Inserting a job is 2 writes: the job (marked), its target."""
     created = stored_job("1")["createdAt"]
     new_job = {"jobs": [("1", "queued")], "in progress": ["1"], "targets": {"MY_DATASET": ("queued", ["ADD"], created)}}
-    for writes in range(4):
+    for writes in range(3):
         running = await open_store()
         await running.clear()
         dying = await open_store()
@@ -433,7 +438,7 @@ async def test_a_new_job_stopped_after_any_step_is_there_with_its_target_or_not_
                     await running.insert_job(stored_job("2"))
         nothing = {"jobs": [], "in progress": [], "targets": {}}
         assert await shown(repaired) == (new_job if writes > 0 else nothing), f"after {writes} writes"
-        assert await nothing_marked(database)
+        assert await nothing_due(database)
 
 
 async def test_a_late_repair_never_puts_an_older_change_over_a_newer_target(open_store, database):
@@ -453,7 +458,7 @@ async def test_a_late_repair_never_puts_an_older_change_over_a_newer_target(open
     await restarted.ping()
     target = await restarted.get_target("local", "MY_DATASET")
     assert (target["status"], target["lastUpdatedAt"]) == ("queued", T3)
-    assert await nothing_marked(database)
+    assert await nothing_due(database)
 
 
 # --- a batch of new jobs: a few round trips, each entry answered on its own -------------------
@@ -482,20 +487,66 @@ async def test_a_batch_is_stored_in_bulk_and_each_entry_answered_on_its_own(open
     targets = {target["name"]: target["status"] for target in await listed(store.list_targets("local"))}
     assert targets == {"HELD": "queued", "NEW": "queued", "FREED": "queued", "OTHER": "queued"}
     assert (await store.get_target("local", "FREED"))["lastUpdatedAt"] == stored_job("6")["createdAt"]
-    assert await nothing_marked(database)
+    assert await nothing_due(database)
+
+
+async def test_a_new_jobs_mark_stays_unseen_and_a_start_or_a_refused_job_writes_no_target_again(open_store, database):
+    store = await open_store()
+    await store.insert_jobs([stored_job(str(n), f"DATASET_{n}") for n in range(1, 4)])
+    marked = {"targetsDueAt": {"$exists": True}}
+    assert await database["inprogress"].count_documents(marked) == 3  # no write per job to remove them
+    read = [
+        await store.get_job("1"),
+        *await listed(store.find_jobs(JobQuery())),
+        *await listed(store.dump_collection("inprogress")),
+    ]
+    assert read and all("targetsDueAt" not in job for job in read)
+
+    # A repair reads the targets, finds them showing their jobs, and writes none.
+    [refused] = await store.insert_jobs([stored_job("4", "DATASET_1")])
+    assert isinstance(refused, TargetBusy)
+    restarted = await open_store()
+    await restarted.ping()
+    assert [revision_of(target) for target in await listed(restarted.list_targets("local"))] == [1, 1, 1]
+    # The job's next change replaces its mark, and removes it once its targets show it.
+    await restarted.update_job("1", JobChange(status="validating"))
+    assert await database["inprogress"].count_documents(marked) == 2
+    assert (await restarted.get_target("local", "DATASET_1"))["status"] == "validating"
+
+
+async def test_a_start_after_a_batch_cut_short_writes_only_the_targets_missing_a_page_at_a_time(open_store, database):
+    batch = [stored_job(str(n), f"DATASET_{n:04d}") for n in range(1, PAGE_SIZE + 101)]
+    dying = await open_store()
+    await dying.save_target(target_of(stored_job("0", "DATASET_0300_OTHER"), T1))  # no job's
+    stopping_after(dying, len(batch) + 300)  # every job stored, the targets of the first 300
+    with pytest.raises(Crash):
+        await dying.insert_jobs(batch)
+
+    restarted = await open_store()
+    await restarted.ping()
+    targets = await listed(restarted.list_targets("local"))
+    assert len(targets) == len(batch) + 1
+    # Those the batch wrote are not written again, nor is one between its names.
+    assert {revision_of(target) for target in targets} == {1}
+    assert await nothing_due(database)
 
 
 async def test_a_batch_stopped_after_any_step_leaves_each_job_there_with_its_target_or_not_at_all(open_store, database):
-    """A batch of three is 9 single-document writes: the jobs (marked), their targets, the marks removed."""
+    """A batch of three is 6 single-document writes: the jobs (marked), their targets; the
+    marks stay (a write per job saved), and a repair reads the targets to find what is due."""
     batch = [stored_job(str(n), f"DATASET_{n}") for n in range(1, 4)]
-    for writes in range(10):
+    for writes in range(7):
         running = await open_store()
         await running.clear()
         dying = await open_store()
         await dying.ping()
         stopping_after(dying, writes)
-        with contextlib.suppress(Crash):
+        try:
             await dying.insert_jobs(batch)
+            stopped = False
+        except Crash:
+            stopped = True
+        assert stopped == (writes < 6)
 
         repaired = await open_store()
         await repaired.ping()
@@ -505,7 +556,7 @@ async def test_a_batch_stopped_after_any_step_leaves_each_job_there_with_its_tar
             "in progress": [job["jobId"] for job in batch[:stored]],
             "targets": {job["parameters"]["target"]: ("queued", ["ADD"], job["createdAt"]) for job in batch[:stored]},
         }, f"after {writes} writes"
-        assert await nothing_marked(database)
+        assert await nothing_due(database)
 
 
 # --- a job goes only into a live datastore, against a delete from any process ----------------
@@ -619,7 +670,7 @@ async def test_a_job_not_yet_checked_is_seen_by_no_reader_and_settled_by_the_nex
         await store.insert_job(stored_job("2", datastore=FDB))
     assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == ["1"]
     assert (await store.get_target(FDB, "MY_DATASET"))["status"] == "queued"
-    assert await nothing_marked(database)
+    assert await nothing_due(database)
 
 
 async def test_a_delete_removes_a_job_not_yet_checked_and_goes_through(open_store, database):
@@ -661,7 +712,7 @@ async def test_an_insert_stopped_after_any_step_is_settled_by_the_next_start(ope
         assert [job["jobId"] for job in jobs] == (["1"] if stands else []), f"after {writes} writes"
         assert [target["name"] for target in targets] == (["MY_DATASET"] if stands else []), f"after {writes} writes"
         assert await database["inprogress"].count_documents({"unchecked": {"$exists": True}}) == 0
-        assert await nothing_marked(database)
+        assert await nothing_due(database)
 
 
 async def test_a_delete_stopped_after_any_step_leaves_a_busy_datastore_live_after_the_next_start(open_store):

@@ -70,7 +70,7 @@ import time
 import tomllib
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -1226,7 +1226,11 @@ def respond_tagged(request: web.Request, body: bytes, tag: str) -> web.Response:
 
 
 def tagged_answer(body: bytes, tag: str) -> web.Response:
-    return web.Response(body=body, headers={"Content-Type": JSON_CONTENT_TYPE, "ETag": tag, **CONDITIONAL_HEADERS})
+    return web.Response(body=body, headers=tagged_headers(tag))
+
+
+def tagged_headers(tag: str) -> dict[str, str]:
+    return {"Content-Type": JSON_CONTENT_TYPE, "ETag": tag, **CONDITIONAL_HEADERS}
 
 
 def tagged_by_body(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
@@ -1345,29 +1349,47 @@ def target_identity(target: Target) -> Hashable:
     return target["datastoreRdn"], target["name"]
 
 
+@dataclass(frozen=True, slots=True)
+class KeptAnswer:
+    """One whole answer, tagged with the version it was made at: its headers made once
+    with it, for it goes out again and again (each poll of the executor)."""
+
+    body: bytes
+    tag: str
+    headers: Mapping[str, str]
+    #: The ids of the jobs in it, in order (for `ExecutorWatch.handed_out`): one tuple
+    #: however often the answer goes out.
+    job_ids: tuple[str, ...]
+
+    def response(self) -> web.Response:
+        return web.Response(body=self.body, headers=self.headers)
+
+
 class KeptAnswers:
     """Whole answers kept with the store's version they were made at (see `in_progress_version`):
     asked again while that version holds, the same bytes go out again, with no document read,
-    copied or encoded. With each answer, the ids of the jobs in it (for `ExecutorWatch.handed_out`).
-    At most `limit` answers (the oldest dropped first), each of at most `max_bytes`: a longer
-    one is made anew every time."""
+    copied or encoded, under the ETag of that version. At most `limit` answers (the oldest
+    dropped first), each of at most `max_bytes`: a longer one is made anew every time."""
 
     def __init__(self, limit: int, max_bytes: int) -> None:
-        self._answers: dict[Hashable, tuple[Hashable, bytes, tuple[str, ...]]] = {}
+        self._answers: dict[Hashable, tuple[Hashable, KeptAnswer]] = {}
         self._limit = limit
         self._max_bytes = max_bytes
 
-    def get(self, key: Hashable, version: Hashable) -> tuple[bytes, tuple[str, ...]] | None:
+    def get(self, key: Hashable, version: Hashable) -> KeptAnswer | None:
         kept = self._answers.get(key)
-        return (kept[1], kept[2]) if kept is not None and kept[0] == version else None
+        return kept[1] if kept is not None and kept[0] == version else None
 
-    def keep(self, key: Hashable, version: Hashable, answer: bytes, job_ids: tuple[str, ...] = ()) -> None:
-        if len(answer) > self._max_bytes:
-            return
-        self._answers.pop(key, None)
-        if len(self._answers) >= self._limit:
-            del self._answers[next(iter(self._answers))]
-        self._answers[key] = (version, answer, job_ids)
+    def keep(self, key: Hashable, version: Hashable, body: bytes, job_ids: tuple[str, ...] = ()) -> KeptAnswer:
+        """The answer `body` at `version`, tagged, and kept when it is short enough."""
+        tag = version_tag(version)
+        answer = KeptAnswer(body, tag, tagged_headers(tag), job_ids)
+        if len(body) <= self._max_bytes:
+            self._answers.pop(key, None)
+            if len(self._answers) >= self._limit:
+                del self._answers[next(iter(self._answers))]
+            self._answers[key] = version, answer
+        return answer
 
 
 class JobQueries:
@@ -4638,53 +4660,59 @@ async def expect_within_limit(request: web.Request) -> web.StreamResponse | None
 )
 async def list_jobs(request: web.Request, scope: Scope) -> web.StreamResponse:
     rdn = scope.datastore["rdn"] if scope.datastore is not None else None
-    query = request.app[JOB_QUERIES].of(request, rdn)
+    app = request.app
+    query = app[JOB_QUERIES].of(request, rdn)
     store = store_of(request)
-    encode: Callable[[Mapping[str, Any]], bytes] = request.app[ENCODED_JOBS].encode
+    encode: Callable[[Mapping[str, Any]], bytes] = app[ENCODED_JOBS].encode
     if scope.reach is not None:  # an administrator, who sees the datastores they reach
         seen = seen_jobs(store.find_jobs(query), scope)
         return tagged_by_body(request, await respond_listing(request, seen, encode))
     # The executor's own poll for queued jobs hands them out (see ExecutorWatch.handed_out).
     hands_out = query.status == "queued" and rdn is None
-    encoded_ids: list[str] = []
-    if hands_out:
-        encode = noting_ids(encode, encoded_ids)
-    handed_out: Sequence[str] = encoded_ids
     # Read before the jobs: an answer is never kept under a version newer than its jobs.
     version = store.in_progress_version if query.in_progress_only else None
     if version is None:
-        response = tagged_by_body(request, await respond_listing(request, store.find_jobs(query), encode))
+        response, handed_out = await listed_jobs(request, query, encode, hands_out)
+        response = tagged_by_body(request, response)
     else:
-        tag = version_tag(version)
+        answers = app[POLL_ANSWERS]
+        kept = answers.get(query, version) if request.method == "GET" else None
+        tag = version_tag(version) if kept is None else kept.tag
         unchanged = not_modified(request, tag)
         if unchanged is not None:
             return unchanged
-        answers = request.app[POLL_ANSWERS]
-        kept = answers.get(query, version) if request.method == "GET" else None
-        if kept is not None:
-            response, handed_out = tagged_answer(kept[0], tag), kept[1]
+        if kept is not None:  # the executor's polls, every few seconds: the same answer again
+            response, handed_out = kept.response(), kept.job_ids
         else:
-            response = await respond_listing(
-                request, store.find_jobs(query), encode, {"ETag": tag, **CONDITIONAL_HEADERS}
-            )
+            headers = {"ETag": tag, **CONDITIONAL_HEADERS}
+            response, handed_out = await listed_jobs(request, query, encode, hands_out, headers)
             body = response.body if isinstance(response, web.Response) else None  # a streamed answer is long
             if request.method == "GET" and isinstance(body, bytes):
-                answers.keep(query, version, body, tuple(encoded_ids))
+                answers.keep(query, version, body, handed_out)
     if hands_out and handed_out and response.status == 200:
-        request.app[EXECUTOR_WATCH].handed_out(handed_out, time.time())
+        app[EXECUTOR_WATCH].handed_out(handed_out, time.time())
     return response
 
 
-def noting_ids(
-    encode: Callable[[Mapping[str, Any]], bytes], job_ids: list[str]
-) -> Callable[[Mapping[str, Any]], bytes]:
-    """`encode`, noting in `job_ids` the id of each job it encodes."""
+async def listed_jobs(
+    request: web.Request,
+    query: JobQuery,
+    encode: Callable[[Mapping[str, Any]], bytes],
+    hands_out: bool,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[web.StreamResponse, tuple[str, ...]]:
+    """The jobs `query` finds, answered by `respond_listing`, and the ids of those it
+    encoded when the answer hands them out (a HEAD's encodes none)."""
+    job_ids: list[str] = []
 
-    def encode_noted(job: Mapping[str, Any]) -> bytes:
+    def noting(job: Mapping[str, Any]) -> bytes:
         job_ids.append(job["jobId"])
         return encode(job)
 
-    return encode_noted
+    response = await respond_listing(
+        request, store_of(request).find_jobs(query), noting if hands_out else encode, headers
+    )
+    return response, tuple(job_ids)
 
 
 async def seen_jobs(pages: AsyncIterator[list[Job]], scope: Scope) -> AsyncIterator[list[Job]]:
@@ -5045,11 +5073,10 @@ async def list_targets(request: web.Request, scope: Scope) -> web.StreamResponse
     listings = request.app[TARGET_LISTINGS]
     kept = listings.get(scope.rdn, version)
     if kept is not None:
-        return respond_tagged(request, kept[0], tag)
+        return kept.response()
     # The store holds them all in memory already (TinyDB), and the answer is kept whole.
     body = encoded.encode_list([target async for page in store.list_targets(scope.rdn) for target in page])
-    listings.keep(scope.rdn, version, body)
-    return respond_tagged(request, body, tag)
+    return listings.keep(scope.rdn, version, body).response()
 
 
 @route(

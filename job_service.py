@@ -3770,44 +3770,51 @@ class ExecutorWatch:
     ) -> None:
         """One request of the executor on `route`, answered `status` (`response`, when one was made).
 
-        Each poll repeats one of a few queries: what they ask is parsed once per query string."""
+        Each poll repeats one of a few queries, from the same executor: what they ask is
+        parsed once per query string, and a poll as the last one was is two writes in place
+        (nothing is moved: the least recent is looked for only when a new one must fit)."""
         if kind is ExecutorRequest.UPDATE:
             self._last_update_at = now
             return
-        queries = self._queries
-        key = route, request.query_string
-        noted = queries.pop(key, None)
+        noted = self._queries.get((route, request.query_string))
         if noted is None:
-            if len(queries) >= QUERIES_KEPT:
-                del queries[next(iter(queries))]
-            noted = [route, *polled_query(request.query), now, status]
-        else:
-            noted[3], noted[4] = now, status
-        queries[key] = noted
+            noted = self._new_query(route, request, now)
+        noted[3] = now
+        noted[4] = status
         if kind is ExecutorRequest.POLL:
             if noted[1] is None:
                 return  # no status asked for: a listing, not a poll
             self._last_poll_at = now
-            self._note_poller((request.remote or "", request.headers.get("User-Agent", "")), now)
+            poller = request.remote or "", request.headers.get("User-Agent", "")
+            seen = self._pollers.get(poller)
+            if seen is None or now - seen > POLLER_WINDOW_SECONDS:
+                self._new_poller(poller, now)
+            self._pollers[poller] = now
         if 400 <= status < 500:
             self._refusals.labels(str(status)).inc()
             self._last_refusal = now, status, refusal_message(response)
 
-    def _note_poller(self, poller: tuple[str, str], now: float) -> None:
-        seen = self._pollers.pop(poller, None)
-        if seen is None or now - seen > POLLER_WINDOW_SECONDS:
-            others = [key for key, at in self._pollers.items() if now - at <= POLLER_WINDOW_SECONDS]
-            if others:
-                log.warning(
-                    "A second executor polls for jobs: %s (User-Agent %r) besides %s within five minutes;"
-                    " two executors take the same queued jobs",
-                    poller[0],
-                    poller[1],
-                    ", ".join(f"{address} ({agent!r})" for address, agent in others),
-                )
-        if seen is None and len(self._pollers) >= POLLERS_KEPT:
-            del self._pollers[next(iter(self._pollers))]
-        self._pollers[poller] = now
+    def _new_query(self, route: str, request: web.Request, now: float) -> list[Any]:
+        queries = self._queries
+        if len(queries) >= QUERIES_KEPT:
+            del queries[min(queries, key=lambda key: queries[key][3])]
+        noted = queries[route, request.query_string] = [route, *polled_query(request.query), now, 0]
+        return noted
+
+    def _new_poller(self, poller: tuple[str, str], now: float) -> None:
+        """A poller not seen within POLLER_WINDOW_SECONDS: a second one is a warning."""
+        pollers = self._pollers
+        others = [key for key, at in pollers.items() if key != poller and now - at <= POLLER_WINDOW_SECONDS]
+        if others:
+            log.warning(
+                "A second executor polls for jobs: %s (User-Agent %r) besides %s within five minutes;"
+                " two executors take the same queued jobs",
+                poller[0],
+                poller[1],
+                ", ".join(f"{address} ({agent!r})" for address, agent in others),
+            )
+        if poller not in pollers and len(pollers) >= POLLERS_KEPT:
+            del pollers[min(pollers, key=pollers.__getitem__)]
 
     def handed_out(self, job_ids: Iterable[str], now: float) -> None:
         """A poll's answer handed these queued jobs out."""

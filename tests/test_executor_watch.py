@@ -14,7 +14,7 @@ import pytest
 from helpers import access_claims, cookies_for, create_job, put_job
 
 import job_service
-from job_service import EXECUTOR_WATCH, POLLERS_KEPT, ConfigError, load_config
+from job_service import EXECUTOR_WATCH, POLLERS_KEPT, QUERIES_KEPT, ConfigError, load_config
 
 EXECUTOR = {"User-Agent": "python-requests/2.32.3"}
 KEY = "the executor's key, long enough"
@@ -186,6 +186,20 @@ async def test_a_poll_remembers_which_queued_jobs_it_handed_out(client):
     assert watch.handed_out_at(built) is None  # handed out as built, not queued
     await poll(client)  # the same answer again (kept on TinyDB): handed out again
     assert watch.handed_out_at(queued) > first
+
+
+@pytest.mark.parametrize("backend", ["tinydb"])
+async def test_the_queries_remembered_are_bounded_the_one_asked_longest_ago_forgotten_first(client):
+    await poll(client)
+    assert (await client.get("/jobs?status=nonsense", headers=EXECUTOR)).status == 400
+    assert (await executor_report(client))["state"] == "refused"
+    for number in range(QUERIES_KEPT):
+        assert (await client.get(f"/jobs?status=completed&asked={number}", headers=EXECUTOR)).status == 200
+        if number % 8 == 0:
+            await poll(client)  # the executor polls on meanwhile
+    report = await executor_report(client)
+    assert report["state"] == "polling"  # the refused query forgotten, asked before all others
+    assert set(report["operationsPolled"]) == {"built", "completed", "queued"}  # the polls' queries remembered
 
 
 @pytest.mark.parametrize("backend", ["mongodb"])

@@ -3636,7 +3636,7 @@ POLLER_WINDOW_SECONDS = 300.0
 POLLERS_KEPT = 32
 #: Distinct poll queries whose last answer is remembered, likewise.
 QUERIES_KEPT = 32
-#: Jobs whose last hand-out in a poll is remembered, likewise.
+#: Job ids in the poll answers whose last hand-out is remembered, the answer handed out longest ago forgotten first.
 HANDED_OUT_KEPT = 10_000
 #: How often a process tells the others on its store what it saw, and learns what they saw.
 EXECUTOR_SHARE_SECONDS = 5.0
@@ -3755,7 +3755,9 @@ class ExecutorWatch:
         #: By route and query string: [route, status asked for, operations, when last asked, status answered].
         self._queries: dict[tuple[str, str], list[Any]] = {}
         self._last_refusal: tuple[float, int, str] | None = None
-        self._handed_out: dict[str, float] = {}
+        #: By the identity of a poll answer's job ids: [those ids, when last handed out], the latest last.
+        self._handed_out: dict[int, list[Any]] = {}
+        self._handed_out_ids = 0
         #: The other processes' parts, as the last share read them.
         self._others: list[dict[str, Any]] = []
 
@@ -3816,17 +3818,28 @@ class ExecutorWatch:
         if poller not in pollers and len(pollers) >= POLLERS_KEPT:
             del pollers[min(pollers, key=pollers.__getitem__)]
 
-    def handed_out(self, job_ids: Iterable[str], now: float) -> None:
-        """A poll's answer handed these queued jobs out."""
+    def handed_out(self, job_ids: tuple[str, ...], now: float) -> None:
+        """A poll's answer handed these queued jobs out. Noted per answer, not per job: a
+        kept answer goes out again and again as one tuple, known by its identity (the entry
+        holds the tuple, so no other takes its id). The least recently handed out is
+        forgotten first, while more than HANDED_OUT_KEPT job ids are remembered."""
         handed = self._handed_out
-        for job_id in job_ids:
-            if handed.pop(job_id, None) is None and len(handed) >= HANDED_OUT_KEPT:
-                del handed[next(iter(handed))]
-            handed[job_id] = now
+        noted = handed.pop(id(job_ids), None)
+        if noted is None:
+            noted = [job_ids, now]
+            self._handed_out_ids += len(job_ids)
+            while self._handed_out_ids > HANDED_OUT_KEPT and handed:
+                self._handed_out_ids -= len(handed.pop(next(iter(handed)))[0])
+        noted[1] = now
+        handed[id(job_ids)] = noted
 
     def handed_out_at(self, job_id: str) -> float | None:
-        """When a poll of this process last handed the job out, while it is remembered."""
-        return self._handed_out.get(job_id)
+        """When a poll of this process last handed the job out, while it is remembered
+        (asked by a cancel, rarely: the remembered answers are searched)."""
+        for job_ids, at in reversed(self._handed_out.values()):
+            if job_id in job_ids:
+                return at
+        return None
 
     def part(self, now: float) -> dict[str, Any]:
         """What this process saw, as the others on its store read it (JSON-like)."""

@@ -202,6 +202,27 @@ async def test_the_queries_remembered_are_bounded_the_one_asked_longest_ago_forg
     assert set(report["operationsPolled"]) == {"built", "completed", "queued"}  # the polls' queries remembered
 
 
+@pytest.mark.parametrize("backend", ["tinydb"])
+async def test_the_hand_outs_remembered_are_bounded_the_answer_handed_out_longest_ago_forgotten_first(
+    client, monkeypatch
+):
+    monkeypatch.setattr(job_service, "HANDED_OUT_KEPT", 2)  # job ids, in the answers remembered
+    watch = client.app[EXECUTOR_WATCH]
+    added = await create_job(client, operation="ADD", target="ADDED")
+    removed = await create_job(client, operation="REMOVE", target="REMOVED", description="gone")
+    await poll(client)  # one answer of each queue: (removed), then (added)
+    status_queue, data_queue = POLLS[1], POLLS[2]
+
+    changed = await create_job(client, operation="CHANGE", target="CHANGED")
+    assert (await client.get(status_queue, headers=EXECUTOR)).status == 200  # (removed) anew: the first forgotten
+    assert watch.handed_out_at(added) is not None
+    assert watch.handed_out_at(removed) is not None
+    assert (await client.get(data_queue, headers=EXECUTOR)).status == 200  # (added, changed): both others forgotten
+    assert watch.handed_out_at(removed) is None
+    assert watch.handed_out_at(added) is not None
+    assert watch.handed_out_at(changed) is not None
+
+
 @pytest.mark.parametrize("backend", ["mongodb"])
 async def test_processes_on_one_database_share_what_they_saw(make_client, monkeypatch):
     monkeypatch.setattr(job_service, "EXECUTOR_SHARE_SECONDS", 0.05)

@@ -84,7 +84,7 @@ import orjson
 import prometheus_client
 import prometheus_client.registry
 import swagger_ui_bundle
-from aiohttp import web
+from aiohttp import hdrs, web
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -1214,7 +1214,7 @@ def names_tag(if_none_match: str | None, tag: str) -> bool:
 
 def not_modified(request: web.Request, tag: str) -> web.Response | None:
     """The 304 (no body) when the request's If-None-Match names `tag`, else None."""
-    if not names_tag(request.headers.get("If-None-Match"), tag):
+    if not names_tag(request.headers.get(hdrs.IF_NONE_MATCH), tag):  # aiohttp's own name: a faster lookup
         return None
     return web.Response(status=304, headers={"ETag": tag, **CONDITIONAL_HEADERS})
 
@@ -3787,7 +3787,7 @@ class ExecutorWatch:
             if noted[1] is None:
                 return  # no status asked for: a listing, not a poll
             self._last_poll_at = now
-            poller = request.remote or "", request.headers.get("User-Agent", "")
+            poller = request.remote or "", request.headers.get(hdrs.USER_AGENT, "")
             seen = self._pollers.get(poller)
             if seen is None or now - seen > POLLER_WINDOW_SECONDS:
                 self._new_poller(poller, now)

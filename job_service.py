@@ -70,7 +70,7 @@ import time
 import tomllib
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -84,7 +84,7 @@ import orjson
 import prometheus_client
 import prometheus_client.registry
 import swagger_ui_bundle
-from aiohttp import web
+from aiohttp import hdrs, web
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -1216,7 +1216,7 @@ def names_tag(if_none_match: str | None, tag: str) -> bool:
 
 def not_modified(request: web.Request, tag: str) -> web.Response | None:
     """The 304 (no body) when the request's If-None-Match names `tag`, else None."""
-    if not names_tag(request.headers.get("If-None-Match"), tag):
+    if not names_tag(request.headers.get(hdrs.IF_NONE_MATCH), tag):  # aiohttp's own name: a faster lookup
         return None
     return web.Response(status=304, headers={"ETag": tag, **CONDITIONAL_HEADERS})
 
@@ -1228,7 +1228,11 @@ def respond_tagged(request: web.Request, body: bytes, tag: str) -> web.Response:
 
 
 def tagged_answer(body: bytes, tag: str) -> web.Response:
-    return web.Response(body=body, headers={"Content-Type": JSON_CONTENT_TYPE, "ETag": tag, **CONDITIONAL_HEADERS})
+    return web.Response(body=body, headers=tagged_headers(tag))
+
+
+def tagged_headers(tag: str) -> dict[str, str]:
+    return {"Content-Type": JSON_CONTENT_TYPE, "ETag": tag, **CONDITIONAL_HEADERS}
 
 
 def tagged_by_body(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
@@ -1347,29 +1351,47 @@ def target_identity(target: Target) -> Hashable:
     return target["datastoreRdn"], target["name"]
 
 
+@dataclass(frozen=True, slots=True)
+class KeptAnswer:
+    """One whole answer, tagged with the version it was made at: its headers made once
+    with it, for it goes out again and again (each poll of the executor)."""
+
+    body: bytes
+    tag: str
+    headers: Mapping[str, str]
+    #: The ids of the jobs in it, in order (for `ExecutorWatch.handed_out`): one tuple
+    #: however often the answer goes out.
+    job_ids: tuple[str, ...]
+
+    def response(self) -> web.Response:
+        return web.Response(body=self.body, headers=self.headers)
+
+
 class KeptAnswers:
     """Whole answers kept with the store's version they were made at (see `in_progress_version`):
     asked again while that version holds, the same bytes go out again, with no document read,
-    copied or encoded. With each answer, the ids of the jobs in it (for `ExecutorWatch.handed_out`).
-    At most `limit` answers (the oldest dropped first), each of at most `max_bytes`: a longer
-    one is made anew every time."""
+    copied or encoded, under the ETag of that version. At most `limit` answers (the oldest
+    dropped first), each of at most `max_bytes`: a longer one is made anew every time."""
 
     def __init__(self, limit: int, max_bytes: int) -> None:
-        self._answers: dict[Hashable, tuple[Hashable, bytes, tuple[str, ...]]] = {}
+        self._answers: dict[Hashable, tuple[Hashable, KeptAnswer]] = {}
         self._limit = limit
         self._max_bytes = max_bytes
 
-    def get(self, key: Hashable, version: Hashable) -> tuple[bytes, tuple[str, ...]] | None:
+    def get(self, key: Hashable, version: Hashable) -> KeptAnswer | None:
         kept = self._answers.get(key)
-        return (kept[1], kept[2]) if kept is not None and kept[0] == version else None
+        return kept[1] if kept is not None and kept[0] == version else None
 
-    def keep(self, key: Hashable, version: Hashable, answer: bytes, job_ids: tuple[str, ...] = ()) -> None:
-        if len(answer) > self._max_bytes:
-            return
-        self._answers.pop(key, None)
-        if len(self._answers) >= self._limit:
-            del self._answers[next(iter(self._answers))]
-        self._answers[key] = (version, answer, job_ids)
+    def keep(self, key: Hashable, version: Hashable, body: bytes, job_ids: tuple[str, ...] = ()) -> KeptAnswer:
+        """The answer `body` at `version`, tagged, and kept when it is short enough."""
+        tag = version_tag(version)
+        answer = KeptAnswer(body, tag, tagged_headers(tag), job_ids)
+        if len(body) <= self._max_bytes:
+            self._answers.pop(key, None)
+            if len(self._answers) >= self._limit:
+                del self._answers[next(iter(self._answers))]
+            self._answers[key] = version, answer
+        return answer
 
 
 class JobQueries:
@@ -3626,7 +3648,7 @@ POLLER_WINDOW_SECONDS = 300.0
 POLLERS_KEPT = 32
 #: Distinct poll queries whose last answer is remembered, likewise.
 QUERIES_KEPT = 32
-#: Jobs whose last hand-out in a poll is remembered, likewise.
+#: Job ids in the poll answers whose last hand-out is remembered, the answer handed out longest ago forgotten first.
 HANDED_OUT_KEPT = 10_000
 #: How often a process tells the others on its store what it saw, and learns what they saw.
 EXECUTOR_SHARE_SECONDS = 5.0
@@ -3745,7 +3767,9 @@ class ExecutorWatch:
         #: By route and query string: [route, status asked for, operations, when last asked, status answered].
         self._queries: dict[tuple[str, str], list[Any]] = {}
         self._last_refusal: tuple[float, int, str] | None = None
-        self._handed_out: dict[str, float] = {}
+        #: By the identity of a poll answer's job ids: [those ids, when last handed out], the latest last.
+        self._handed_out: dict[int, list[Any]] = {}
+        self._handed_out_ids = 0
         #: The other processes' parts, as the last share read them.
         self._others: list[dict[str, Any]] = []
 
@@ -3760,56 +3784,74 @@ class ExecutorWatch:
     ) -> None:
         """One request of the executor on `route`, answered `status` (`response`, when one was made).
 
-        Each poll repeats one of a few queries: what they ask is parsed once per query string."""
+        Each poll repeats one of a few queries, from the same executor: what they ask is
+        parsed once per query string, and a poll as the last one was is two writes in place
+        (nothing is moved: the least recent is looked for only when a new one must fit)."""
         if kind is ExecutorRequest.UPDATE:
             self._last_update_at = now
             return
-        queries = self._queries
-        key = route, request.query_string
-        noted = queries.pop(key, None)
+        noted = self._queries.get((route, request.query_string))
         if noted is None:
-            if len(queries) >= QUERIES_KEPT:
-                del queries[next(iter(queries))]
-            noted = [route, *polled_query(request.query), now, status]
-        else:
-            noted[3], noted[4] = now, status
-        queries[key] = noted
+            noted = self._new_query(route, request, now)
+        noted[3] = now
+        noted[4] = status
         if kind is ExecutorRequest.POLL:
             if noted[1] is None:
                 return  # no status asked for: a listing, not a poll
             self._last_poll_at = now
-            self._note_poller((request.remote or "", request.headers.get("User-Agent", "")), now)
+            poller = request.remote or "", request.headers.get(hdrs.USER_AGENT, "")
+            seen = self._pollers.get(poller)
+            if seen is None or now - seen > POLLER_WINDOW_SECONDS:
+                self._new_poller(poller, now)
+            self._pollers[poller] = now
         if 400 <= status < 500:
             self._refusals.labels(str(status)).inc()
             self._last_refusal = now, status, refusal_message(response)
 
-    def _note_poller(self, poller: tuple[str, str], now: float) -> None:
-        seen = self._pollers.pop(poller, None)
-        if seen is None or now - seen > POLLER_WINDOW_SECONDS:
-            others = [key for key, at in self._pollers.items() if now - at <= POLLER_WINDOW_SECONDS]
-            if others:
-                log.warning(
-                    "A second executor polls for jobs: %s (User-Agent %r) besides %s within five minutes;"
-                    " two executors take the same queued jobs",
-                    poller[0],
-                    poller[1],
-                    ", ".join(f"{address} ({agent!r})" for address, agent in others),
-                )
-        if seen is None and len(self._pollers) >= POLLERS_KEPT:
-            del self._pollers[next(iter(self._pollers))]
-        self._pollers[poller] = now
+    def _new_query(self, route: str, request: web.Request, now: float) -> list[Any]:
+        queries = self._queries
+        if len(queries) >= QUERIES_KEPT:
+            del queries[min(queries, key=lambda key: queries[key][3])]
+        noted = queries[route, request.query_string] = [route, *polled_query(request.query), now, 0]
+        return noted
 
-    def handed_out(self, job_ids: Iterable[str], now: float) -> None:
-        """A poll's answer handed these queued jobs out."""
+    def _new_poller(self, poller: tuple[str, str], now: float) -> None:
+        """A poller not seen within POLLER_WINDOW_SECONDS: a second one is a warning."""
+        pollers = self._pollers
+        others = [key for key, at in pollers.items() if key != poller and now - at <= POLLER_WINDOW_SECONDS]
+        if others:
+            log.warning(
+                "A second executor polls for jobs: %s (User-Agent %r) besides %s within five minutes;"
+                " two executors take the same queued jobs",
+                poller[0],
+                poller[1],
+                ", ".join(f"{address} ({agent!r})" for address, agent in others),
+            )
+        if poller not in pollers and len(pollers) >= POLLERS_KEPT:
+            del pollers[min(pollers, key=pollers.__getitem__)]
+
+    def handed_out(self, job_ids: tuple[str, ...], now: float) -> None:
+        """A poll's answer handed these queued jobs out. Noted per answer, not per job: a
+        kept answer goes out again and again as one tuple, known by its identity (the entry
+        holds the tuple, so no other takes its id). The least recently handed out is
+        forgotten first, while more than HANDED_OUT_KEPT job ids are remembered."""
         handed = self._handed_out
-        for job_id in job_ids:
-            if handed.pop(job_id, None) is None and len(handed) >= HANDED_OUT_KEPT:
-                del handed[next(iter(handed))]
-            handed[job_id] = now
+        noted = handed.pop(id(job_ids), None)
+        if noted is None:
+            noted = [job_ids, now]
+            self._handed_out_ids += len(job_ids)
+            while self._handed_out_ids > HANDED_OUT_KEPT and handed:
+                self._handed_out_ids -= len(handed.pop(next(iter(handed)))[0])
+        noted[1] = now
+        handed[id(job_ids)] = noted
 
     def handed_out_at(self, job_id: str) -> float | None:
-        """When a poll of this process last handed the job out, while it is remembered."""
-        return self._handed_out.get(job_id)
+        """When a poll of this process last handed the job out, while it is remembered
+        (asked by a cancel, rarely: the remembered answers are searched)."""
+        for job_ids, at in reversed(self._handed_out.values()):
+            if job_id in job_ids:
+                return at
+        return None
 
     def part(self, now: float) -> dict[str, Any]:
         """What this process saw, as the others on its store read it (JSON-like)."""
@@ -4701,53 +4743,59 @@ async def expect_within_limit(request: web.Request) -> web.StreamResponse | None
 )
 async def list_jobs(request: web.Request, scope: Scope) -> web.StreamResponse:
     rdn = scope.datastore["rdn"] if scope.datastore is not None else None
-    query = request.app[JOB_QUERIES].of(request, rdn)
+    app = request.app
+    query = app[JOB_QUERIES].of(request, rdn)
     store = store_of(request)
-    encode: Callable[[Mapping[str, Any]], bytes] = request.app[ENCODED_JOBS].encode
+    encode: Callable[[Mapping[str, Any]], bytes] = app[ENCODED_JOBS].encode
     if scope.reach is not None:  # an administrator, who sees the datastores they reach
         seen = seen_jobs(store.find_jobs(query), scope)
         return tagged_by_body(request, await respond_listing(request, seen, encode))
     # The executor's own poll for queued jobs hands them out (see ExecutorWatch.handed_out).
     hands_out = query.status == "queued" and rdn is None
-    encoded_ids: list[str] = []
-    if hands_out:
-        encode = noting_ids(encode, encoded_ids)
-    handed_out: Sequence[str] = encoded_ids
     # Read before the jobs: an answer is never kept under a version newer than its jobs.
     version = store.in_progress_version if query.in_progress_only else None
     if version is None:
-        response = tagged_by_body(request, await respond_listing(request, store.find_jobs(query), encode))
+        response, handed_out = await listed_jobs(request, query, encode, hands_out)
+        response = tagged_by_body(request, response)
     else:
-        tag = version_tag(version)
+        answers = app[POLL_ANSWERS]
+        kept = answers.get(query, version) if request.method == "GET" else None
+        tag = version_tag(version) if kept is None else kept.tag
         unchanged = not_modified(request, tag)
         if unchanged is not None:
             return unchanged
-        answers = request.app[POLL_ANSWERS]
-        kept = answers.get(query, version) if request.method == "GET" else None
-        if kept is not None:
-            response, handed_out = tagged_answer(kept[0], tag), kept[1]
+        if kept is not None:  # the executor's polls, every few seconds: the same answer again
+            response, handed_out = kept.response(), kept.job_ids
         else:
-            response = await respond_listing(
-                request, store.find_jobs(query), encode, {"ETag": tag, **CONDITIONAL_HEADERS}
-            )
+            headers = {"ETag": tag, **CONDITIONAL_HEADERS}
+            response, handed_out = await listed_jobs(request, query, encode, hands_out, headers)
             body = response.body if isinstance(response, web.Response) else None  # a streamed answer is long
             if request.method == "GET" and isinstance(body, bytes):
-                answers.keep(query, version, body, tuple(encoded_ids))
+                answers.keep(query, version, body, handed_out)
     if hands_out and handed_out and response.status == 200:
-        request.app[EXECUTOR_WATCH].handed_out(handed_out, time.time())
+        app[EXECUTOR_WATCH].handed_out(handed_out, time.time())
     return response
 
 
-def noting_ids(
-    encode: Callable[[Mapping[str, Any]], bytes], job_ids: list[str]
-) -> Callable[[Mapping[str, Any]], bytes]:
-    """`encode`, noting in `job_ids` the id of each job it encodes."""
+async def listed_jobs(
+    request: web.Request,
+    query: JobQuery,
+    encode: Callable[[Mapping[str, Any]], bytes],
+    hands_out: bool,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[web.StreamResponse, tuple[str, ...]]:
+    """The jobs `query` finds, answered by `respond_listing`, and the ids of those it
+    encoded when the answer hands them out (a HEAD's encodes none)."""
+    job_ids: list[str] = []
 
-    def encode_noted(job: Mapping[str, Any]) -> bytes:
+    def noting(job: Mapping[str, Any]) -> bytes:
         job_ids.append(job["jobId"])
         return encode(job)
 
-    return encode_noted
+    response = await respond_listing(
+        request, store_of(request).find_jobs(query), noting if hands_out else encode, headers
+    )
+    return response, tuple(job_ids)
 
 
 async def seen_jobs(pages: AsyncIterator[list[Job]], scope: Scope) -> AsyncIterator[list[Job]]:
@@ -5119,11 +5167,10 @@ async def list_targets(request: web.Request, scope: Scope) -> web.StreamResponse
     listings = request.app[TARGET_LISTINGS]
     kept = listings.get(scope.rdn, version)
     if kept is not None:
-        return respond_tagged(request, kept[0], tag)
+        return kept.response()
     # The store holds them all in memory already (TinyDB), and the answer is kept whole.
     body = encoded.encode_list([target async for page in store.list_targets(scope.rdn) for target in page])
-    listings.keep(scope.rdn, version, body)
-    return respond_tagged(request, body, tag)
+    return listings.keep(scope.rdn, version, body).response()
 
 
 @route(

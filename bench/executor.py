@@ -1,20 +1,22 @@
 """What watching the executor costs a poll, and GET /targets with 10,000 targets.
 
-Two services on copies of one seeded store (50 jobs in progress, 1,000 completed,
-10,500 targets in the default datastore): this checkout, and the release before the
+Services on copies of one seeded store (50 jobs in progress, 1,000 completed,
+10,500 targets in the default datastore): this checkout, the release before the
 executor was watched (`--before`, a commit of this repository, exported with `git
-archive`). Measured on loopback, in alternating rounds so that both see the same
-machine (the order swapped each round), every figure the median of its rounds:
+archive`) and, with `--also`, another commit (main, to see what a branch changes).
+Measured on loopback, in alternating rounds so that all see the same machine (the
+order reversed each round), every figure the median of its rounds:
 
-- the executor's polls at 16 connections on both services: what noting each poll
-  (ExecutorWatch) and tagging its answer (ETag) cost, as this checkout's req/s over
-  the release before's, and as the CPU time each service spent per poll (goal: a poll
+- the executor's polls at 16 connections on every service: what noting each poll
+  (ExecutorWatch) and tagging its answer (ETag) cost, as each one's req/s over the
+  release before's, and as the CPU time each service spent per poll (goal: a poll
   less than 5% slower). The throughput of two services running the same code differs
   by up to 10% on a shared machine (`--before HEAD` shows it); the CPU per poll much less;
 - GET /targets at 1 and 16 connections on this checkout, beside a bare aiohttp endpoint
   serving the same bytes (goal: at least 25% of its req/s), and on the release before.
 
     python bench/executor.py --out bench/results-executor.md
+    python bench/executor.py --also main --rounds 9
 
 Load comes from wrk when it is installed, else from an aiohttp client loop (see run.py).
 """
@@ -108,6 +110,11 @@ async def alternating(
     return {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for name, rs in results.items()}
 
 
+def load_average(figures: tuple[float, float, float]) -> str:
+    """The 1, 5 and 15 minutes' load average: how much else the machine ran."""
+    return "/".join(f"{figure:.1f}" for figure in figures)
+
+
 def row(name: str, connections: int, result: dict, versus: str = "") -> str:
     return f"| {name} | {connections} | {result['rps']:,.0f} | {result['p50']:.2f} | {result['p99']:.2f} | {versus} |"
 
@@ -115,12 +122,14 @@ def row(name: str, connections: int, result: dict, versus: str = "") -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default=BEFORE, help="the commit to compare with")
+    parser.add_argument("--also", help="another commit whose polls are measured in the same rounds (main)")
     parser.add_argument("--seconds", type=float, default=4, help="duration of each load measurement")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of each measurement (a figure is their median)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results-executor.md")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    started = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "input").mkdir()
@@ -128,15 +137,19 @@ async def main() -> None:
         storage = {"backend": "tinydb", "tinydb": {"path": str(seeded)}}
         await seed(storage, 1000)
         await seed_targets(storage)
+        revisions = {"before": args.before, **({"also": args.also} if args.also else {}), "now": None}
         services = {}
-        for name in ("before", "now"):
-            shutil.copytree(seeded, work / name / "data")
+        for name, revision in revisions.items():
+            # The seeded audit trail is empty, and a release before it refuses an audit/ it does not know.
+            ignored = None if revision is None else shutil.ignore_patterns("audit")
+            shutil.copytree(seeded, work / name / "data", ignore=ignored)
             config = service_config(
                 {"backend": "tinydb", "tinydb": {"path": str(work / name / "data")}}, work / "input"
             )
-            services[name] = ServiceProcess(work / name, config)
-        services["before"].command = (sys.executable, str(export(args.before, work / "checkout")), "--config")
-        services["before"].command += (str(services["before"].config),)
+            services[name] = service = ServiceProcess(work / name, config)
+            if revision is not None:
+                script = export(revision, work / f"checkout-{name}")
+                service.command = (sys.executable, str(script), "--config", str(service.config))
         bare = None
         try:
             for service in services.values():
@@ -152,12 +165,18 @@ async def main() -> None:
                 urls = {name: service.url + poll for name, service in services.items()}
                 pids = {name: service.pid for name, service in services.items()}
                 result = await alternating(urls, 16, args.rounds, args.seconds, pids)
-                before, now = result["before"], result["now"]
-                change = now["rps"] / before["rps"] - 1
-                cpu = f"{before['cpu_us']:.0f} µs CPU per poll"
+                before = result["before"]
+                cpu = f"{before['cpu_us']:.1f} µs CPU per poll"
                 rows.append(row(f"poll {poll}, before ({args.before})", 16, before, cpu))
-                cpu = f"{now['cpu_us']:.0f} µs CPU per poll ({now['cpu_us'] / before['cpu_us'] - 1:+.1%})"
-                rows.append(row(f"poll {poll}, now", 16, now, f"{change:+.1%} req/s; {cpu}"))
+                for name, measured in result.items():
+                    if name != "before":
+                        change, cpu_change = (
+                            measured["rps"] / before["rps"] - 1,
+                            measured["cpu_us"] / before["cpu_us"] - 1,
+                        )
+                        cpu = f"{measured['cpu_us']:.1f} µs CPU per poll ({cpu_change:+.1%})"
+                        label = "now" if name == "now" else f"{name} ({revisions[name]})"
+                        rows.append(row(f"poll {poll}, {label}", 16, measured, f"{change:+.1%} req/s; {cpu}"))
             for connections in (1, 16):
                 urls = {
                     "bare": f"http://127.0.0.1:{bare_port}/",
@@ -184,7 +203,8 @@ async def main() -> None:
             if bare is not None:
                 stop_process(bare, timeout=DEADLINE)
     table = [
-        f"TinyDB; load: {'wrk' if shutil.which('wrk') else 'aiohttp client loop'}; {os.cpu_count()} cores; "
+        f"TinyDB; load: {'wrk' if shutil.which('wrk') else 'aiohttp client loop'}; {os.cpu_count()} cores "
+        f"(load average {load_average(started)} at the start, {load_average(os.getloadavg())} at the end); "
         f"{args.seconds:g} s per measurement; every figure the median of {args.rounds} alternating round(s); "
         f"GET /targets is {len(targets):,} bytes ({TARGETS + 500:,} targets).",
         "",

@@ -14,7 +14,7 @@ import pytest
 from helpers import access_claims, cookies_for, create_job, put_job
 
 import job_service
-from job_service import EXECUTOR_WATCH, POLLERS_KEPT, ConfigError, load_config
+from job_service import EXECUTOR_WATCH, POLLERS_KEPT, QUERIES_KEPT, ConfigError, load_config
 
 EXECUTOR = {"User-Agent": "python-requests/2.32.3"}
 KEY = "the executor's key, long enough"
@@ -186,6 +186,41 @@ async def test_a_poll_remembers_which_queued_jobs_it_handed_out(client):
     assert watch.handed_out_at(built) is None  # handed out as built, not queued
     await poll(client)  # the same answer again (kept on TinyDB): handed out again
     assert watch.handed_out_at(queued) > first
+
+
+@pytest.mark.parametrize("backend", ["tinydb"])
+async def test_the_queries_remembered_are_bounded_the_one_asked_longest_ago_forgotten_first(client):
+    await poll(client)
+    assert (await client.get("/jobs?status=nonsense", headers=EXECUTOR)).status == 400
+    assert (await executor_report(client))["state"] == "refused"
+    for number in range(QUERIES_KEPT):
+        assert (await client.get(f"/jobs?status=completed&asked={number}", headers=EXECUTOR)).status == 200
+        if number % 8 == 0:
+            await poll(client)  # the executor polls on meanwhile
+    report = await executor_report(client)
+    assert report["state"] == "polling"  # the refused query forgotten, asked before all others
+    assert set(report["operationsPolled"]) == {"built", "completed", "queued"}  # the polls' queries remembered
+
+
+@pytest.mark.parametrize("backend", ["tinydb"])
+async def test_the_hand_outs_remembered_are_bounded_the_answer_handed_out_longest_ago_forgotten_first(
+    client, monkeypatch
+):
+    monkeypatch.setattr(job_service, "HANDED_OUT_KEPT", 2)  # job ids, in the answers remembered
+    watch = client.app[EXECUTOR_WATCH]
+    added = await create_job(client, operation="ADD", target="ADDED")
+    removed = await create_job(client, operation="REMOVE", target="REMOVED", description="gone")
+    await poll(client)  # one answer of each queue: (removed), then (added)
+    status_queue, data_queue = POLLS[1], POLLS[2]
+
+    changed = await create_job(client, operation="CHANGE", target="CHANGED")
+    assert (await client.get(status_queue, headers=EXECUTOR)).status == 200  # (removed) anew: the first forgotten
+    assert watch.handed_out_at(added) is not None
+    assert watch.handed_out_at(removed) is not None
+    assert (await client.get(data_queue, headers=EXECUTOR)).status == 200  # (added, changed): both others forgotten
+    assert watch.handed_out_at(removed) is None
+    assert watch.handed_out_at(added) is not None
+    assert watch.handed_out_at(changed) is not None
 
 
 @pytest.mark.parametrize("backend", ["mongodb"])

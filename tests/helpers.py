@@ -22,6 +22,7 @@ import tomli_w
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import rsa
+from pymongo import MongoClient
 
 from backends import MongoDBOptions, TinyDBOptions
 from job_service import open_configured_store
@@ -141,6 +142,22 @@ def stored_job(
         "createdAt": f"2026-11-29T10:00:00.{job_id[-6:]:0>6}+00:00",
         "createdBy": {"userId": "u", "firstName": "F", "lastName": "L"},
     }
+
+
+def write_stored_targets(storage: dict[str, Any], *targets: dict[str, Any]) -> None:
+    """Write `targets` straight into the store of `storage` (a `[storage]` section, as the
+    fixture gives) before it is opened: the TinyDB file or the MongoDB documents as an earlier
+    release or a hand edit left them, which no store operation writes (no revision, no job shown)."""
+    if storage["backend"] == "tinydb":
+        path = Path(storage["tinydb"]["path"])
+        path.mkdir(parents=True, exist_ok=True)
+        table = {str(doc_id): target for doc_id, target in enumerate(targets, start=1)}
+        (path / "targets.json").write_text(json.dumps({"_default": table}))
+        return
+    mongodb = storage["mongodb"]
+    client: MongoClient[dict[str, Any]] = MongoClient(mongodb["url"])
+    with client:
+        client[mongodb["database"]].targets.insert_many([dict(target) for target in targets])  # it adds _id
 
 
 async def listed(pages: Any) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
-"""Fixtures: a real service on a real backend in a temp dir, driven over HTTP.
+"""Fixtures: a real service on a real backend in a temp dir, driven over HTTP; and the hooks
+that end a run (its report lines, the documentation check).
 
-Fixtures only: what tests share besides them is in `helpers`, a module tests may import.
+Fixtures and hooks only: what tests share besides them is in `helpers`, a module tests may import.
 """
 
 from __future__ import annotations

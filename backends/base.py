@@ -831,11 +831,6 @@ class Store(Protocol):
 
     async def target_in_progress(self, datastore: str, name: str) -> bool: ...
 
-    async def save_target(self, target: Target) -> None:
-        """Insert or replace the target with the same datastore and name, whatever it
-        shows. The service never needs it (jobs record their targets, in job order:
-        see SHOWN_JOB); it is for tools and tests."""
-
     async def get_target(self, datastore: str, name: str) -> Target | None: ...
 
     def list_targets(self, datastore: str) -> AsyncIterator[list[Target]]:

@@ -1031,15 +1031,6 @@ class MongoStore:
     # --- targets ------------------------------------------------------------------------
 
     @store_operation
-    async def save_target(self, target: Target) -> None:
-        fields = {name: value for name, value in target.items() if name != "revision"}  # the store's own
-        await self._targets.update_one(
-            {"datastoreRdn": target["datastoreRdn"], "name": target["name"]},
-            {"$set": fields, "$inc": {"revision": 1}, "$unset": {SHOWN_JOB: ""}},
-            upsert=True,
-        )
-
-    @store_operation
     async def get_target(self, datastore: str, name: str) -> Target | None:
         target = await self._targets.find_one({"datastoreRdn": datastore, "name": name}, TARGET_FIELDS)
         return None if target is None else cast(Target, self._checked("targets", target))

@@ -1651,15 +1651,6 @@ class TinyDBStore:
 
     # --- targets ---------------------------------------------------------------------
 
-    async def save_target(self, target: Target) -> None:
-        target = copy_document(target)
-
-        def save() -> None:
-            stored = self._snapshot.targets.get(target_key(in_datastore(target, self._default)))
-            self._commit([TARGET(self._next_revision(dict(target), stored))])
-
-        await self._run(save)
-
     async def get_target(self, datastore: str, name: str) -> Target | None:
         target = self._snapshot.targets.get((datastore, name))
         return None if target is None else shown_target(target)

@@ -1,6 +1,7 @@
-"""Fixtures: a real service on a real backend in a temp dir, driven over HTTP.
+"""Fixtures: a real service on a real backend in a temp dir, driven over HTTP; and the hooks
+that end a run (its report lines, the documentation check).
 
-Fixtures only: what tests share besides them is in `helpers`, a module tests may import.
+Fixtures and hooks only: what tests share besides them is in `helpers`, a module tests may import.
 """
 
 from __future__ import annotations
@@ -14,20 +15,77 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from helpers import DEFAULT_DATASTORE, OBSERVED_STATUSES, REPORT, KeyServer, service_config, store_options
+from helpers import (
+    DEFAULT_DATASTORE,
+    OBSERVED_STATUSES,
+    REPORT,
+    KeyServer,
+    documentation_drift,
+    service_config,
+    store_options,
+)
 from mongo_server import MongoServer, secantusd
 from pymongo import MongoClient
 
 from backends import open_store
-from job_service import Config, ConfigSchema, create_app, open_configured_store
+from job_service import Config, ConfigSchema, create_app, open_configured_store, openapi_document
 
 BACKENDS = ["tinydb", "mongodb"]
+TESTS = Path(__file__).parent
+DOCUMENTATION_DRIFT = pytest.StashKey[list[str]]()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """CI's log ends with what the tests `report()`ed: schemathesis's counts, artifact paths."""
+    """CI's log ends with what the tests `report()`ed (schemathesis's counts, artifact
+    paths), and with the documentation's drift when there is some."""
     for line in REPORT:
         terminalreporter.write_line(line)
+    drift = terminalreporter.config.stash.get(DOCUMENTATION_DRIFT, [])
+    if drift:
+        terminalreporter.write_sep("=", "the OpenAPI document differs from what the service answered", red=True)
+        for line in drift:
+            terminalreporter.write_line(line, red=True)
+
+
+def ran_the_whole_suite(session: pytest.Session) -> bool:
+    """Whether every test was selected and the run went to its end (failures or not)."""
+    option = session.config.option
+    selected = option.keyword or option.markexpr or option.deselect or getattr(option, "lf", False)
+    whole = not selected and [Path(arg).resolve() for arg in session.config.args] == [TESTS]
+    ended = session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
+    return whole and ended and not (session.shouldfail or session.shouldstop)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Each operation answers exactly the errors it documents: what the tests' clients saw
+    (`observe_status`) compared with the OpenAPI document once, at the end of a run of the
+    whole suite, which fails with the drift named. A pytest-xdist worker compares nothing:
+    it hands what it saw, and what its tests `report()`ed, to the controller."""
+    config = session.config
+    if hasattr(config, "workeroutput"):
+        observed = [[method, path, sorted(statuses)] for (method, path), statuses in OBSERVED_STATUSES.items()]
+        config.workeroutput.update(observed_statuses=observed, report=REPORT)
+        return
+    if not ran_the_whole_suite(session):
+        return
+    document = openapi_document()
+    drift = config.stash[DOCUMENTATION_DRIFT] = documentation_drift(document, OBSERVED_STATUSES)
+    if drift:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        operations = sum(len(operations) for operations in document["paths"].values())
+        REPORT.append(
+            f"the OpenAPI document: each of its {operations} operations answered exactly the errors it documents"
+        )
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's, called on its controller
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """A worker's observations and report lines, as its `pytest_sessionfinish` handed them over."""
+    output = getattr(node, "workeroutput", {})
+    for method, path, statuses in output.get("observed_statuses", []):
+        OBSERVED_STATUSES[method, path].update(statuses)
+    REPORT.extend(output.get("report", []))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -121,15 +179,10 @@ async def make_client(aiohttp_client: Any, make_config: Callable[..., Config]) -
 
 
 async def observe_status(request: web.Request, response: web.StreamResponse) -> None:
-    """Note which status each route answered: `test_documentation` compares them with the OpenAPI document."""
+    """Note which status each route answered: `pytest_sessionfinish` compares them with the OpenAPI document."""
     resource = request.match_info.route.resource
     if resource is not None:
         OBSERVED_STATUSES[request.method, resource.canonical].add(response.status)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `last` run after all others: they read what the others observed."""
-    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
 
 
 @pytest.fixture

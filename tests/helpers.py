@@ -15,6 +15,7 @@ import sys
 import tarfile
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +24,36 @@ import tomli_w
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import rsa
+from pymongo import MongoClient
 
 from backends import MongoDBOptions, TinyDBOptions
 from job_service import open_configured_store
 
 REPORT: list[str] = []
-#: Every status each route (method, path template) answered to the tests' clients in this run.
+#: Every status each route (method, path template) answered to the tests' clients in this
+#: process (conftest's `observe_status`; under pytest-xdist each worker has its own).
 OBSERVED_STATUSES: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
+#: Answers every operation may give without saying so: an unexpected failure, and a method the route lacks.
+UNDOCUMENTED_EVERYWHERE = frozenset({405, 500})
 
 
 def report(line: str) -> None:
     """Print `line` at the end of the run: figures and artifact paths CI's log should show."""
     REPORT.append(line)
+
+
+def documentation_drift(document: dict[str, Any], observed: Mapping[tuple[str, str], set[int]]) -> list[str]:
+    """Where the OpenAPI `document` and the statuses `observed` per (method, path) differ: each
+    error status an operation documents and was never seen to answer, or answered undocumented."""
+    drift = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            documented = {int(status) for status in operation["responses"] if int(status) >= 400}
+            seen = {status for status in observed.get((method.upper(), path), ()) if status >= 400}
+            for status in sorted((documented ^ seen) - UNDOCUMENTED_EVERYWHERE):
+                said = "documented, never observed" if status in documented else "observed, not documented"
+                drift.append(f"{method.upper()} {path} {status}: {said}")
+    return drift
 
 
 def write_config(path: Path, sections: dict[str, Any]) -> Path:
@@ -142,6 +161,22 @@ def stored_job(
         "createdAt": f"2026-11-29T10:00:00.{job_id[-6:]:0>6}+00:00",
         "createdBy": {"userId": "u", "firstName": "F", "lastName": "L"},
     }
+
+
+def write_stored_targets(storage: dict[str, Any], *targets: dict[str, Any]) -> None:
+    """Write `targets` straight into the store of `storage` (a `[storage]` section, as the
+    fixture gives) before it is opened: the TinyDB file or the MongoDB documents as an earlier
+    release or a hand edit left them, which no store operation writes (no revision, no job shown)."""
+    if storage["backend"] == "tinydb":
+        path = Path(storage["tinydb"]["path"])
+        path.mkdir(parents=True, exist_ok=True)
+        table = {str(doc_id): target for doc_id, target in enumerate(targets, start=1)}
+        (path / "targets.json").write_text(json.dumps({"_default": table}))
+        return
+    mongodb = storage["mongodb"]
+    client: MongoClient[dict[str, Any]] = MongoClient(mongodb["url"])
+    with client:
+        client[mongodb["database"]].targets.insert_many([dict(target) for target in targets])  # it adds _id
 
 
 async def listed(pages: Any) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import asyncio
 import re
 
 import pytest
-from helpers import DEFAULT_DATASTORE, bump_job, listed, store_options, stored_job
+from helpers import DEFAULT_DATASTORE, bump_job, listed, store_options, stored_job, write_stored_targets
 
 from backends import (
     DatastoreBusy,
@@ -28,6 +28,8 @@ from backends import (
 
 FDB = "no.ssb.fdb"
 USER = {"userId": "u", "firstName": "F", "lastName": "L"}
+#: When `target` shows its last change made.
+UPDATED = "2026-11-30T00:00:00.000000+00:00"
 
 
 def datastore(rdn: str, **overrides) -> dict:
@@ -47,7 +49,7 @@ def target(name: str, datastore: str = DEFAULT_DATASTORE, status: str = "queued"
     return {
         "datastoreRdn": datastore,
         "name": name,
-        "lastUpdatedAt": "2026-11-30T00:00:00.000000+00:00",
+        "lastUpdatedAt": UPDATED,
         "status": status,
         "lastUpdatedBy": USER,
         "action": ["ADD"],
@@ -177,10 +179,12 @@ async def test_the_jobs_of_a_target_are_those_of_its_datastore(store):
 
 
 async def test_targets_are_kept_per_datastore(store):
-    await store.save_target(target("MY_DATASET", status="completed"))
-    await store.save_target(target("MY_DATASET", FDB, status="queued"))
-    await store.save_target(target("ANOTHER", FDB))
-    await store.save_target(target("MY_DATASET", FDB, status="validating"))
+    await store.add_datastore(datastore(FDB))
+    await store.insert_job(stored_job("1", "MY_DATASET"))
+    await store.update_job("1", JobChange(status="completed", at=UPDATED))
+    await store.insert_job(stored_job("2", "MY_DATASET", datastore=FDB))
+    await store.insert_job(stored_job("3", "ANOTHER", datastore=FDB))
+    await store.update_job("2", JobChange(status="validating", at=UPDATED))
 
     assert unrevised(await store.get_target(DEFAULT_DATASTORE, "MY_DATASET")) == target(
         "MY_DATASET", status="completed"
@@ -215,8 +219,7 @@ async def test_an_rdn_is_taken_for_good_once_registered_live_or_deleted(store):
 async def test_deleting_a_datastore_marks_it_and_keeps_its_jobs_and_targets(store):
     await store.add_datastore(datastore(FDB))
     await store.insert_job(stored_job("1", "MY_DATASET", datastore=FDB))
-    await store.update_job("1", JobChange(status="completed"))
-    await store.save_target(target("MY_DATASET", FDB, status="completed"))
+    await store.update_job("1", JobChange(status="completed", at=UPDATED))
 
     await store.delete_datastore(FDB)
 
@@ -276,18 +279,16 @@ async def test_a_delete_and_an_insert_at_once_never_leave_a_job_in_a_deleted_dat
         assert not (in_progress and (await store.get_datastore(rdn))["deleted"])
 
 
-async def test_a_target_is_a_new_revision_at_every_write_of_it(store):
+async def test_a_target_is_a_new_revision_at_every_write_of_it(storage, open_stores):
+    write_stored_targets(storage, target("MY_DATASET"))  # as an earlier release left it: no revision, no job shown
+    store = await open_stores()
     await store.add_datastore(datastore(FDB))
-    await store.save_target(target("MY_DATASET"))
-    assert (await store.get_target(DEFAULT_DATASTORE, "MY_DATASET"))["revision"] == 1
-    await store.save_target(target("MY_DATASET"))  # the same content again is still a write
-    assert (await store.get_target(DEFAULT_DATASTORE, "MY_DATASET"))["revision"] == 2
-
-    await store.insert_job(stored_job("1", "MY_DATASET"))  # created before the saved target's time: not a write
-    assert (await store.get_target(DEFAULT_DATASTORE, "MY_DATASET"))["revision"] == 2
+    await store.insert_job(stored_job("1", "MY_DATASET"))  # created before the stored target's time: not a write
+    assert await store.get_target(DEFAULT_DATASTORE, "MY_DATASET") == target("MY_DATASET")
     await store.update_job("1", JobChange(status="validating", at=AT))
-    await store.update_job("1", JobChange(at=AT))  # a log-only change shows the same fields, one revision on
-    assert [found["revision"] for found in await listed(store.list_targets(DEFAULT_DATASTORE))] == [4]
+    assert (await store.get_target(DEFAULT_DATASTORE, "MY_DATASET"))["revision"] == 1
+    await store.update_job("1", JobChange(at=AT))  # a log-only change shows the same fields: still a write
+    assert [found["revision"] for found in await listed(store.list_targets(DEFAULT_DATASTORE))] == [2]
 
     await store.insert_job(bump_in("2", FDB))
     await store.update_job("2", JobChange(status="completed", at=AT))
@@ -355,8 +356,9 @@ async def test_an_import_cannot_register_an_rdn_twice(store):
 
 
 async def test_targets_are_dumped_by_datastore_then_name(store):
-    for name, rdn in [("B", FDB), ("B", DEFAULT_DATASTORE), ("A", FDB), ("C", DEFAULT_DATASTORE)]:
-        await store.save_target(target(name, rdn))
+    await store.add_datastore(datastore(FDB))
+    for job_id, (name, rdn) in enumerate([("B", FDB), ("B", DEFAULT_DATASTORE), ("A", FDB), ("C", DEFAULT_DATASTORE)]):
+        await store.insert_job(stored_job(str(job_id), name, datastore=rdn))
     dumped = await listed(store.dump_collection("targets"))
     assert [(found["datastoreRdn"], found["name"]) for found in dumped] == [
         ("local", "B"),

@@ -77,15 +77,14 @@ async def test_everything_written_is_there_after_reopening(tmp_path):
     await store.insert_job(stored_job("1"))
     await store.insert_job(stored_job("2", target="OTHER"))
     await store.update_job("2", JobChange(status="completed", at=T1))
-    saved = {**SAVED_TARGET, "action": ["CHANGE"]}
-    await store.save_target(saved)
+    await store.update_job("1", JobChange(at=T1))
     await store.add_maintenance({"msg": "m", "paused": True, "timestamp": "t"})
     await store.close()
 
     store = await TinyDBStore.open(tmp_path, "local")
     assert [job["jobId"] for job in await listed(store.find_jobs(JobQuery()))] == ["1", "2"]
     assert (await store.get_job("2"))["status"] == "completed"
-    assert await store.get_target("local", "MY_DATASET") == {**saved, "revision": 2}  # job 1's, then saved
+    assert await store.get_target("local", "MY_DATASET") == {**SAVED_TARGET, "revision": 2}  # job 1's, then changed
     other = await store.get_target("local", "OTHER")
     assert (other["status"], other["lastUpdatedAt"]) == ("completed", T1)
     assert await listed(store.maintenance_history()) == [{"msg": "m", "paused": True, "timestamp": "t"}]
@@ -339,7 +338,7 @@ async def test_a_target_keeps_its_revision_in_the_journal_and_in_the_files(tmp_p
     for path in (crashed, data):
         reopened = await TinyDBStore.open(path, "local")
         assert (await reopened.get_target("local", "MY_DATASET"))["revision"] == 2
-        await reopened.save_target(SAVED_TARGET)
+        await reopened.update_job("1", JobChange(status="transforming", at=T2))
         assert (await reopened.get_target("local", "MY_DATASET"))["revision"] == 3
         await reopened.close()
 

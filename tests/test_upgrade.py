@@ -71,8 +71,7 @@ async def assert_the_rule_holds_per_datastore(store) -> None:
     await store.add_datastore(
         {"rdn": FDB, "name": "F", "description": "", "directory": "/d", "bumpEnabled": False, "deleted": False}
     )  # a job goes only into a live datastore
-    await store.insert_job(stored_job("5", "HELD", datastore=FDB))
-    await store.save_target({**previous_target("HELD", "queued"), "datastoreRdn": FDB})
+    await store.insert_job(stored_job("5", "HELD", datastore=FDB))  # which records its target there
     assert [target["datastoreRdn"] for target in await listed(store.dump_collection("targets"))] == [
         "local",
         "local",
@@ -137,8 +136,7 @@ async def test_a_target_held_by_a_job_of_the_previous_release_is_busy_in_the_def
 async def test_a_document_of_the_previous_release_gains_its_datastore_when_next_written(tmp_path):
     write_previous_data_directory(tmp_path)
     store = await TinyDBStore.open(tmp_path, DEFAULT_DATASTORE)
-    await store.update_job("3", JobChange(status="validating"))
-    await store.save_target(in_default(previous_target("HELD", "validating")))
+    await store.update_job("3", JobChange(status="validating"))  # which records its target, HELD
     await store.close()
 
     stored_jobs = json.loads((tmp_path / "inprogress.json").read_bytes())["_default"]

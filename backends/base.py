@@ -731,7 +731,7 @@ def position_order(position: Mapping[str, Any]) -> tuple[str, str, int]:
 
 def may_replace(new: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bool:
     """Whether the target `new` (of `targets_to_record`) may replace `stored`: it shows a
-    change at least as new. A stored target that names no change (saved by a tool,
+    change at least as new. A stored target that names no change (imported, adopted,
     written before targets followed job order) gives way to any change made since it."""
     if stored is None:
         return True

@@ -186,7 +186,9 @@ async def test_a_post_whose_database_fails_partway_says_which_jobs_exist(make_cl
     client = await make_client(storage={"mongodb": {**storage["mongodb"], "timeout_seconds": 1}})
     assert (await client.get("/health/ready")).status == 200
     await database["inprogress"].insert_one(stored_job("unmoved", target="DATASET_2", status="completed"))
-    await fail_commands(["insert"], {"skip": 1}, closeConnection=True)  # the batch stored, then no insert
+    await fail_commands(
+        ["insert"], {"skip": 2}, closeConnection=True
+    )  # its audit begun, the batch stored, then no insert
     entries = [{"operation": "ADD", "target": f"DATASET_{n}"} for n in range(5)]
     results = await (await client.post("/jobs", json={"jobs": entries})).json()
     await fail_commands([], "off")
@@ -204,7 +206,9 @@ async def test_a_job_whose_target_write_fails_is_stored_and_its_target_recorded_
     make_client, storage, fail_commands
 ):
     client = await make_client(storage={"mongodb": {**storage["mongodb"], "timeout_seconds": 1}})
-    await fail_commands(["insert"], {"skip": 1}, closeConnection=True)  # the job stored, its target not
+    await fail_commands(
+        ["insert"], {"skip": 2}, closeConnection=True
+    )  # its audit begun, the job stored, its target not
     [result] = await (await client.post("/jobs", json={"jobs": [{"operation": "ADD", "target": "MY_DATASET"}]})).json()
     await fail_commands([], "off")
 
@@ -220,7 +224,9 @@ async def test_a_batch_whose_targets_write_fails_has_them_recorded_by_a_refused_
     make_client, storage, fail_commands
 ):
     client = await make_client(storage={"mongodb": {**storage["mongodb"], "timeout_seconds": 1}})
-    await fail_commands(["insert"], {"skip": 1}, closeConnection=True)  # the jobs stored, their targets not
+    await fail_commands(
+        ["insert"], {"skip": 2}, closeConnection=True
+    )  # its audit begun, the jobs stored, not their targets
     entries = [{"operation": "ADD", "target": f"DATASET_{n}"} for n in range(3)]
     results = await (await client.post("/jobs", json={"jobs": entries})).json()
     await fail_commands([], "off")

@@ -4,7 +4,6 @@ to a real HTTP receiver on loopback, on every backend."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -22,7 +21,6 @@ from helpers import (
     access_claims,
     cookies_for,
     create_job,
-    dies_after,
     faulty,
     put_job,
     raising,
@@ -31,8 +29,7 @@ from helpers import (
 )
 from service_process import ServiceProcess
 
-import job_service
-from backends import Notification, StoreFull, StoreUnavailable
+from backends import Notification, StoreUnavailable
 from job_service import Config, create_app, load_config, notify
 
 #: A dataset job to fail.
@@ -292,52 +289,6 @@ async def test_an_outbox_that_cannot_be_written_never_fails_the_request(make_cli
     )
     await failed_job(client)  # answered 200 all the same: the job is failed, its event dropped
     assert "notifications_dropped_total 1.0" in await (await client.get("/metrics")).text()
-
-
-#: Each change told of, as a client makes it, and the store operation that makes it.
-CHANGES = {
-    "a failure": ("update_job", "job.failed", lambda client, job_id: put_job(client, job_id, status="failed")),
-    "a cancel": ("update_job", "job.failed", lambda client, job_id: client.post(f"/jobs/{job_id}/cancel", json=REASON)),
-    "a pause": (
-        "add_maintenance",
-        "maintenance.changed",
-        lambda client, _: client.post("/maintenance-status", json=PAUSE),
-    ),
-}
-REASON = {"reason": "Posted to the wrong dataset"}
-PAUSE = {"msg": "Upgrading", "paused": True}
-
-
-@pytest.mark.parametrize("made", sorted(CHANGES))
-async def test_a_change_stored_just_before_the_process_dies_is_still_told(
-    aiohttp_client, receiver, notifying_config, made
-):
-    operation, event, change = CHANGES[made]
-    hook, base = receiver
-    config = notifying_config([{"url": base, "events": [event]}])
-    first = await aiohttp_client(create_app(config, faulty(**{operation: dies_after(operation)})))
-    job_id = await create_job(first, **JOB)
-    with contextlib.suppress(aiohttp.ClientError):
-        await change(first, job_id)
-    await first.close()
-    await aiohttp_client(create_app(config))  # the next start
-    await hook.wait_for(1)
-    assert [body["event"] for body in hook.bodies] == [event]
-
-
-async def test_a_change_the_store_refuses_is_told_of_nothing(aiohttp_client, receiver, notifying_config, monkeypatch):
-    monkeypatch.setattr(job_service, "CHANGE_WAIT_SECONDS", 0.3)
-    hook, base = receiver
-    config = notifying_config([{"url": base, "events": ["job.failed", "maintenance.changed"]}])
-    full = StoreFull("The disk is full")
-    refusing = faulty(update_job=lambda store: raising(full), add_maintenance=lambda store: raising(full))
-    client = await aiohttp_client(create_app(config, refusing))
-    job_id = await create_job(client, **JOB)
-    assert (await client.put(f"/jobs/{job_id}", json={"status": "failed"})).status == 507
-    assert (await client.post("/maintenance-status", json={"msg": "Up", "paused": True})).status == 507
-    shown = await settled(client, 2)
-    assert {entry["state"] for entry in shown} == {"failed"} and hook.requests == []
-    assert all("did not show the change" in entry["lastError"] for entry in shown)
 
 
 async def test_the_notifications_answer_503_while_the_store_is_down(make_client):

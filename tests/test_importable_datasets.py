@@ -12,25 +12,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import create_job, put_job
+from helpers import create_job, make_archive, put_job
 
 from job_service import LISTING_FRESH_SECONDS
-
-
-def make_archive(path: Path, *members: str) -> Path:
-    """A tar at `path` holding small files named `members` (a name ending in / is a folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as archive:
-        for name in members:
-            info = tarfile.TarInfo(name.rstrip("/"))
-            if name.endswith("/"):
-                info.type = tarfile.DIRTYPE
-                archive.addfile(info)
-            else:
-                data = b"{}"
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-    return path
 
 
 async def test_archives_are_listed_with_what_they_hold(client, input_dir):

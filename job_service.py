@@ -5686,8 +5686,11 @@ class Notifier:
                 while True:
                     self._wake.clear()
                     await self._claim_due(session)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel
+                    # that comes as the wake does, and the app's stop would wait for ever.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), OUTBOX_POLL_SECONDS)
+                        async with asyncio.timeout(OUTBOX_POLL_SECONDS):
+                            await self._wake.wait()
             finally:
                 for task in self._sending:
                     task.cancel()

@@ -30,7 +30,7 @@ from helpers import (
 from service_process import ServiceProcess
 
 from backends import Notification, StoreUnavailable
-from job_service import Config, create_app, load_config, notify
+from job_service import CONFIG, METRICS, STORE, Config, Notifier, create_app, load_config, notify
 
 #: A dataset job to fail.
 JOB = {"operation": "ADD", "target": "MY_DATASET"}
@@ -289,6 +289,23 @@ async def test_an_outbox_that_cannot_be_written_never_fails_the_request(make_cli
     )
     await failed_job(client)  # answered 200 all the same: the job is failed, its event dropped
     assert "notifications_dropped_total 1.0" in await (await client.get("/metrics")).text()
+
+
+async def test_the_sending_stops_when_the_stop_comes_as_an_event_wakes_it(aiohttp_client, receiver, notifying_config):
+    """An event added and the app's stop in one step of the loop: the sending still stops,
+    or the app's cleanup waits for it for ever (Python 3.11's `asyncio.wait_for` drops a
+    cancel that comes as what it waits for is done)."""
+    _, base = receiver
+    app = create_app(notifying_config([{"url": base, "events": ["job.failed"]}]))
+    await aiohttp_client(app)
+    notifier = Notifier(app[CONFIG], app[STORE], app[METRICS])
+    sending = asyncio.create_task(notifier.run())
+    await asyncio.sleep(0.3)  # the outbox looked at: it waits for an event
+    await notifier.enqueue("job.failed", DEFAULT_DATASTORE, "A job failed", {"jobId": "1"})
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await sending
 
 
 async def test_the_notifications_answer_503_while_the_store_is_down(make_client):

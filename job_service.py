@@ -4895,9 +4895,10 @@ async def cancel_job(request: web.Request, scope: Scope) -> web.Response:
         expected_status="queued",
         cancelled_by=user,
     )
+    await notify_job_failed(request.app, job, line)
     cancelled = await store_of(request).update_job(job["jobId"], change)
+    request.app[NOTIFIER].changed()
     request.app[METRICS].observe_status_change(cancelled, change)
-    await notify_job_failed(request.app, cancelled, line)
     return respond_message(f"Cancelled job {job['jobId']}")
 
 
@@ -5116,12 +5117,18 @@ async def update_job(request: web.Request, scope: Scope) -> web.Response:
     if "log" in update:
         log_entries.append({"at": at, "message": update["log"]})
     change = JobChange(status=update.get("status"), description=update.get("description"), log=log_entries, at=at)
+    store = store_of(request)
+    if change.status == "failed":
+        # Told before the change (see CHANGE_EVENTS); of a job the store will refuse to
+        # change (unknown, or final already), nothing.
+        failing = await store.get_job(job_id)
+        if failing is not None and failing["status"] not in FINAL_STATUSES:
+            await notify_job_failed(request.app, failing, update.get("log"))
     # The change, the job's move when it is final, its target and every target a
     # completed BUMP releases or removes: one change of the store.
-    job = await store_of(request).update_job(job_id, change)
+    job = await store.update_job(job_id, change)
+    request.app[NOTIFIER].changed()
     request.app[METRICS].observe_status_change(job, change)
-    if change.status == "failed":
-        await notify_job_failed(request.app, job, update.get("log"))
     return respond_message(f"Updated job with jobId {job_id}")
 
 
@@ -5283,11 +5290,12 @@ async def set_maintenance_status(request: web.Request, scope: Scope) -> web.Resp
     if not has_api_key(request):  # a person, not the executor
         status["setBy"] = scope.user
     note_audit(request, msg=status["msg"], paused=status["paused"])
-    await store_of(request).add_maintenance(status)
     user = scope.user
     change = "paused" if status["paused"] else "resumed"
     text = f"Maintenance {change} by {user['firstName']} {user['lastName']}: {status['msg']}"
-    await notify(request.app, "maintenance.changed", None, text, {**status, "setBy": user})
+    await notify(request.app, "maintenance.changed", None, text, {**status, "setBy": user})  # before: see CHANGE_EVENTS
+    await store_of(request).add_maintenance(status)
+    request.app[NOTIFIER].changed()
     return respond(MAINTENANCE_STATUS_SCHEMA, status)
 
 
@@ -5574,6 +5582,9 @@ async def get_docs_asset(request: web.Request, scope: Scope) -> web.FileResponse
 # posts them in the background: a request never waits for a receiver. A delivery stays
 # in the outbox until sent or given up, so a restart (or a kill -9) sends what was
 # pending, and a receiver may get an event twice: it drops repeats by the event id header.
+# An event that tells of a change of the store (CHANGE_EVENTS) goes in the outbox before
+# its change is made, and is sent only once the store shows the change (`change_made`):
+# a crash between the two then loses no event, and a change refused tells of nothing.
 
 #: Deliveries a process sends at once: a slow receiver holds one of them, not the others.
 DELIVERIES_AT_ONCE = 4
@@ -5584,6 +5595,12 @@ OUTBOX_POLL_SECONDS = 1.0
 LEASE_MARGIN_SECONDS = 5.0
 #: The longest wait between two attempts.
 MAX_RETRY_SECONDS = 3600.0
+#: The events that tell of a change of the store (see `Notifier.change_made`).
+CHANGE_EVENTS = frozenset({"job.failed", "maintenance.changed"})
+#: How long a change's event waits for the store to show its change before it is given up
+#: (its change refused, or cut short by a crash), and how often it looks meanwhile.
+CHANGE_WAIT_SECONDS = 60.0
+CHANGE_LOOK_SECONDS = 1.0
 #: The sent and given-up deliveries the outbox keeps for `GET /notifications`, and how many it shows.
 NOTIFICATIONS_KEPT = 1000
 NOTIFICATIONS_SHOWN = 200
@@ -5676,7 +5693,44 @@ class Notifier:
                 )
         if dropped:
             self._metrics.notifications_dropped.inc(dropped)
+        if event not in CHANGE_EVENTS:
+            self._wake.set()
+
+    def changed(self) -> None:
+        """The change that events just put in the outbox tell of is made: send them now."""
         self._wake.set()
+
+    async def change_made(self, notification: Notification) -> bool:
+        """Whether the store shows the change the delivery of a change event tells of."""
+        data = notification["document"]["data"]
+        if notification["event"] == "job.failed":
+            job = await self._store.get_job(data["jobId"])
+            return job is not None and job["status"] == "failed"
+        history = cast(collections.abc.AsyncGenerator[list[MaintenanceStatus], None], self._store.maintenance_history())
+        async with contextlib.aclosing(history):  # newest first
+            async for page in history:
+                return any(status["timestamp"] == data["timestamp"] for status in page)
+        return False
+
+    async def _waits_for_its_change(self, notification: Notification) -> bool:
+        """Whether a change event's first delivery must wait (or is given up, its wait over):
+        then it is settled so, and not sent now."""
+        try:
+            if await self.change_made(notification):
+                return False
+        except StoreError:
+            pass  # not known yet: looked at again, as if not made
+        now = time.time()
+        if now - datetime.fromisoformat(notification["createdAt"]).timestamp() < CHANGE_WAIT_SECONDS:
+            notification["nextAttemptAt"] = at_time(now + CHANGE_LOOK_SECONDS)
+            asyncio.get_running_loop().call_later(CHANGE_LOOK_SECONDS, self._wake.set)
+        else:
+            error = f"not sent: the store did not show the change it tells of within {CHANGE_WAIT_SECONDS:g} s"
+            notification.update({"state": "failed", "lastError": error, "finishedAt": at_time(now)})
+            log.info("Event %s %s %s", notification["event"], notification["eventId"], error)
+        with contextlib.suppress(StoreError):  # else its lease runs out, and it is looked at again
+            await self._store.settle_notification(self._owner, notification, NOTIFICATIONS_KEPT)
+        return True
 
     async def run(self) -> None:
         """Send what is due, as it is added and every OUTBOX_POLL_SECONDS, until cancelled."""
@@ -5723,6 +5777,9 @@ class Notifier:
             log.error("A notification's delivery failed unexpectedly", exc_info=task.exception())
 
     async def _deliver(self, session: aiohttp.ClientSession, notification: Notification) -> None:
+        first = notification["attempts"] == 0
+        if first and notification["event"] in CHANGE_EVENTS and await self._waits_for_its_change(notification):
+            return
         hook = self._hooks.get(notification["url"])
         try:
             error = (
@@ -5794,7 +5851,9 @@ async def notify(
     """Tell every webhook that asks for `event` (one of NOTIFY_EVENTS) of `datastore` (None:
     an event of the whole service): `text` a sentence for a person (what the slack format
     sends), `payload` the event's details (JSON-shaped). One write of the store; it never
-    raises, and never waits for a receiver: what cannot be stored is counted and logged."""
+    raises, and never waits for a receiver: what cannot be stored is counted and logged.
+    An event of CHANGE_EVENTS is told before its change is made, and `Notifier.changed`
+    after it."""
     await app[NOTIFIER].enqueue(event, datastore, text, payload)
 
 

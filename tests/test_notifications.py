@@ -4,6 +4,7 @@ to a real HTTP receiver on loopback, on every backend."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -21,6 +22,7 @@ from helpers import (
     access_claims,
     cookies_for,
     create_job,
+    dies_after,
     faulty,
     put_job,
     raising,
@@ -29,7 +31,8 @@ from helpers import (
 )
 from service_process import ServiceProcess
 
-from backends import Notification, StoreUnavailable
+import job_service
+from backends import Notification, StoreFull, StoreUnavailable
 from job_service import CONFIG, METRICS, STORE, Config, Notifier, create_app, load_config, notify
 
 #: A dataset job to fail.
@@ -296,16 +299,62 @@ async def test_the_sending_stops_when_the_stop_comes_as_an_event_wakes_it(aiohtt
     or the app's cleanup waits for it for ever (Python 3.11's `asyncio.wait_for` drops a
     cancel that comes as what it waits for is done)."""
     _, base = receiver
-    app = create_app(notifying_config([{"url": base, "events": ["job.failed"]}]))
+    app = create_app(notifying_config([{"url": base, "events": ["datastore.created"]}]))
     await aiohttp_client(app)
     notifier = Notifier(app[CONFIG], app[STORE], app[METRICS])
     sending = asyncio.create_task(notifier.run())
     await asyncio.sleep(0.3)  # the outbox looked at: it waits for an event
-    await notifier.enqueue("job.failed", DEFAULT_DATASTORE, "A job failed", {"jobId": "1"})
+    await notifier.enqueue("datastore.created", "no.ssb.other", "A datastore was made", {"rdn": "no.ssb.other"})
     sending.cancel()
     with pytest.raises(asyncio.CancelledError):
         async with asyncio.timeout(5):
             await sending
+
+
+#: Each change told of, as a client makes it, and the store operation that makes it.
+CHANGES = {
+    "a failure": ("update_job", "job.failed", lambda client, job_id: put_job(client, job_id, status="failed")),
+    "a cancel": ("update_job", "job.failed", lambda client, job_id: client.post(f"/jobs/{job_id}/cancel", json=REASON)),
+    "a pause": (
+        "add_maintenance",
+        "maintenance.changed",
+        lambda client, _: client.post("/maintenance-status", json=PAUSE),
+    ),
+}
+REASON = {"reason": "Posted to the wrong dataset"}
+PAUSE = {"msg": "Upgrading", "paused": True}
+
+
+@pytest.mark.parametrize("made", sorted(CHANGES))
+async def test_a_change_stored_just_before_the_process_dies_is_still_told(
+    aiohttp_client, receiver, notifying_config, made
+):
+    operation, event, change = CHANGES[made]
+    hook, base = receiver
+    config = notifying_config([{"url": base, "events": [event]}])
+    first = await aiohttp_client(create_app(config, faulty(**{operation: dies_after(operation)})))
+    job_id = await create_job(first, **JOB)
+    with contextlib.suppress(aiohttp.ClientError):
+        await change(first, job_id)
+    await first.close()
+    await aiohttp_client(create_app(config))  # the next start
+    await hook.wait_for(1)
+    assert [body["event"] for body in hook.bodies] == [event]
+
+
+async def test_a_change_the_store_refuses_is_told_of_nothing(aiohttp_client, receiver, notifying_config, monkeypatch):
+    monkeypatch.setattr(job_service, "CHANGE_WAIT_SECONDS", 0.3)
+    hook, base = receiver
+    config = notifying_config([{"url": base, "events": ["job.failed", "maintenance.changed"]}])
+    full = StoreFull("The disk is full")
+    refusing = faulty(update_job=lambda store: raising(full), add_maintenance=lambda store: raising(full))
+    client = await aiohttp_client(create_app(config, refusing))
+    job_id = await create_job(client, **JOB)
+    assert (await client.put(f"/jobs/{job_id}", json={"status": "failed"})).status == 507
+    assert (await client.post("/maintenance-status", json={"msg": "Up", "paused": True})).status == 507
+    shown = await settled(client, 2)
+    assert {entry["state"] for entry in shown} == {"failed"} and hook.requests == []
+    assert all("did not show the change" in entry["lastError"] for entry in shown)
 
 
 async def test_the_notifications_answer_503_while_the_store_is_down(make_client):
